@@ -1,0 +1,372 @@
+"""The evaluation config: loading, validation against the shipped JSON Schema, and the plan
+of which (benchmark, task) pairs run. Imports neither pytest nor lm-eval."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, Problem
+from .resources import benchmarks_dir, schema_path
+
+PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
+DISABLED_REASON = "disabled in config"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A bound on one metric: ``min`` for higher-is-better metrics, ``max`` for the others."""
+
+    metric: str  # lm-eval key, "acc,none"; may carry a subtask prefix: "arc_easy:acc,none"
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One entry of ``tasks``: the lm-eval settings of a test item."""
+
+    key: str
+    tasks: tuple[str, ...]
+    enabled: bool = True
+    description: str = ""
+    num_fewshot: int | None = None
+    batch_size: int | None = None
+    limit: int | float | None = None
+    metrics: tuple[str, ...] = ()
+    output_path: str | None = None
+    log_samples: bool = False
+    priority: str = "medium"
+    timeout: float | None = None
+    thresholds: tuple[Threshold, ...] = ()
+    configured: bool = True  # False: a benchmark named it without a task entry (lm-eval defaults)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One entry of ``benchmarks``: a named group of tasks."""
+
+    name: str
+    tasks: tuple[str, ...]
+    enabled: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    """A (benchmark, task) pair: one test item."""
+
+    benchmark: str
+    task: TaskConfig
+    enabled: bool
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        """The item's key in the summary: ``<benchmark>/<task>``."""
+        return f"{self.benchmark}/{self.task.key}"
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """Names ``-k`` should match besides the node names."""
+        return (self.benchmark, self.task.key, *self.task.tasks)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """A parsed, valid config file."""
+
+    path: Path
+    sha256: str
+    benchmarks: tuple[BenchmarkConfig, ...]
+    tasks: tuple[TaskConfig, ...]
+    include_paths: tuple[Path, ...] = field(default=())
+
+    def task(self, key: str) -> TaskConfig | None:
+        """The task entry called ``key``, if any."""
+        return next((t for t in self.tasks if t.key == key), None)
+
+    @property
+    def lm_eval_include_paths(self) -> tuple[Path, ...]:
+        """Folders lm-eval should search for task YAMLs: the project's benchmarks first."""
+        return (benchmarks_dir(), *self.include_paths)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _pairs_rejecting_duplicates(file: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            # json gives no position here; the key itself is what the user searches for.
+            raise ConfigError(
+                [
+                    Problem(
+                        file, f"key {key!r}", "duplicate key: each key may appear once per object"
+                    )
+                ]
+            )
+        seen[key] = value
+    return seen
+
+
+def _parse_text(path: Path, text: str) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([Problem(path, where, f"YAML syntax error: {problem}")]) from None
+    try:
+        return json.loads(
+            text, object_pairs_hook=functools.partial(_pairs_rejecting_duplicates, path)
+        )
+    except json.JSONDecodeError as exc:
+        hint = ""
+        before = text[: exc.pos].rstrip()
+        if before.endswith(",") and exc.msg.startswith(
+            ("Expecting property name", "Expecting value")
+        ):
+            hint = " (a trailing comma before this point? JSON allows none)"
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    f"line {exc.lineno}, column {exc.colno}",
+                    f"JSON syntax error: {exc.msg}{hint}",
+                )
+            ]
+        ) from None
+
+
+def read_config_data(path: Path) -> Any:
+    """The raw data of a config file, with syntax errors turned into ``ConfigError``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            [Problem(path, "", "config file not found; pass --evalchemy-config PATH or create it")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([Problem(path, "", f"cannot read config file: {exc.strerror}")]) from None
+    if not raw.strip():
+        raise ConfigError(
+            [Problem(path, "", 'config file is empty; it needs at least {"tasks": {...}}')]
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(path, f"byte {exc.start}", "not UTF-8 text; save the file as UTF-8")]
+        ) from None
+    return _parse_text(path, text)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_path().read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _schema_message(error: Any) -> tuple[str, str]:
+    """A (where, message) pair a user can act on, from a jsonschema error."""
+    where = _json_path(error.absolute_path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        bad = ", ".join(repr(k) for k in extra)
+        key_where = _json_path([*error.absolute_path, extra[0]]) if extra else where
+        return key_where, f"unknown key {bad}; allowed keys: {', '.join(allowed)}"
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return where, f"expected {expected}, got {json.dumps(error.instance)}"
+    if validator == "oneOf" and where.endswith(".limit"):
+        return where, (
+            f"invalid limit {json.dumps(error.instance)}: use a whole number of samples (>= 1), "
+            "a fraction between 0 and 1, or null for the whole data set"
+        )
+    if validator == "pattern":
+        return where, (
+            f"invalid name {json.dumps(error.instance)}: use letters, digits, '_', '.', '-' "
+            "(it names files in the results folder)"
+        )
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return (
+            where,
+            f"{json.dumps(error.instance)} is out of range ({validator} {error.validator_value})",
+        )
+    if validator == "enum":
+        choices = ", ".join(json.dumps(v) for v in error.validator_value)
+        return where, f"{json.dumps(error.instance)} is not one of {choices}"
+    if validator == "required":
+        return where, error.message.replace("is a required property", "is required")
+    return where, error.message
+
+
+def _schema_problems(path: Path, data: Any) -> list[Problem]:
+    if not isinstance(data, dict):
+        return [
+            Problem(
+                path, "(top level)", 'the config must be an object with "benchmarks" and/or "tasks"'
+            )
+        ]
+    errors = sorted(
+        _validator().iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator)
+    )
+    problems = []
+    for error in errors:
+        # A name error is reported once through its propertyNames parent; skip the duplicate.
+        where, message = _schema_message(error)
+        problem = Problem(path, where, message)
+        if problem not in problems:
+            problems.append(problem)
+    if not problems and not data.get("tasks") and not data.get("benchmarks"):
+        problems.append(Problem(path, "(top level)", "no benchmarks and no tasks: nothing to run"))
+    return problems
+
+
+def _reference_problems(path: Path, data: dict[str, Any]) -> list[Problem]:
+    problems = []
+    for name, bench in data.get("benchmarks", {}).items():
+        names = bench.get("tasks", [])
+        for i, task_name in enumerate(names):
+            if task_name in names[:i]:
+                problems.append(
+                    Problem(path, f"benchmarks.{name}.tasks[{i}]", f"{task_name!r} is listed twice")
+                )
+    for key, task in data.get("tasks", {}).items():
+        names = task.get("tasks", [])
+        for i, task_name in enumerate(names):
+            if task_name in names[:i]:
+                problems.append(
+                    Problem(path, f"tasks.{key}.tasks[{i}]", f"{task_name!r} is listed twice")
+                )
+    return problems
+
+
+def _threshold_tuple(raw: dict[str, Any]) -> tuple[Threshold, ...]:
+    return tuple(
+        Threshold(metric=normalize_metric(metric), min=bound.get("min"), max=bound.get("max"))
+        for metric, bound in raw.items()
+    )
+
+
+def normalize_metric(metric: str) -> str:
+    """A bare metric name means lm-eval's ``none`` filter: ``acc`` -> ``acc,none``."""
+    subtask, sep, name = metric.rpartition(":")
+    if "," not in name:
+        name = f"{name},none"
+    return f"{subtask}{sep}{name}"
+
+
+def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
+    return TaskConfig(
+        key=key,
+        tasks=tuple(raw.get("tasks") or (key,)),
+        enabled=raw.get("enabled", True),
+        description=raw.get("description", ""),
+        num_fewshot=raw.get("num_fewshot"),
+        batch_size=raw.get("batch_size"),
+        limit=raw.get("limit"),
+        metrics=tuple(raw.get("metrics", ())),
+        output_path=raw.get("output_path"),
+        log_samples=raw.get("log_samples", False),
+        priority=raw.get("priority", "medium"),
+        timeout=raw.get("timeout"),
+        thresholds=_threshold_tuple(raw.get("thresholds", {})),
+    )
+
+
+def parse_config(path: Path, data: Any, raw_bytes: bytes = b"") -> EvalConfig:
+    """Validate ``data`` (the parsed file) and build the config model."""
+    problems = _schema_problems(path, data)
+    if not problems:
+        problems = _reference_problems(path, data)
+    include_paths = []
+    if not problems:
+        for i, folder in enumerate(data.get("include_paths", [])):
+            resolved = (path.parent / folder).resolve()
+            if not resolved.is_dir():
+                problems.append(
+                    Problem(
+                        path,
+                        f"include_paths[{i}]",
+                        f"folder {str(resolved)!r} does not exist (paths are relative to the config file)",
+                    )
+                )
+            include_paths.append(resolved)
+    if problems:
+        raise ConfigError(problems)
+    benchmarks = tuple(
+        BenchmarkConfig(
+            name=name,
+            tasks=tuple(raw["tasks"]),
+            enabled=raw.get("enabled", True),
+            description=raw.get("description", ""),
+        )
+        for name, raw in data.get("benchmarks", {}).items()
+    )
+    tasks = tuple(_task_from(key, raw) for key, raw in data.get("tasks", {}).items())
+    return EvalConfig(
+        path=path,
+        sha256=hashlib.sha256(raw_bytes).hexdigest(),
+        benchmarks=benchmarks,
+        tasks=tasks,
+        include_paths=tuple(include_paths),
+    )
+
+
+def load_config(path: Path) -> EvalConfig:
+    """Read, parse and validate a config file (JSON, or YAML by extension)."""
+    path = Path(path).absolute()
+    data = read_config_data(path)
+    return parse_config(path, data, path.read_bytes())
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def plan_items(config: EvalConfig) -> list[PlannedItem]:
+    """Every (benchmark, task) pair of the config, in a deterministic order.
+
+    A task runs when it is enabled and an enabled benchmark lists it; a benchmark entry with
+    no task entry of that name runs that lm-eval task with lm-eval's defaults; an enabled task
+    no benchmark lists is its own benchmark. Higher priorities come first, then file order.
+    """
+    items: list[PlannedItem] = []
+    listed: set[str] = set()
+    for bench in config.benchmarks:
+        for name in bench.tasks:
+            listed.add(name)
+            task = config.task(name) or TaskConfig(key=name, tasks=(name,), configured=False)
+            enabled = bench.enabled and task.enabled
+            reason = "" if enabled else DISABLED_REASON
+            items.append(PlannedItem(bench.name, task, enabled, reason))
+    for task in config.tasks:
+        if task.key not in listed:
+            items.append(
+                PlannedItem(task.key, task, task.enabled, "" if task.enabled else DISABLED_REASON)
+            )
+    order = {id(item): i for i, item in enumerate(items)}
+    return sorted(items, key=lambda it: (PRIORITY_ORDER[it.task.priority], order[id(it)]))

@@ -1,0 +1,185 @@
+"""One test item's evaluation: build the lm-eval request from the config and the run's
+settings, run it, keep its files, and judge the outcome. Imports no pytest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import harness
+from .config import PlannedItem, Threshold
+from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url
+from .gating import check_thresholds, format_checks
+from .results import RunPaths, atomic_write_json, atomic_write_text
+
+# lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
+DEFAULT_REQUEST_TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-wide settings every item applies (command-line overrides of the config)."""
+
+    endpoint: EndpointInfo
+    paths: RunPaths
+    batch_size: int | None = None
+    limit: int | float | None = None
+    max_length: int | None = None
+    concurrency: int = 1
+    max_retries: int = 3
+    tokenizer: str | None = None
+    api_key: str | None = None
+    default_timeout: float | None = None
+    include_paths: tuple[Path, ...] = ()
+    extra_thresholds: tuple[Threshold, ...] = field(default=())
+
+
+class ItemFailed(Exception):
+    """The item ran but its result is not acceptable (message is shown instead of a traceback)."""
+
+
+def item_timeout(item: PlannedItem, settings_default: float | None) -> float | None:
+    """The item's wall-clock limit: the task's ``timeout``, else the run's default."""
+    return item.task.timeout if item.task.timeout is not None else settings_default
+
+
+def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRequest:
+    """The lm-eval request of ``item`` under ``settings``."""
+    task = item.task
+    timeout = item_timeout(item, settings.default_timeout)
+    request_timeout = DEFAULT_REQUEST_TIMEOUT
+    if timeout is not None:
+        request_timeout = max(1, min(DEFAULT_REQUEST_TIMEOUT, int(timeout * 0.8)))
+    max_length = settings.max_length or settings.endpoint.max_model_len or DEFAULT_MAX_LENGTH
+    item_dir = settings.paths.item_dir(item.benchmark, task.key)
+    return harness.HarnessRequest(
+        tasks=task.tasks,
+        model=settings.endpoint.model,
+        base_url=settings.endpoint.url,
+        num_fewshot=task.num_fewshot,
+        batch_size=settings.batch_size or task.batch_size or 1,
+        limit=settings.limit if settings.limit is not None else task.limit,
+        log_samples=task.log_samples,
+        max_length=max_length,
+        num_concurrent=settings.concurrency,
+        max_retries=settings.max_retries,
+        request_timeout=request_timeout,
+        tokenizer=settings.tokenizer,
+        remote_tokenizer=settings.endpoint.remote_tokenizer,
+        include_paths=settings.include_paths,
+        cache_prefix=str(item_dir / "cache"),
+    )
+
+
+@contextmanager
+def _api_key_env(api_key: str | None):
+    # lm-eval's local-completions reads the key from OPENAI_API_KEY only; passing it in
+    # model_args would copy it into lm-eval's results and log.
+    if not api_key:
+        yield
+        return
+    old = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = api_key
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = old
+
+
+def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str | None) -> None:
+    samples = results.pop("samples", None) or {}
+    atomic_write_json(item_dir / "results.json", results)
+    for task, rows in samples.items():
+        text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+        atomic_write_text(item_dir / f"samples_{task}.jsonl", text)
+    if output_path:
+        # The seed's per-task output_path gets a copy, relative to where the run started.
+        target = Path(output_path)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in item_dir.iterdir():
+            if path.suffix in (".json", ".jsonl", ".log"):
+                shutil.copy2(path, target / path.name)
+
+
+def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, Any]:
+    """The summary entry of an item before it has run."""
+    task = item.task
+    record: dict[str, Any] = {
+        "benchmark": item.benchmark,
+        "task": task.key,
+        "lm_eval_tasks": list(task.tasks),
+        "description": task.description,
+        "status": "pending",
+        "duration_s": 0.0,
+        "metrics": {},
+        "n_samples": {},
+        "message": item.reason,
+        "settings": {
+            "num_fewshot": task.num_fewshot,
+            "limit": task.limit,
+            "batch_size": task.batch_size,
+        },
+    }
+    if settings is not None:
+        request = build_request(item, settings)
+        record["settings"] = {
+            "num_fewshot": request.num_fewshot,
+            "limit": request.limit,
+            "batch_size": request.batch_size,
+            "max_length": request.max_length,
+            "num_concurrent": request.num_concurrent,
+        }
+        record["endpoint"] = redact_url(settings.endpoint.url)
+        record["item_dir"] = str(
+            settings.paths.item_dir(item.benchmark, task.key).relative_to(settings.paths.root)
+        )
+    return record
+
+
+def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -> None:
+    """Run ``item`` and fill ``record`` in place (so a timeout or an interrupt that ends the
+    run midway still leaves what was known). Raises ``ItemFailed`` when the result is not
+    acceptable and lets lm-eval's own errors through."""
+    request = build_request(item, settings)
+    item_dir = settings.paths.item_dir(item.benchmark, item.task.key)
+    item_dir.mkdir(parents=True, exist_ok=True)
+    record["status"] = "running"
+    record["lm_eval_command"] = request.cli_string()
+    start = time.monotonic()
+    try:
+        with (
+            harness.capture_log(item_dir / "lm_eval.log", secret=settings.api_key),
+            _api_key_env(settings.api_key),
+        ):
+            results = harness.run(request)
+    finally:
+        record["duration_s"] = round(time.monotonic() - start, 3)
+    record["metrics"] = harness.metrics_of(results)
+    record["n_samples"] = results.get("n-samples", {})
+    record["versions"] = results.get("versions", {})
+    record["n_shot"] = results.get("n-shot", {})
+    _write_item_files(item_dir, results, item.task.output_path)
+    problem = harness.completeness_problem(results, request.limit)
+    if problem:
+        record["status"] = "failed"
+        record["message"] = problem
+        raise ItemFailed(f"{item.key}: {problem}")
+    thresholds = (*item.task.thresholds, *settings.extra_thresholds)
+    checks = check_thresholds(record["metrics"], thresholds)
+    record["checks"] = [c.to_dict() for c in checks]
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        record["status"] = "failed"
+        record["message"] = f"{len(failed)} of {len(checks)} threshold check(s) failed"
+        raise ItemFailed(f"{item.key}: {record['message']}\n{format_checks(checks)}")
+    record["status"] = "passed"
+    record["message"] = ""

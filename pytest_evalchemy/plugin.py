@@ -1,0 +1,532 @@
+"""pytest glue: options, collection of the config's tasks as test items, the endpoint check,
+and the controller-side reporter. The work itself lives in the pytest-free modules."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import catalog
+from .config import EvalConfig, PlannedItem, Threshold, load_config, normalize_metric, plan_items
+from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, check_endpoint, normalize_endpoint, redact_url
+from .errors import ConfigError, EvalchemyError
+from .evaluation import ItemFailed, RunSettings, base_record, item_timeout, run_item
+from .results import RunPaths, check_writable, default_run_id, now_iso, validate_run_id
+from .summary import RunRecorder, format_table, table_rows
+
+RECORD_PROPERTY = "evalchemy"
+DEFAULT_CONFIG = "configs/eval_config.json"
+DEFAULT_OUTPUT = "results"
+
+
+# ---------------------------------------------------------------- options
+
+# (option, ini/env suffix, help, type). Every option has an ini twin `evalchemy_<suffix>`.
+_OPTIONS: list[tuple[str, str, str, Any]] = [
+    ("--evalchemy-endpoint", "endpoint", "Completions URL of the vLLM server, e.g. http://host:8000/v1/completions. Env: EVALCHEMY_ENDPOINT", str),
+    ("--evalchemy-config", "config", f"Evaluation config (JSON, or YAML by extension). Default: {DEFAULT_CONFIG}. Env: EVALCHEMY_CONFIG", str),
+    ("--evalchemy-model", "model", "Model name sent to the server. Default: the first id GET /v1/models lists", str),
+    ("--evalchemy-run-id", "run_id", "Run id naming the results folder. Default: YYYYMMDD_HHMMSS_PID. Env: EVALCHEMY_RUN_ID", str),
+    ("--evalchemy-output", "output", f"Results root folder. Default: {DEFAULT_OUTPUT}. Env: EVALCHEMY_OUTPUT", str),
+    ("--evalchemy-batch-size", "batch_size", "Requests per batch for every task (overrides the config)", int),
+    ("--evalchemy-max-length", "max_length", "Maximum sequence length. Default: max_model_len from /v1/models, else 2048", int),
+    ("--evalchemy-concurrency", "concurrency", "Concurrent requests per item (lm-eval num_concurrent). Default: 1", int),
+    ("--evalchemy-tokenizer", "tokenizer", "Local tokenizer folder or name (needs transformers). Default: the server's /tokenize endpoints", str),
+    ("--evalchemy-limit", "limit", "Samples per task for every task (overrides the config), e.g. 10 for a quick run", float),
+    ("--evalchemy-timeout", "timeout", "Default per-item timeout in seconds for tasks without 'timeout'", float),
+    ("--evalchemy-max-retries", "max_retries", "Attempts per request before an item errors. Default: 3", int),
+    ("--evalchemy-log-level", "log_level", "Level of lm-eval's log written to the results folder. Default: INFO", str),
+]
+_ENV = {"endpoint": "EVALCHEMY_ENDPOINT", "config": "EVALCHEMY_CONFIG", "run_id": "EVALCHEMY_RUN_ID", "output": "EVALCHEMY_OUTPUT"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("evalchemy", "LLM benchmarks with lm-evaluation-harness")
+    for flag, name, help_text, _type in _OPTIONS:
+        group.addoption(flag, dest=f"evalchemy_{name}", default=None, help=help_text)
+        parser.addini(f"evalchemy_{name}", help_text, default=None)
+    group.addoption(
+        "--evalchemy-threshold",
+        dest="evalchemy_threshold",
+        action="append",
+        default=[],
+        help="Threshold TASK:METRIC>=VALUE or <=VALUE (repeatable; overrides the config), e.g. 'mini_arc:acc>=0.6'",
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """The plugin's settings, resolved command line > environment > ini > default."""
+
+    endpoint: str | None
+    config_path: Path
+    model: str | None
+    run_id: str | None
+    output: Path
+    batch_size: int | None
+    max_length: int | None
+    concurrency: int
+    tokenizer: str | None
+    limit: int | float | None
+    timeout: float | None
+    max_retries: int
+    log_level: str
+    thresholds: tuple[Threshold, ...]
+    api_key: str | None = field(default=None, repr=False)
+
+
+def _raw(config: pytest.Config, name: str) -> tuple[str | None, Path]:
+    """A setting's value and the folder a relative path in it is relative to."""
+    value = config.getoption(f"evalchemy_{name}")
+    if value is not None:
+        return str(value), config.invocation_params.dir
+    env = _ENV.get(name)
+    if env and os.environ.get(env):
+        return os.environ[env], config.invocation_params.dir
+    value = config.getini(f"evalchemy_{name}")
+    if value:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return str(value), base
+    return None, config.invocation_params.dir
+
+
+def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any:
+    value, _ = _raw(config, name)
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise pytest.UsageError(f"--evalchemy-{name.replace('_', '-')}: expected a number, got {value!r}") from None
+    if number < minimum:
+        raise pytest.UsageError(f"--evalchemy-{name.replace('_', '-')}: must be at least {minimum}, got {value!r}")
+    return number
+
+
+def parse_threshold(text: str) -> Threshold:
+    """``TASK:METRIC>=VALUE`` (or ``<=``) from the command line."""
+    for op in (">=", "<="):
+        if op in text:
+            metric, _, value = text.partition(op)
+            try:
+                number = float(value)
+            except ValueError:
+                break
+            if not metric.strip():
+                break
+            metric = normalize_metric(metric.strip())
+            return Threshold(metric, min=number) if op == ">=" else Threshold(metric, max=number)
+    raise pytest.UsageError(f"--evalchemy-threshold {text!r}: expected TASK:METRIC>=VALUE or METRIC<=VALUE, e.g. 'mini_arc:acc>=0.6'")
+
+
+def resolve_options(config: pytest.Config) -> Options:
+    endpoint, _ = _raw(config, "endpoint")
+    config_value, config_base = _raw(config, "config")
+    config_path = config_base / (config_value or DEFAULT_CONFIG)
+    if config_value is None and not config_path.exists():
+        config_path = config.rootpath / DEFAULT_CONFIG
+    output_value, output_base = _raw(config, "output")
+    limit = _number(config, "limit", float, 0)
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    log_level = (_raw(config, "log_level")[0] or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise pytest.UsageError(f"--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    run_id = _raw(config, "run_id")[0]
+    if run_id is not None:
+        try:
+            validate_run_id(run_id)
+        except EvalchemyError as exc:
+            raise pytest.UsageError(f"--evalchemy-run-id: {exc}") from None
+    return Options(
+        endpoint=endpoint,
+        config_path=config_path.absolute(),
+        model=_raw(config, "model")[0],
+        run_id=run_id,
+        output=(output_base / (output_value or DEFAULT_OUTPUT)).absolute(),
+        batch_size=_number(config, "batch_size", int, 1),
+        max_length=_number(config, "max_length", int, 16),
+        concurrency=_number(config, "concurrency", int, 1) or 1,
+        tokenizer=_raw(config, "tokenizer")[0],
+        limit=limit,
+        timeout=_number(config, "timeout", float, 0.001),
+        max_retries=_number(config, "max_retries", int, 1) or 3,
+        log_level=log_level,
+        thresholds=tuple(parse_threshold(t) for t in config.getoption("evalchemy_threshold")),
+        api_key=os.environ.get("EVALCHEMY_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
+    )
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class EvalchemyState:
+    """Per-process state, on ``config.stash``."""
+
+    options: Options
+    eval_config: EvalConfig
+    plan: list[PlannedItem]
+    run_id: str
+    started_at: str
+    is_worker: bool
+    settings: RunSettings | None = None
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths.create(self.options.output, self.run_id)
+
+    def make_settings(self, endpoint: EndpointInfo) -> RunSettings:
+        o = self.options
+        return RunSettings(
+            endpoint=endpoint,
+            paths=self.paths,
+            batch_size=o.batch_size,
+            limit=o.limit,
+            max_length=o.max_length,
+            concurrency=o.concurrency,
+            max_retries=o.max_retries,
+            tokenizer=o.tokenizer,
+            api_key=o.api_key,
+            default_timeout=o.timeout,
+            include_paths=self.eval_config.lm_eval_include_paths,
+            extra_thresholds=o.thresholds,
+        )
+
+    def header(self) -> dict[str, Any]:
+        """The summary's run-wide fields (no credentials)."""
+        endpoint = self.settings.endpoint if self.settings else None
+        return {
+            "run_id": self.run_id,
+            "endpoint": redact_url(endpoint.url) if endpoint else (redact_url(self.options.endpoint or "")),
+            "model": endpoint.model if endpoint else self.options.model,
+            "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
+            "seeds": {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234},
+            "settings": {
+                "batch_size": self.options.batch_size,
+                "limit": self.options.limit,
+                "max_length": self.options.max_length or (endpoint.max_model_len if endpoint else None) or DEFAULT_MAX_LENGTH,
+                "concurrency": self.options.concurrency,
+                "tokenizer": self.options.tokenizer or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+                "max_retries": self.options.max_retries,
+            },
+        }
+
+
+STATE = pytest.StashKey[EvalchemyState]()
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _active(config: pytest.Config) -> bool:
+    return bool(config.getoption("evalchemy_endpoint") or os.environ.get("EVALCHEMY_ENDPOINT") or config.getini("evalchemy_endpoint"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Without an endpoint the plugin adds nothing: an ordinary pytest run is unaffected.
+    if not _active(config):
+        return
+    options = resolve_options(config)
+    try:
+        options = _with_endpoint(options)
+        eval_config = load_config(options.config_path)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except EvalchemyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    worker_data = config.workerinput.get("evalchemy", {}) if _is_worker(config) else {}
+    state = EvalchemyState(
+        options=options,
+        eval_config=eval_config,
+        plan=plan_items(eval_config),
+        run_id=worker_data.get("run_id") or options.run_id or default_run_id(),
+        started_at=worker_data.get("started_at") or now_iso(),
+        is_worker=_is_worker(config),
+    )
+    if worker_data.get("endpoint"):
+        state.settings = state.make_settings(EndpointInfo.from_dict(worker_data["endpoint"]))
+    config.stash[STATE] = state
+    _collect_config_file(config, options.config_path)
+    if not state.is_worker:
+        config.pluginmanager.register(EvalchemyReporter(config, state), "evalchemy-reporter")
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(XdistHooks(state), "evalchemy-xdist")
+
+
+def _with_endpoint(options: Options) -> Options:
+    from dataclasses import replace
+
+    return replace(options, endpoint=normalize_endpoint(options.endpoint)) if options.endpoint else options
+
+
+def _collect_config_file(config: pytest.Config, config_path: Path) -> None:
+    """Make pytest collect the config file, wherever it lives."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # No paths given: the config takes the place of testpaths.
+        config.args = [str(config_path)]
+        return
+    for arg in config.args:
+        given = (config.invocation_params.dir / arg.split("::")[0]).absolute()
+        if given == config_path or given in config_path.parents:
+            return  # pytest reaches the config file through this argument already
+    config.args = [*config.args, str(config_path)]
+
+
+# ---------------------------------------------------------------- the endpoint check
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    state = config.stash.get(STATE, None)
+    # One check per run, on the controller, before xdist starts its workers.
+    if state is None or state.is_worker or config.option.collectonly:
+        return
+    options = state.options
+    enabled = [item for item in state.plan if item.enabled]
+    names = {n for item in enabled for n in item.task.tasks}
+    try:
+        check_writable(options.output)
+        info = check_endpoint(
+            options.endpoint or "",
+            model=options.model,
+            api_key=options.api_key,
+            local_tokenizer=options.tokenizer,
+            need_tokenizer=catalog.needs_tokenizer(names, state.eval_config.lm_eval_include_paths),
+        )
+    except EvalchemyError as exc:
+        reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
+        if reporter is not None and not isinstance(exc, type(None)):
+            reporter.fail_all(enabled, f"endpoint check failed: {exc}")
+        raise pytest.UsageError(f"evalchemy endpoint check failed: {exc}") from None
+    state.settings = state.make_settings(info)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    lines = [f"evalchemy: config {state.eval_config.path} ({sum(i.enabled for i in state.plan)} of {len(state.plan)} items enabled)"]
+    if state.settings:
+        e = state.settings.endpoint
+        lines.append(f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}")
+    return lines
+
+
+# ---------------------------------------------------------------- collection
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    state = parent.config.stash.get(STATE, None)
+    if state is not None and file_path.absolute() == state.options.config_path:
+        return EvalConfigFile.from_parent(parent, path=file_path)
+    return None
+
+
+class EvalConfigFile(pytest.File):
+    """The config file: one child per benchmark."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        state = self.config.stash[STATE]
+        benchmarks: dict[str, list[PlannedItem]] = {}
+        for item in state.plan:
+            benchmarks.setdefault(item.benchmark, []).append(item)
+        for name, items in benchmarks.items():
+            yield BenchmarkNode.from_parent(self, name=name, planned=items)
+
+
+class BenchmarkNode(pytest.Collector):
+    """A benchmark of the config: one item per task."""
+
+    def __init__(self, *, planned: list[PlannedItem], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for planned in self.planned:
+            yield TaskItem.from_parent(self, name=planned.task.key, planned=planned)
+
+
+class TaskItem(pytest.Item):
+    """One (benchmark, task) pair: runs lm-eval and judges the result."""
+
+    def __init__(self, *, planned: PlannedItem, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+        self.extra_keyword_matches.update(planned.keywords)
+        if not planned.enabled:
+            self.add_marker(pytest.mark.skip(reason=planned.reason))
+        timeout = item_timeout(planned, self.config.stash[STATE].options.timeout)
+        if timeout is not None:
+            # The signal method interrupts lm-eval in the main thread and keeps the worker alive.
+            self.add_marker(pytest.mark.timeout(timeout, method="signal"))
+        # Set now so that a skip report from setup carries the key too.
+        self.user_properties.append(("evalchemy_key", planned.key))
+
+    def runtest(self) -> None:
+        state = self.config.stash[STATE]
+        settings = state.settings
+        if settings is None:
+            raise ItemFailed("the endpoint check did not run; no endpoint information")
+        record = base_record(self.planned, settings)
+        try:
+            run_item(self.planned, settings, record)
+        except ItemFailed:
+            raise
+        except pytest.fail.Exception as exc:
+            if "Timeout" in str(exc):
+                record["status"] = "timeout"
+                record["message"] = f"timed out after {record['duration_s']:.1f}s ({exc})"
+            else:
+                record["status"] = "failed"
+                record["message"] = str(exc)
+            raise
+        except KeyboardInterrupt:
+            record["status"] = "interrupted"
+            record["message"] = "interrupted"
+            raise
+        except Exception as exc:
+            record["status"] = "error"
+            record["message"] = f"{type(exc).__name__}: {exc}"
+            raise ItemError(f"{self.planned.key}: lm-eval failed: {record['message']}") from exc
+        finally:
+            self._publish(record)
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        # user_properties travel with the report through xdist and into JUnit XML.
+        props = [p for p in self.user_properties if p[0] == "evalchemy_key"]
+        props.append((RECORD_PROPERTY, json.dumps(record, default=str)))
+        props.append(("evalchemy_status", record["status"]))
+        for lm_task, values in record.get("metrics", {}).items():
+            props.extend((f"{lm_task}:{metric}", value) for metric, value in values.items())
+        self.user_properties[:] = props
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, (ItemFailed, ItemError)):
+            state = self.config.stash[STATE]
+            where = state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
+            return f"{excinfo.value}\nlm-eval log: {where}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # pytest 9 needs an int line, or a skipped item crashes the run.
+        return self.path, 0, f"{self.planned.benchmark}::{self.planned.task.key}"
+
+
+class ItemError(Exception):
+    """lm-eval raised while running the item."""
+
+
+# ---------------------------------------------------------------- the reporter (controller only)
+
+
+class EvalchemyReporter:
+    """Writes the results folder and prints the score table, from the reports of the items
+    (sent by the workers under xdist)."""
+
+    def __init__(self, config: pytest.Config, state: EvalchemyState) -> None:
+        self.config = config
+        self.state = state
+        self.by_suffix = {f"::{p.benchmark}::{p.task.key}": p for p in state.plan}
+        self._recorder: RunRecorder | None = None
+
+    @property
+    def recorder(self) -> RunRecorder:
+        if self._recorder is None:
+            state = self.state
+            self._recorder = RunRecorder(
+                paths=state.paths, header=state.header(), order=[p.key for p in state.plan], started_at=state.started_at
+            )
+        return self._recorder
+
+    def _planned(self, nodeid: str) -> PlannedItem | None:
+        for suffix, planned in self.by_suffix.items():
+            if nodeid.endswith(suffix):
+                return planned
+        return None
+
+    def fail_all(self, items: list[PlannedItem], message: str) -> None:
+        """Record every item as an error (the run cannot start) and write the summary."""
+        for planned in items:
+            record = base_record(planned, None)
+            record["status"] = "error"
+            record["message"] = message
+            self.recorder.tasks[planned.key] = record
+        self.recorder.log(message)
+        self.recorder.finish(int(pytest.ExitCode.USAGE_ERROR), interrupted=False)
+
+    @pytest.hookimpl
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        planned = self._planned(nodeid)
+        if planned is not None and planned.enabled and self.state.settings is not None:
+            record = base_record(planned, self.state.settings)
+            record["status"] = "running"
+            self.recorder.tasks.setdefault(planned.key, record)
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        planned = self._planned(report.nodeid)
+        if planned is None:
+            return
+        props = dict(report.user_properties)
+        record = json.loads(props[RECORD_PROPERTY]) if RECORD_PROPERTY in props else base_record(planned, self.state.settings)
+        if report.when == "setup" and report.skipped:
+            record["status"] = "skipped"
+            longrepr = report.longrepr
+            record["message"] = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else planned.reason
+        elif report.when == "call":
+            if record["status"] in ("pending", "running"):
+                record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[report.outcome]
+            record["duration_s"] = round(report.duration, 3)
+        elif report.failed:
+            crashed = report.when not in ("setup", "teardown")  # xdist reports a crashed worker as "???"
+            record["status"] = "crashed" if crashed else "error"
+            record["message"] = (report.longreprtext.strip().splitlines() or [""])[-1]
+        else:
+            return
+        self.recorder.update(planned.key, record, report.longreprtext if report.failed else "")
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self._recorder is not None:
+            self._recorder.header = self.state.header()
+            self._recorder.finish(int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED))
+
+    @pytest.hookimpl
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        recorder = self._recorder
+        if recorder is None or not recorder.tasks:
+            return
+        ordered = recorder.summary()["tasks"]
+        metrics = {p.key: p.task.metrics for p in self.state.plan}
+        terminalreporter.write_sep("=", "evalchemy scores")
+        for line in format_table(table_rows(ordered, metrics)):
+            terminalreporter.write_line(line)
+        if recorder.written:
+            terminalreporter.write_line(f"summary: {recorder.paths.summary}")
+
+
+class XdistHooks:
+    """Hands the controller's run id and endpoint check to the workers."""
+
+    def __init__(self, state: EvalchemyState) -> None:
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        state = self.state
+        node.workerinput["evalchemy"] = {
+            "run_id": state.run_id,
+            "started_at": state.started_at,
+            "endpoint": state.settings.endpoint.to_dict() if state.settings else None,
+        }
+

@@ -1,0 +1,25 @@
+"""Where the files that ship with the plugin are, in a checkout and in an installed wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _find(repo_relative: str, packaged: str) -> Path:
+    # A wheel carries copies under _data/; a checkout (editable install) has the originals.
+    inside = _PACKAGE / "_data" / packaged
+    if inside.exists():
+        return inside
+    return _PACKAGE.parent / repo_relative
+
+
+def schema_path() -> Path:
+    """The JSON Schema of the evaluation config."""
+    return _find("configs/eval_config.schema.json", "eval_config.schema.json")
+
+
+def benchmarks_dir() -> Path:
+    """The project's offline benchmarks, always on lm-eval's include path."""
+    return _find("benchmarks", "benchmarks")

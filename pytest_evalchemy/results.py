@@ -1,0 +1,139 @@
+"""The results folder: run ids, file names, atomic writes, and the run summary.
+Imports no pytest and no lm-eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageProblem
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Item statuses, in the order the summary's totals list them.
+STATUSES = ("passed", "failed", "error", "timeout", "crashed", "interrupted", "skipped")
+
+
+def default_run_id(now: float | None = None, pid: int | None = None) -> str:
+    """``YYYYMMDD_HHMMSS_PID``, the seed guide's default run id."""
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(now))
+    return f"{stamp}_{pid if pid is not None else os.getpid()}"
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a safe folder name; raise ``UsageProblem`` otherwise."""
+    if not _SAFE_NAME.match(run_id or "") or ".." in run_id:
+        raise UsageProblem(
+            f"run id {run_id!r} is not a safe folder name: use 1-128 letters, digits, '_', '.' "
+            "or '-', starting with a letter or digit, without '..' or '/'"
+        )
+    return run_id
+
+
+def now_iso() -> str:
+    """The current time in ISO 8601 with the UTC offset."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The seed guide's results layout under ``<output>/<run_id>/``."""
+
+    root: Path
+    run_id: str
+
+    @classmethod
+    def create(cls, output: Path, run_id: str) -> RunPaths:
+        return cls(Path(output) / validate_run_id(run_id), run_id)
+
+    @property
+    def summary(self) -> Path:
+        return self.root / f"evalchemy_summary_{self.run_id}.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"evalchemy_{self.run_id}.log"
+
+    @property
+    def errors_log(self) -> Path:
+        return self.root / f"evalchemy_errors_{self.run_id}.log"
+
+    def benchmark_results(self, benchmark: str) -> Path:
+        return self.root / f"{benchmark}_results.json"
+
+    def benchmark_log(self, benchmark: str) -> Path:
+        return self.root / f"{benchmark}_benchmark.log"
+
+    def item_dir(self, benchmark: str, task: str) -> Path:
+        """An item's own folder (lm-eval log, results, samples, request cache): items running
+        in parallel never share a file."""
+        return self.root / "items" / benchmark / task
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def append_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def check_writable(output: Path) -> None:
+    """Fail before any request is sent when results could not be written."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".evalchemy-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageProblem(
+            f"results folder {str(output)!r} is not writable ({exc.strerror}); pass "
+            "--evalchemy-output with a writable folder"
+        ) from None
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers (read from package metadata: imports nothing)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name, dist in (
+        ("pytest", "pytest"),
+        ("lm_eval", "lm_eval"),
+        ("pytest_evalchemy", "pytest-evalchemy"),
+    ):
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def totals(tasks: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Count of items per status."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for record in tasks.values():
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts

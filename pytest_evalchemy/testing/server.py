@@ -1,0 +1,964 @@
+"""A dependency-free stand-in for vLLM's OpenAI-compatible server, with a scripted "model".
+
+It speaks enough of vLLM's protocol for lm-eval's ``local-completions`` model with
+``tokenizer_backend="remote"`` and ``tokenized_requests=True``: ``/v1/models``, ``/v1/completions``
+(echo + logprobs for loglikelihood, generation with stop strings), and the tokenizer endpoints that vLLM
+serves with ``--enable-tokenizer-info-endpoint``. The simulated model answers each document of an answer key
+right or wrong as ``AnswerEntry.known`` says, so a test knows the exact accuracy lm-eval must report.
+
+Tokenizer: byte level. Token id = byte value + 3; ids 0, 1, 2 are ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS).
+Like Hugging Face tokenizers, the text ``"<s>"`` etc. encodes to the special id: lm-eval's remote tokenizer
+finds the EOS/BOS ids by encoding ``eos_token``/``bos_token``.
+
+Scoring rule (loglikelihood, ``echo: true``): the document whose marker has the largest ``rfind`` position in
+the decoded prompt is the current one (few-shot examples come earlier). No document: every token -2.0. A
+``choice`` document: every prompt token gets -0.05 when ``text.endswith(correct) == known``, else -3.0, so a
+known document scores its right choice highest and an unknown one scores every wrong choice higher.
+
+Generation: a ``generate`` document yields ``correct`` when known, else ``wrong``; anything else yields
+``" I do not know.\\n\\n"``. Stop strings are honoured the way vLLM does (cut, ``finish_reason: "stop"``,
+``stop_reason``), then ``max_tokens`` (bytes).
+
+Fault switches (all off by default) simulate slow, overloaded, flaky or misconfigured servers; ``GET /stats``
+reports request counts and the peak number of concurrent completion requests.
+
+CLI: ``python -m pytest_evalchemy.testing.server --benchmarks DIR [--port 0] ...`` prints one line
+``EVALCHEMY_TEST_SERVER http://127.0.0.1:PORT`` when ready and serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_evalchemy.testing.answer_key import AnswerEntry
+
+DEFAULT_MODEL = "evalchemy-test-model"
+DEFAULT_MAX_MODEL_LEN = 16384
+READY_PREFIX = "EVALCHEMY_TEST_SERVER"
+
+# --- tokenizer -------------------------------------------------------------------------------------------------
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+ID_OFFSET = 3
+VOCAB_SIZE = 256 + ID_OFFSET
+# Token strings as vLLM reports them in logprobs: the single byte decoded as latin-1.
+TOKEN_STRS: tuple[str, ...] = (*SPECIAL_TOKENS, *(chr(b) for b in range(256)))
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
+_SPECIAL_IDS = {s: i for i, s in enumerate(SPECIAL_TOKENS)}
+_SPECIAL_BYTES = tuple(s.encode("ascii") for s in SPECIAL_TOKENS)
+
+# Log probabilities of the simulated model.
+LP_AGREE = -0.05  # the prompt ends the way the model believes (and every generated token)
+LP_DISAGREE = -3.0  # the prompt ends the other way
+LP_UNKNOWN_DOC = -2.0  # no answer-key marker in the prompt
+FALLBACK_GENERATION = " I do not know.\n\n"
+
+
+def encode(text: str, add_special_tokens: bool = False) -> list[int]:
+    """Encode text to byte-level ids; special-token strings map to their ids, BOS first if asked."""
+    ids = [BOS_ID] if add_special_tokens else []
+    if "<" not in text:  # fast path: no special token possible
+        ids.extend(b + ID_OFFSET for b in text.encode("utf-8"))
+        return ids
+    for piece in _SPECIAL_RE.split(text):
+        if piece in _SPECIAL_IDS:
+            ids.append(_SPECIAL_IDS[piece])
+        elif piece:
+            ids.extend(b + ID_OFFSET for b in piece.encode("utf-8"))
+    return ids
+
+
+def decode(ids: Sequence[int]) -> str:
+    """Decode ids (assumed in range) to text; special ids become their strings, bad UTF-8 becomes U+FFFD."""
+    if not ids:
+        return ""
+    if min(ids) >= ID_OFFSET:
+        return bytes(t - ID_OFFSET for t in ids).decode("utf-8", errors="replace")
+    out = bytearray()
+    for t in ids:
+        if t < ID_OFFSET:
+            out += _SPECIAL_BYTES[t]
+        else:
+            out.append(t - ID_OFFSET)
+    return out.decode("utf-8", errors="replace")
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
+class APIError(Exception):
+    """An error answered with vLLM's error JSON ``{"error": {message, type, param, code}}``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    def payload(self) -> dict[str, Any]:
+        err_type = _ERROR_TYPES.get(self.status, "Error")
+        return {
+            "error": {
+                "message": self.message,
+                "type": err_type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+def _bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param)
+
+
+# --- the server ------------------------------------------------------------------------------------------------
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    # A burst of concurrent clients (aiohttp with num_concurrent=32) overflows the default backlog of 5, and
+    # a dropped SYN costs the client a 1 s retransmit.
+    request_queue_size = 128
+
+    app: EvalchemyTestServer
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can take seconds.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+
+class EvalchemyTestServer:
+    """vLLM look-alike whose simulated model answers an answer key right or wrong on purpose.
+
+    Fault switches: ``latency`` (seconds slept per completion request), ``max_concurrency`` (completion
+    requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
+    ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
+    ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
+    ``no_tokenizer_endpoints``, ``chat_only``. The ``*_first`` faults take turns, in the order reset, fail,
+    invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self,
+        entries: Sequence[AnswerEntry] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: str = DEFAULT_MODEL,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+        api_key: str | None = None,
+        latency: float = 0.0,
+        max_concurrency: int | None = None,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        retry_after: float | None = None,
+        null_logprobs: bool = False,
+        no_tokenizer_endpoints: bool = False,
+        chat_only: bool = False,
+        hang_after: int | None = None,
+        reset_first: int = 0,
+        invalid_json_first: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.entries = list(entries)
+        self.host = host
+        self.port = port
+        self.model = model
+        self.max_model_len = max_model_len
+        self.api_key = api_key
+        self.latency = latency
+        self.max_concurrency = max_concurrency
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.retry_after = retry_after
+        self.null_logprobs = null_logprobs
+        self.no_tokenizer_endpoints = no_tokenizer_endpoints
+        self.chat_only = chat_only
+        self.hang_after = hang_after
+        self.reset_first = reset_first
+        self.invalid_json_first = invalid_json_first
+        self.verbose = verbose
+
+        self._markers = [(e.marker, e) for e in self.entries]
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
+        self._stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        self._reset_counters()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> EvalchemyTestServer:
+        """Bind, listen and serve in a daemon thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        self._stopping.clear()
+        httpd = _HTTPServer((self.host, self.port), _Handler)
+        httpd.app = self
+        self._httpd = httpd
+        self.port = httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="evalchemy-test-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, release hung requests and drop open keep-alive connections."""
+        httpd = self._httpd
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:  # idle keep-alive threads would otherwise block in readline() forever
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> EvalchemyTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8123``."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def completions_url(self) -> str:
+        """The URL lm-eval's ``base_url`` takes."""
+        return f"{self.url}/v1/completions"
+
+    @property
+    def chat_completions_url(self) -> str:
+        return f"{self.url}/v1/chat/completions"
+
+    # -- statistics --------------------------------------------------------------------------------------------
+
+    def _reset_counters(self) -> None:
+        self._requests: dict[str, int] = {}
+        self._completion_seq = 0
+        self._prompts = 0
+        self._in_flight = 0
+        self._max_concurrent = 0
+        self._active = 0
+        self._max_active = 0
+        self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0}
+
+    def stats(self) -> dict[str, Any]:
+        """Snapshot: requests per path, completion requests, prompts answered, peak concurrency, faults."""
+        with self._lock:
+            return {
+                "requests": dict(self._requests),
+                "completions": self._completion_seq,
+                "prompts": self._prompts,
+                "in_flight": self._in_flight,
+                # completion requests received and not yet answered, at the peak (includes waiting ones)
+                "max_concurrent": self._max_concurrent,
+                # completion requests holding a max_concurrency slot, at the peak
+                "max_active": self._max_active,
+                "faults": dict(self._faults),
+            }
+
+    def reset_stats(self) -> None:
+        """Zero all counters, including the ones the ``*_first`` and ``hang_after`` faults count with."""
+        with self._lock:
+            self._reset_counters()
+
+    def _count(self, path: str) -> None:
+        with self._lock:
+            self._requests[path] = self._requests.get(path, 0) + 1
+
+    def _begin_completion(self) -> int:
+        with self._lock:
+            self._completion_seq += 1
+            self._in_flight += 1
+            self._max_concurrent = max(self._max_concurrent, self._in_flight)
+            return self._completion_seq
+
+    def _end_completion(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _fault_for(self, seq: int) -> str | None:
+        """Which fault request number ``seq`` (1-based) gets, if any."""
+        fault = None
+        if self.hang_after is not None and seq > self.hang_after:
+            fault = "hang"
+        elif seq <= self.reset_first:
+            fault = "reset"
+        elif seq <= self.reset_first + self.fail_first:
+            fault = "fail"
+        elif seq <= self.reset_first + self.fail_first + self.invalid_json_first:
+            fault = "invalid_json"
+        if fault is not None:
+            with self._lock:
+                self._faults[fault] += 1
+        return fault
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of the ``max_concurrency`` slots (if capped) for the simulated compute."""
+        if self._slots is not None:
+            self._slots.acquire()
+        try:
+            with self._lock:
+                self._active += 1
+                self._max_active = max(self._max_active, self._active)
+            try:
+                if self.latency > 0:
+                    time.sleep(self.latency)
+                yield
+            finally:
+                with self._lock:
+                    self._active -= 1
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    # -- the simulated model -----------------------------------------------------------------------------------
+
+    def current_entry(self, text: str) -> AnswerEntry | None:
+        """The entry whose marker occurs last in ``text``: the document being asked about."""
+        best: AnswerEntry | None = None
+        best_pos = -1
+        for marker, entry in self._markers:
+            pos = text.rfind(marker)
+            if pos > best_pos:
+                best, best_pos = entry, pos
+        return best
+
+    def prompt_logprob(self, text: str) -> float:
+        """The logprob every prompt token gets under the scoring rule."""
+        entry = self.current_entry(text)
+        if entry is None or entry.kind != "choice":
+            return LP_UNKNOWN_DOC
+        return LP_AGREE if text.endswith(entry.correct) == entry.known else LP_DISAGREE
+
+    def generation(self, text: str) -> str:
+        """The full text the model would generate after ``text``, before stop strings and max_tokens."""
+        entry = self.current_entry(text)
+        if entry is None or entry.kind != "generate":
+            return FALLBACK_GENERATION
+        return entry.correct if entry.known else entry.wrong
+
+    # -- endpoint logic ----------------------------------------------------------------------------------------
+
+    def models_payload(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.model,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "evalchemy-test",
+                    "root": self.model,
+                    "parent": None,
+                    "max_model_len": self.max_model_len,
+                    "permission": [],
+                }
+            ],
+        }
+
+    def tokenizer_info_payload(self) -> dict[str, Any]:
+        return {
+            "tokenizer_class": "EvalchemyByteTokenizer",
+            "bos_token": SPECIAL_TOKENS[BOS_ID],
+            "eos_token": SPECIAL_TOKENS[EOS_ID],
+            "unk_token": SPECIAL_TOKENS[UNK_ID],
+            "pad_token": None,
+            "add_bos_token": True,
+            "vocab_size": VOCAB_SIZE,
+            "model_max_length": self.max_model_len,
+        }
+
+    def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise _bad_request("'prompt' must be a string", "prompt")
+        ids = encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
+        token_strs = [TOKEN_STRS[t] for t in ids] if body.get("return_token_strs") else None
+        return {
+            "count": len(ids),
+            "max_model_len": self.max_model_len,
+            "tokens": ids,
+            "token_strs": token_strs,
+        }
+
+    def detokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        ids = body.get("tokens")
+        if not _is_id_list(ids):
+            raise _bad_request("'tokens' must be a list of integers", "tokens")
+        _check_vocab(ids)
+        return {"prompt": decode(ids)}
+
+    def _check_model(self, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model is not None and model != self.model:
+            raise APIError(404, f"The model `{model}` does not exist.", "model")
+
+    def _check_length(self, n_prompt: int, max_tokens: int) -> None:
+        if n_prompt > self.max_model_len:
+            raise _bad_request(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt "
+                f"contains at least {n_prompt} input tokens. Please reduce the length of the input prompt.",
+                "input_tokens",
+            )
+        if n_prompt + max_tokens > self.max_model_len:
+            raise _bad_request(
+                f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's maximum "
+                f"context length is {self.max_model_len} tokens and your request has {n_prompt} input tokens "
+                f"({max_tokens} > {self.max_model_len} - {n_prompt}).",
+                "max_tokens",
+            )
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a ``/v1/completions`` request body."""
+        self._check_model(body)
+        prompts = _parse_prompts(
+            body.get("prompt"), add_special_tokens=bool(body.get("add_special_tokens", True))
+        )
+        echo = bool(body.get("echo", False))
+        logprobs = body.get("logprobs")
+        if logprobs is not None and (
+            not isinstance(logprobs, int) or isinstance(logprobs, bool) or logprobs < 0
+        ):
+            raise _bad_request("'logprobs' must be a non-negative integer", "logprobs")
+        stops = _parse_stop(body.get("stop"))
+        include_stop = bool(body.get("include_stop_str_in_output", False))
+        max_tokens_req = body.get("max_tokens", 16)  # the OpenAI/vLLM default for completions
+
+        choices = []
+        n_prompt_total = n_completion_total = 0
+        for index, (ids, original) in enumerate(prompts):
+            max_tokens = self.max_model_len - len(ids) if max_tokens_req is None else max_tokens_req
+            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+                raise _bad_request("'max_tokens' must be a non-negative integer", "max_tokens")
+            self._check_length(len(ids), max_tokens)
+            text = decode(ids)
+            gen_text, gen_ids, n_generated, finish, stop_reason = _apply_limits(
+                self.generation(text), stops, max_tokens, include_stop
+            )
+            n_prompt_total += len(ids)
+            n_completion_total += n_generated
+            prompt_text = original if original is not None else text
+            choice: dict[str, Any] = {
+                "index": index,
+                "text": prompt_text + gen_text if echo else gen_text,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": stop_reason,
+            }
+            if logprobs is not None:
+                choice["logprobs"] = self._logprobs(
+                    ids if echo else [], text if echo else "", gen_ids
+                )
+            choices.append(choice)
+        with self._lock:
+            self._prompts += len(prompts)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": n_prompt_total,
+                "total_tokens": n_prompt_total + n_completion_total,
+                "completion_tokens": n_completion_total,
+            },
+        }
+
+    def _logprobs(
+        self, prompt_ids: list[int], prompt_text: str, gen_ids: list[int]
+    ) -> dict[str, Any]:
+        """vLLM's completions logprobs block over echoed prompt tokens (first one null) and generated tokens."""
+        all_ids = prompt_ids + gen_ids
+        tokens = [TOKEN_STRS[t] for t in all_ids]
+        offsets = []
+        pos = 0
+        for tok in tokens:
+            offsets.append(pos)
+            pos += len(tok)
+        if self.null_logprobs:
+            # A server that silently ignores prompt logprobs.
+            return {
+                "tokens": tokens,
+                "token_logprobs": [None] * len(tokens),
+                "top_logprobs": [None] * len(tokens),
+                "text_offset": offsets,
+            }
+        values: list[float | None] = []
+        if prompt_ids:
+            lp = self.prompt_logprob(prompt_text)
+            values = [None] + [lp] * (len(prompt_ids) - 1)
+        values += [LP_AGREE] * len(gen_ids)
+        # Each position's top_logprobs holds the token itself, so lm-eval's greedy check passes.
+        top = [None if v is None else {tok: v} for tok, v in zip(tokens, values, strict=True)]
+        return {
+            "tokens": tokens,
+            "token_logprobs": values,
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+    def chat_complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Answer a ``/v1/chat/completions`` request body (only served with ``chat_only``)."""
+        self._check_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _bad_request("'messages' must be a non-empty list", "messages")
+        parts = []
+        for msg in messages:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
+                raise _bad_request("each message needs a string 'content'", "messages")
+            parts.append(content)
+        text = "\n".join(parts)
+        n_prompt = len(encode(text, add_special_tokens=True))
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is None:
+            max_tokens = self.max_model_len - n_prompt
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            raise _bad_request("'max_tokens' must be a non-negative integer", "max_tokens")
+        self._check_length(n_prompt, max_tokens)
+        gen_text, _, n_generated, finish, stop_reason = _apply_limits(
+            self.generation(text), _parse_stop(body.get("stop")), max_tokens, False
+        )
+        with self._lock:
+            self._prompts += 1
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": gen_text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                    "stop_reason": stop_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "total_tokens": n_prompt + n_generated,
+                "completion_tokens": n_generated,
+            },
+        }
+
+
+def _is_id_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def _check_vocab(ids: list[int]) -> None:
+    if ids and (min(ids) < 0 or max(ids) >= VOCAB_SIZE):
+        bad = next(t for t in ids if t < 0 or t >= VOCAB_SIZE)
+        raise _bad_request(f"Token id {bad} is out of vocabulary", "prompt")
+
+
+def _parse_prompts(
+    prompt: object, *, add_special_tokens: bool
+) -> list[tuple[list[int], str | None]]:
+    """Normalize the four prompt forms to (ids, original text or None). Strings get BOS, like vLLM."""
+    if isinstance(prompt, str):
+        prompts: list[tuple[list[int], str | None]] = [(encode(prompt, add_special_tokens), prompt)]
+    elif isinstance(prompt, list) and prompt and _is_id_list(prompt):
+        prompts = [(prompt, None)]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = [(encode(p, add_special_tokens), p) for p in prompt]
+    elif isinstance(prompt, list) and prompt and all(_is_id_list(p) for p in prompt):
+        prompts = [(p, None) for p in prompt]
+    else:
+        raise _bad_request(
+            "'prompt' must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+            "prompt",
+        )
+    for ids, _ in prompts:
+        if not ids:
+            raise _bad_request("Prompt cannot be empty", "prompt")
+        _check_vocab(ids)
+    return prompts
+
+
+def _parse_stop(stop: object) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return [s for s in stop if s]
+    raise _bad_request("'stop' must be a string or a list of strings", "stop")
+
+
+def _apply_limits(
+    full: str, stops: list[str], max_tokens: int, include_stop: bool
+) -> tuple[str, list[int], int, str, str | None]:
+    """Cut a generation like vLLM: the earliest stop string wins if it is complete within max_tokens.
+
+    Returns (text, ids of text, tokens generated, finish_reason, stop_reason).
+    """
+    hit_pos, hit = -1, None
+    for s in stops:
+        pos = full.find(s)
+        if pos != -1 and (hit is None or pos < hit_pos):
+            hit_pos, hit = pos, s
+    if hit is not None:
+        through_stop = encode(full[: hit_pos + len(hit)])
+        if len(through_stop) <= max_tokens:
+            text = full[: hit_pos + len(hit)] if include_stop else full[:hit_pos]
+            return text, encode(text), len(through_stop), "stop", hit
+    ids = encode(full)
+    if len(ids) < max_tokens:  # room left for EOS: a natural end
+        return full, ids, len(ids), "stop", None
+    ids = ids[:max_tokens]
+    return decode(ids), ids, len(ids), "length", None
+
+
+# --- HTTP layer ------------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: lm-eval's remote tokenizer uses a requests.Session
+    server_version = "evalchemy-test"
+    sys_version = ""
+    # Buffered writes: headers and body leave in one flush; no Nagle delay on the small responses.
+    wbufsize = -1
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        app = self.server.app
+        with app._lock:
+            app._connections.add(self.connection)
+
+    def finish(self) -> None:
+        app = self.server.app
+        with app._lock:
+            app._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.app.verbose:
+            sys.stderr.write(f"[evalchemy-test-server] {self.address_string()} {format % args}\n")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(
+        self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        self._send(status, json.dumps(payload, separators=(",", ":")).encode("utf-8"), headers)
+
+    def _drop_connection(self) -> None:
+        """Close without answering; SO_LINGER 0 makes it a TCP reset rather than a clean EOF."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The socket only really closes once the file objects made from it are closed too.
+        for f in (self.wfile, self.rfile):
+            with contextlib.suppress(OSError):
+                f.close()
+        with contextlib.suppress(OSError):
+            self.connection.close()
+        # handle_one_request() flushes wfile after us: give it somewhere harmless to write.
+        self.wfile = io.BytesIO()
+
+    @staticmethod
+    def _json_body(raw: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(raw or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _bad_request(f"Invalid JSON body: {exc}") from exc
+        if not isinstance(body, dict):
+            raise _bad_request("The JSON body must be an object")
+        return body
+
+    # -- routing -----------------------------------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        app = self.server.app
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        # Read the body first, even for errors, so the next request on a keep-alive connection parses cleanly.
+        raw = self._read_body() if method == "POST" else b""
+        if path != "/stats":  # reading stats must not change them
+            app._count(path)
+        try:
+            # vLLM's middleware guards every /v1 path, existing or not, and answers this exact body.
+            if (
+                path.startswith("/v1")
+                and app.api_key is not None
+                and self.headers.get("Authorization") != f"Bearer {app.api_key}"
+            ):
+                self._send_json(401, {"error": "Unauthorized"})
+                return
+            routes = self._routes()
+            if path not in routes:
+                self._send_json(
+                    404, {"detail": "Not Found"}
+                )  # FastAPI's answer for an unknown route
+                return
+            want, handler = routes[path]
+            if want != method:
+                self._send_json(405, {"detail": "Method Not Allowed"})
+                return
+            handler(raw)
+        except APIError as exc:
+            self._send_json(exc.status, exc.payload())
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:  # answer 500 and keep serving, like a real server
+            if app.verbose:
+                import traceback
+
+                traceback.print_exc()
+            with contextlib.suppress(OSError):
+                self._send_json(500, APIError(500, f"Internal server error: {exc!r}").payload())
+
+    def _routes(self) -> dict[str, tuple[str, Any]]:
+        app = self.server.app
+        routes: dict[str, tuple[str, Any]] = {
+            "/health": ("GET", lambda raw: self._send(200, b"")),
+            "/stats": ("GET", lambda raw: self._send_json(200, app.stats())),
+            "/v1/models": ("GET", lambda raw: self._send_json(200, app.models_payload())),
+        }
+        if not app.no_tokenizer_endpoints:
+            routes["/tokenizer_info"] = (
+                "GET",
+                lambda raw: self._send_json(200, app.tokenizer_info_payload()),
+            )
+            routes["/tokenize"] = (
+                "POST",
+                lambda raw: self._send_json(200, app.tokenize(self._json_body(raw))),
+            )
+            routes["/detokenize"] = (
+                "POST",
+                lambda raw: self._send_json(200, app.detokenize(self._json_body(raw))),
+            )
+        if app.chat_only:
+            routes["/v1/chat/completions"] = (
+                "POST",
+                lambda raw: self._completion(raw, app.chat_complete),
+            )
+        else:
+            routes["/v1/completions"] = ("POST", lambda raw: self._completion(raw, app.complete))
+        return routes
+
+    def _completion(self, raw: bytes, answer: Any) -> None:
+        """Run one completion request through the fault switches, the concurrency cap and the model."""
+        app = self.server.app
+        seq = app._begin_completion()
+        try:
+            fault = app._fault_for(seq)
+            if fault == "hang":
+                app._stopping.wait()
+                self._drop_connection()
+                return
+            if fault == "reset":
+                self._drop_connection()
+                return
+            if fault == "fail":
+                headers = (
+                    [("Retry-After", _fmt_seconds(app.retry_after))]
+                    if app.retry_after is not None
+                    else []
+                )
+                message = f"Simulated failure of completion request {seq} (HTTP {app.fail_status})"
+                self._send_json(
+                    app.fail_status, APIError(app.fail_status, message).payload(), headers
+                )
+                return
+            if fault == "invalid_json":
+                self._send(
+                    200,
+                    b'{"id":"cmpl-truncated","object":"text_completion","choices":[{"index":0,"te',
+                )
+                return
+            with app._slot():
+                payload = answer(self._json_body(raw))
+            self._send_json(200, payload)
+        finally:
+            app._end_completion()
+
+
+def _fmt_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pytest_evalchemy.testing.server",
+        description="vLLM-compatible test server whose simulated model answers the offline benchmarks' answer key.",
+    )
+    p.add_argument("--benchmarks", type=Path, help="benchmarks folder to load the answer key from")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--port-file", type=Path, help="also write the base URL to this file when ready")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    g = p.add_argument_group("fault injection and performance")
+    g.add_argument(
+        "--latency", type=float, default=0.0, help="seconds slept per completion request"
+    )
+    g.add_argument(
+        "--max-concurrency", type=int, help="completion requests served at once; the rest wait"
+    )
+    g.add_argument("--fail-first", type=int, default=0, help="fail the first N completion requests")
+    g.add_argument("--fail-status", type=int, default=503, help="HTTP status of those failures")
+    g.add_argument(
+        "--retry-after", type=float, help="Retry-After header (seconds) on those failures"
+    )
+    g.add_argument("--null-logprobs", action="store_true", help="echo logprobs come back all null")
+    g.add_argument(
+        "--no-tokenizer-endpoints", action="store_true", help="404 on /tokenizer_info etc."
+    )
+    g.add_argument(
+        "--chat-only", action="store_true", help="serve /v1/chat/completions, 404 /v1/completions"
+    )
+    g.add_argument(
+        "--hang-after", type=int, help="completion requests after the first N hang until shutdown"
+    )
+    g.add_argument(
+        "--reset-first", type=int, default=0, help="reset the connection of the first N requests"
+    )
+    g.add_argument(
+        "--invalid-json-first", type=int, default=0, help="truncated JSON for the first N requests"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; announce the URL on stdout (and in --port-file)."""
+    args = _parse_args(argv)
+    entries: list[AnswerEntry] = []
+    if args.benchmarks is not None:
+        # Imported here: only the CLI reads the benchmarks folder.
+        from pytest_evalchemy.testing.answer_key import load_answer_key
+
+        entries = load_answer_key(args.benchmarks)
+    server = EvalchemyTestServer(
+        entries,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_model_len=args.max_model_len,
+        api_key=args.api_key,
+        latency=args.latency,
+        max_concurrency=args.max_concurrency,
+        fail_first=args.fail_first,
+        fail_status=args.fail_status,
+        retry_after=args.retry_after,
+        null_logprobs=args.null_logprobs,
+        no_tokenizer_endpoints=args.no_tokenizer_endpoints,
+        chat_only=args.chat_only,
+        hang_after=args.hang_after,
+        reset_first=args.reset_first,
+        invalid_json_first=args.invalid_json_first,
+        verbose=args.verbose,
+    )
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    server.start()
+    try:
+        if args.port_file is not None:
+            # Write then rename, so a reader polling the file never sees it half written.
+            tmp = args.port_file.with_name(args.port_file.name + f".{os.getpid()}.tmp")
+            tmp.write_text(server.url + "\n", encoding="utf-8")
+            os.replace(tmp, args.port_file)
+        print(f"{READY_PREFIX} {server.url}", flush=True)
+        while not done.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

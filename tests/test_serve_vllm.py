@@ -1,0 +1,219 @@
+"""Integration tests of ``pytest_evalchemy.serve`` against a real vLLM server (CPU build, tiny model).
+
+They need the python of a vLLM environment: ``EVALCHEMY_VLLM_PYTHON``, else ``.venv-vllm/bin/python``
+(``make .venv-vllm/.installed``). Without it they fail rather than skip, so a broken setup is seen.
+One server is started for the module; the stop test runs last and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy.serve import ServeError, ServeSpec, VllmServer
+
+pytestmark = pytest.mark.vllm
+
+REPO = Path(__file__).resolve().parents[1]
+BUILDER = REPO / "pytest_evalchemy" / "testing" / "tiny_model.py"
+CACHE = REPO / "tmp"  # git-ignored; the model build is kept between runs (the builder skips it then)
+PROMPT = "def hello_world(name):\n    return name"
+
+
+def _vllm_python() -> str:
+    path = Path(os.environ.get("EVALCHEMY_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.exists():
+        pytest.fail(
+            f"vLLM python not found at {path}: set EVALCHEMY_VLLM_PYTHON or run "
+            "`make .venv-vllm/.installed`",
+            pytrace=False,
+        )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> str:
+    """The vLLM environment's python (fails the test when missing)."""
+    return _vllm_python()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(vllm_python: str) -> Path:
+    """The tiny Llama, built with the vLLM python (the plugin's environment has no torch)."""
+    out = CACHE / "tiny-llama"
+    # Run the builder by path, not with -m: the vLLM env does not have the plugin's package installed.
+    done = subprocess.run(
+        [vllm_python, str(BUILDER), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"tiny model build failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(
+    vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """One vLLM server for the module."""
+    spec = ServeSpec(
+        model=str(tiny_model),
+        python=vllm_python,
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+        cache_dir=CACHE / "vllm-cache",
+        startup_timeout=300,
+    )
+    srv = VllmServer(spec)
+    srv.start()
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _http(srv: VllmServer, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        srv.base_url + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200
+        return json.loads(resp.read())
+
+
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter, or None when it is gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return None
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_missing_model_raises_with_log(vllm_python: str, tmp_path: Path) -> None:
+    """A model folder that does not exist: ServeError with the command and vLLM's last log lines."""
+    missing = tmp_path / "no-such-model"
+    log_path = tmp_path / "server.log"
+    spec = ServeSpec(
+        model=str(missing), python=vllm_python, log_path=log_path, startup_timeout=120
+    )
+    srv = VllmServer(spec)
+    start = time.monotonic()
+    srv.start()
+    with pytest.raises(ServeError) as info:
+        srv.wait_ready()
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert "exited with code" in message
+    assert "vllm.entrypoints.openai.api_server" in message
+    assert str(missing) in message
+    assert f"lines of {log_path}" in message
+    assert message.count("\n  | ") >= 5  # vLLM's own traceback, not just our header line
+    assert elapsed < 90, f"took {elapsed:.0f} s to notice the dead server"
+    srv.stop()  # idempotent after wait_ready already cleaned up
+
+
+def test_models_lists_the_model(server: VllmServer, tiny_model: Path) -> None:
+    data = _http(server, "/v1/models")
+    assert [m["id"] for m in data["data"]] == [str(tiny_model)]
+    assert server.model_id == str(tiny_model)
+    assert server.max_model_len == 1024  # the CPU default
+    assert server.completions_url.endswith("/v1/completions")
+
+
+def test_echo_logprobs(server: VllmServer) -> None:
+    """The loglikelihood request shape lm-eval sends: prompt logprobs, the first (BOS) one null."""
+    body = {
+        "model": server.model_id,
+        "prompt": PROMPT,
+        "max_tokens": 1,
+        "temperature": 0,
+        "echo": True,
+        "logprobs": 1,
+    }
+    lp = _http(server, "/v1/completions", body)["choices"][0]["logprobs"]
+    assert lp["tokens"][0] == "<s>"
+    assert lp["token_logprobs"][0] is None
+    assert lp["top_logprobs"][0] is None
+    assert all(isinstance(x, float) and x <= 0 for x in lp["token_logprobs"][1:])
+    assert len(lp["tokens"]) >= 4
+
+    # Token ids, as lm-eval's remote tokenizer sends them (no BOS): the first logprob is null too.
+    ids = _http(server, "/tokenize", {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False})["tokens"]
+    body["prompt"] = [ids]
+    lp = _http(server, "/v1/completions", body)["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][0] is None
+    assert len(lp["token_logprobs"]) == len(ids) + 1
+
+
+def test_tokenize_detokenize_round_trip(server: VllmServer) -> None:
+    assert _http(server, "/tokenizer_info")  # lm-eval's "auto" backend probes it
+    tok = _http(
+        server, "/tokenize", {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False}
+    )
+    assert tok["count"] == len(tok["tokens"]) > 3
+    with_bos = _http(server, "/tokenize", {"model": server.model_id, "prompt": PROMPT})["tokens"]
+    assert with_bos == [1, *tok["tokens"]]
+    text = _http(server, "/detokenize", {"model": server.model_id, "tokens": tok["tokens"]})
+    assert text["prompt"] == PROMPT
+
+
+def test_stop_string_is_honoured(server: VllmServer) -> None:
+    body = {
+        "model": server.model_id,
+        "prompt": PROMPT,
+        "max_tokens": 24,
+        "temperature": 0,
+        "ignore_eos": True,  # always 24 tokens, so there is text to cut
+    }
+    full = _http(server, "/v1/completions", body)["choices"][0]["text"]
+    stop = next((full[i : i + 2] for i in range(len(full) // 2, len(full) - 1) if full[i : i + 2].strip()), None)
+    assert stop, f"no usable stop string in {full!r}"
+    choice = _http(server, "/v1/completions", {**body, "stop": [stop]})["choices"][0]
+    assert choice["text"] == full[: full.index(stop)]
+    assert choice["finish_reason"] == "stop"
+    assert choice["stop_reason"] == stop
+
+
+def test_stop_ends_the_process_group(server: VllmServer) -> None:
+    """Runs last: stops the module's server and checks every process of its group is gone."""
+    assert server.pid is not None
+    pids = _group_pids(server.pid)
+    assert server.pid in pids
+    start = time.monotonic()
+    server.stop()
+    elapsed = time.monotonic() - start
+    left = {pid: state for pid in pids if (state := _proc_state(pid)) not in (None, "Z")}
+    assert not left, f"still running after stop(): {left}"
+    assert elapsed < 15, f"stop() took {elapsed:.1f} s"
+    server.stop()  # idempotent
