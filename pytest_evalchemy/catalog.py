@@ -28,7 +28,7 @@ _TolerantLoader.add_multi_constructor("!", _any_tag)
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)  # noqa: S506
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader)
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return {}  # lm-eval skips broken YAMLs quietly; so does the index
     return data if isinstance(data, dict) else {}

@@ -14,7 +14,13 @@ import pytest
 
 from . import catalog
 from .config import EvalConfig, PlannedItem, Threshold, load_config, normalize_metric, plan_items
-from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, check_endpoint, normalize_endpoint, redact_url
+from .endpoint import (
+    DEFAULT_MAX_LENGTH,
+    EndpointInfo,
+    check_endpoint,
+    normalize_endpoint,
+    redact_url,
+)
 from .errors import ConfigError, EvalchemyError
 from .evaluation import ItemFailed, RunSettings, base_record, item_timeout, run_item
 from .results import RunPaths, check_writable, default_run_id, now_iso, validate_run_id
@@ -29,21 +35,91 @@ DEFAULT_OUTPUT = "results"
 
 # (option, ini/env suffix, help, type). Every option has an ini twin `evalchemy_<suffix>`.
 _OPTIONS: list[tuple[str, str, str, Any]] = [
-    ("--evalchemy-endpoint", "endpoint", "Completions URL of the vLLM server, e.g. http://host:8000/v1/completions. Env: EVALCHEMY_ENDPOINT", str),
-    ("--evalchemy-config", "config", f"Evaluation config (JSON, or YAML by extension). Default: {DEFAULT_CONFIG}. Env: EVALCHEMY_CONFIG", str),
-    ("--evalchemy-model", "model", "Model name sent to the server. Default: the first id GET /v1/models lists", str),
-    ("--evalchemy-run-id", "run_id", "Run id naming the results folder. Default: YYYYMMDD_HHMMSS_PID. Env: EVALCHEMY_RUN_ID", str),
-    ("--evalchemy-output", "output", f"Results root folder. Default: {DEFAULT_OUTPUT}. Env: EVALCHEMY_OUTPUT", str),
-    ("--evalchemy-batch-size", "batch_size", "Requests per batch for every task (overrides the config)", int),
-    ("--evalchemy-max-length", "max_length", "Maximum sequence length. Default: max_model_len from /v1/models, else 2048", int),
-    ("--evalchemy-concurrency", "concurrency", "Concurrent requests per item (lm-eval num_concurrent). Default: 1", int),
-    ("--evalchemy-tokenizer", "tokenizer", "Local tokenizer folder or name (needs transformers). Default: the server's /tokenize endpoints", str),
-    ("--evalchemy-limit", "limit", "Samples per task for every task (overrides the config), e.g. 10 for a quick run", float),
-    ("--evalchemy-timeout", "timeout", "Default per-item timeout in seconds for tasks without 'timeout'", float),
-    ("--evalchemy-max-retries", "max_retries", "Attempts per request before an item errors. Default: 3", int),
-    ("--evalchemy-log-level", "log_level", "Level of lm-eval's log written to the results folder. Default: INFO", str),
+    (
+        "--evalchemy-endpoint",
+        "endpoint",
+        "Completions URL of the vLLM server, e.g. http://host:8000/v1/completions. Env: EVALCHEMY_ENDPOINT",
+        str,
+    ),
+    (
+        "--evalchemy-config",
+        "config",
+        f"Evaluation config (JSON, or YAML by extension). Default: {DEFAULT_CONFIG}. Env: EVALCHEMY_CONFIG",
+        str,
+    ),
+    (
+        "--evalchemy-model",
+        "model",
+        "Model name sent to the server. Default: the first id GET /v1/models lists",
+        str,
+    ),
+    (
+        "--evalchemy-run-id",
+        "run_id",
+        "Run id naming the results folder. Default: YYYYMMDD_HHMMSS_PID. Env: EVALCHEMY_RUN_ID",
+        str,
+    ),
+    (
+        "--evalchemy-output",
+        "output",
+        f"Results root folder. Default: {DEFAULT_OUTPUT}. Env: EVALCHEMY_OUTPUT",
+        str,
+    ),
+    (
+        "--evalchemy-batch-size",
+        "batch_size",
+        "Requests per batch for every task (overrides the config)",
+        int,
+    ),
+    (
+        "--evalchemy-max-length",
+        "max_length",
+        "Maximum sequence length. Default: max_model_len from /v1/models, else 2048",
+        int,
+    ),
+    (
+        "--evalchemy-concurrency",
+        "concurrency",
+        "Concurrent requests per item (lm-eval num_concurrent). Default: 1",
+        int,
+    ),
+    (
+        "--evalchemy-tokenizer",
+        "tokenizer",
+        "Local tokenizer folder or name (needs transformers). Default: the server's /tokenize endpoints",
+        str,
+    ),
+    (
+        "--evalchemy-limit",
+        "limit",
+        "Samples per task for every task (overrides the config), e.g. 10 for a quick run",
+        float,
+    ),
+    (
+        "--evalchemy-timeout",
+        "timeout",
+        "Default per-item timeout in seconds for tasks without 'timeout'",
+        float,
+    ),
+    (
+        "--evalchemy-max-retries",
+        "max_retries",
+        "Attempts per request before an item errors. Default: 3",
+        int,
+    ),
+    (
+        "--evalchemy-log-level",
+        "log_level",
+        "Level of lm-eval's log written to the results folder. Default: INFO",
+        str,
+    ),
 ]
-_ENV = {"endpoint": "EVALCHEMY_ENDPOINT", "config": "EVALCHEMY_CONFIG", "run_id": "EVALCHEMY_RUN_ID", "output": "EVALCHEMY_OUTPUT"}
+_ENV = {
+    "endpoint": "EVALCHEMY_ENDPOINT",
+    "config": "EVALCHEMY_CONFIG",
+    "run_id": "EVALCHEMY_RUN_ID",
+    "output": "EVALCHEMY_OUTPUT",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,9 +179,13 @@ def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any
     try:
         number = kind(value)
     except ValueError:
-        raise pytest.UsageError(f"--evalchemy-{name.replace('_', '-')}: expected a number, got {value!r}") from None
+        raise pytest.UsageError(
+            f"--evalchemy-{name.replace('_', '-')}: expected a number, got {value!r}"
+        ) from None
     if number < minimum:
-        raise pytest.UsageError(f"--evalchemy-{name.replace('_', '-')}: must be at least {minimum}, got {value!r}")
+        raise pytest.UsageError(
+            f"--evalchemy-{name.replace('_', '-')}: must be at least {minimum}, got {value!r}"
+        )
     return number
 
 
@@ -122,7 +202,9 @@ def parse_threshold(text: str) -> Threshold:
                 break
             metric = normalize_metric(metric.strip())
             return Threshold(metric, min=number) if op == ">=" else Threshold(metric, max=number)
-    raise pytest.UsageError(f"--evalchemy-threshold {text!r}: expected TASK:METRIC>=VALUE or METRIC<=VALUE, e.g. 'mini_arc:acc>=0.6'")
+    raise pytest.UsageError(
+        f"--evalchemy-threshold {text!r}: expected TASK:METRIC>=VALUE or METRIC<=VALUE, e.g. 'mini_arc:acc>=0.6'"
+    )
 
 
 def resolve_options(config: pytest.Config) -> Options:
@@ -137,7 +219,9 @@ def resolve_options(config: pytest.Config) -> Options:
         limit = int(limit)
     log_level = (_raw(config, "log_level")[0] or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise pytest.UsageError(f"--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        raise pytest.UsageError(
+            f"--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}"
+        )
     run_id = _raw(config, "run_id")[0]
     if run_id is not None:
         try:
@@ -204,16 +288,26 @@ class EvalchemyState:
         endpoint = self.settings.endpoint if self.settings else None
         return {
             "run_id": self.run_id,
-            "endpoint": redact_url(endpoint.url) if endpoint else (redact_url(self.options.endpoint or "")),
+            "endpoint": redact_url(endpoint.url)
+            if endpoint
+            else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
-            "seeds": {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234},
+            "seeds": {
+                "random_seed": 0,
+                "numpy_random_seed": 1234,
+                "torch_random_seed": 1234,
+                "fewshot_random_seed": 1234,
+            },
             "settings": {
                 "batch_size": self.options.batch_size,
                 "limit": self.options.limit,
-                "max_length": self.options.max_length or (endpoint.max_model_len if endpoint else None) or DEFAULT_MAX_LENGTH,
+                "max_length": self.options.max_length
+                or (endpoint.max_model_len if endpoint else None)
+                or DEFAULT_MAX_LENGTH,
                 "concurrency": self.options.concurrency,
-                "tokenizer": self.options.tokenizer or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+                "tokenizer": self.options.tokenizer
+                or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,
             },
         }
@@ -227,7 +321,11 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _active(config: pytest.Config) -> bool:
-    return bool(config.getoption("evalchemy_endpoint") or os.environ.get("EVALCHEMY_ENDPOINT") or config.getini("evalchemy_endpoint"))
+    return bool(
+        config.getoption("evalchemy_endpoint")
+        or os.environ.get("EVALCHEMY_ENDPOINT")
+        or config.getini("evalchemy_endpoint")
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -265,7 +363,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def _with_endpoint(options: Options) -> Options:
     from dataclasses import replace
 
-    return replace(options, endpoint=normalize_endpoint(options.endpoint)) if options.endpoint else options
+    return (
+        replace(options, endpoint=normalize_endpoint(options.endpoint))
+        if options.endpoint
+        else options
+    )
 
 
 def _collect_config_file(config: pytest.Config, config_path: Path) -> None:
@@ -315,10 +417,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE, None)
     if state is None:
         return None
-    lines = [f"evalchemy: config {state.eval_config.path} ({sum(i.enabled for i in state.plan)} of {len(state.plan)} items enabled)"]
+    lines = [
+        f"evalchemy: config {state.eval_config.path} ({sum(i.enabled for i in state.plan)} of {len(state.plan)} items enabled)"
+    ]
     if state.settings:
         e = state.settings.endpoint
-        lines.append(f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}")
+        lines.append(
+            f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}"
+        )
     return lines
 
 
@@ -327,9 +433,14 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     state = parent.config.stash.get(STATE, None)
-    if state is not None and file_path.absolute() == state.options.config_path:
+    if state is None or file_path.absolute() != state.options.config_path:
+        return None
+    rootpath = parent.config.rootpath
+    if rootpath in file_path.absolute().parents:
         return EvalConfigFile.from_parent(parent, path=file_path)
-    return None
+    # Outside the rootdir pytest would give the file an empty node id; spell out the path.
+    nodeid = os.path.relpath(file_path.absolute(), rootpath).replace(os.sep, "/")
+    return EvalConfigFile.from_parent(parent, path=file_path, nodeid=nodeid)
 
 
 class EvalConfigFile(pytest.File):
@@ -413,7 +524,9 @@ class TaskItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, (ItemFailed, ItemError)):
             state = self.config.stash[STATE]
-            where = state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
+            where = (
+                state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
+            )
             return f"{excinfo.value}\nlm-eval log: {where}"
         return super().repr_failure(excinfo, style=style)
 
@@ -444,7 +557,10 @@ class EvalchemyReporter:
         if self._recorder is None:
             state = self.state
             self._recorder = RunRecorder(
-                paths=state.paths, header=state.header(), order=[p.key for p in state.plan], started_at=state.started_at
+                paths=state.paths,
+                header=state.header(),
+                order=[p.key for p in state.plan],
+                started_at=state.started_at,
             )
         return self._recorder
 
@@ -478,17 +594,30 @@ class EvalchemyReporter:
         if planned is None:
             return
         props = dict(report.user_properties)
-        record = json.loads(props[RECORD_PROPERTY]) if RECORD_PROPERTY in props else base_record(planned, self.state.settings)
+        record = (
+            json.loads(props[RECORD_PROPERTY])
+            if RECORD_PROPERTY in props
+            else base_record(planned, self.state.settings)
+        )
         if report.when == "setup" and report.skipped:
             record["status"] = "skipped"
             longrepr = report.longrepr
-            record["message"] = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else planned.reason
+            record["message"] = (
+                longrepr[2].removeprefix("Skipped: ")
+                if isinstance(longrepr, tuple)
+                else planned.reason
+            )
         elif report.when == "call":
             if record["status"] in ("pending", "running"):
-                record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[report.outcome]
+                record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[
+                    report.outcome
+                ]
             record["duration_s"] = round(report.duration, 3)
         elif report.failed:
-            crashed = report.when not in ("setup", "teardown")  # xdist reports a crashed worker as "???"
+            crashed = report.when not in (
+                "setup",
+                "teardown",
+            )  # xdist reports a crashed worker as "???"
             record["status"] = "crashed" if crashed else "error"
             record["message"] = (report.longreprtext.strip().splitlines() or [""])[-1]
         else:
@@ -499,7 +628,9 @@ class EvalchemyReporter:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._recorder is not None:
             self._recorder.header = self.state.header()
-            self._recorder.finish(int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED))
+            self._recorder.finish(
+                int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
+            )
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -529,4 +660,3 @@ class XdistHooks:
             "started_at": state.started_at,
             "endpoint": state.settings.endpoint.to_dict() if state.settings else None,
         }
-

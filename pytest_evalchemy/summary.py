@@ -38,8 +38,13 @@ class RunRecorder:
 
     def log(self, line: str) -> None:
         """A line in the run log (the folder is created with the first file)."""
+        if not self._written:
+            self._written = True
+            # The seed's layout has an error log in every run, empty when nothing failed.
+            append_text(self.paths.errors_log, "")
+            head = {k: self.header.get(k) for k in ("run_id", "endpoint", "model", "config")}
+            append_text(self.paths.log, f"{now_iso()} started: {json.dumps(head)}\n")
         append_text(self.paths.log, f"{now_iso()} {line}\n")
-        self._written = True
 
     def update(self, key: str, record: dict[str, Any], longrepr: str = "") -> None:
         """Take an item's record (last report wins) and rewrite what depends on it."""
@@ -95,7 +100,6 @@ class RunRecorder:
 
     def write_summary(self) -> None:
         atomic_write_json(self.paths.summary, self.summary())
-        self._written = True
 
     def finish(self, exit_status: int, interrupted: bool) -> None:
         """Close the run: items still running were interrupted; write the final summary."""
@@ -175,4 +179,6 @@ def format_table(rows: list[tuple[str, ...]]) -> list[str]:
     header = ("benchmark", "task", "metric", "value", "status", "time")
     all_rows = [header, *rows]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in all_rows]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in all_rows
+    ]

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDER = REPO / "pytest_evalchemy" / "testing" / "tiny_model.py"
-CACHE = REPO / "tmp"  # git-ignored; the model build is kept between runs (the builder skips it then)
+CACHE = (
+    REPO / "tmp"
+)  # git-ignored; the model build is kept between runs (the builder skips it then)
 PROMPT = "def hello_world(name):\n    return name"
 
 
@@ -124,9 +126,7 @@ def test_missing_model_raises_with_log(vllm_python: str, tmp_path: Path) -> None
     """A model folder that does not exist: ServeError with the command and vLLM's last log lines."""
     missing = tmp_path / "no-such-model"
     log_path = tmp_path / "server.log"
-    spec = ServeSpec(
-        model=str(missing), python=vllm_python, log_path=log_path, startup_timeout=120
-    )
+    spec = ServeSpec(model=str(missing), python=vllm_python, log_path=log_path, startup_timeout=120)
     srv = VllmServer(spec)
     start = time.monotonic()
     srv.start()
@@ -169,7 +169,11 @@ def test_echo_logprobs(server: VllmServer) -> None:
     assert len(lp["tokens"]) >= 4
 
     # Token ids, as lm-eval's remote tokenizer sends them (no BOS): the first logprob is null too.
-    ids = _http(server, "/tokenize", {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False})["tokens"]
+    ids = _http(
+        server,
+        "/tokenize",
+        {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False},
+    )["tokens"]
     body["prompt"] = [ids]
     lp = _http(server, "/v1/completions", body)["choices"][0]["logprobs"]
     assert lp["token_logprobs"][0] is None
@@ -179,7 +183,9 @@ def test_echo_logprobs(server: VllmServer) -> None:
 def test_tokenize_detokenize_round_trip(server: VllmServer) -> None:
     assert _http(server, "/tokenizer_info")  # lm-eval's "auto" backend probes it
     tok = _http(
-        server, "/tokenize", {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False}
+        server,
+        "/tokenize",
+        {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False},
     )
     assert tok["count"] == len(tok["tokens"]) > 3
     with_bos = _http(server, "/tokenize", {"model": server.model_id, "prompt": PROMPT})["tokens"]
@@ -197,7 +203,10 @@ def test_stop_string_is_honoured(server: VllmServer) -> None:
         "ignore_eos": True,  # always 24 tokens, so there is text to cut
     }
     full = _http(server, "/v1/completions", body)["choices"][0]["text"]
-    stop = next((full[i : i + 2] for i in range(len(full) // 2, len(full) - 1) if full[i : i + 2].strip()), None)
+    stop = next(
+        (full[i : i + 2] for i in range(len(full) // 2, len(full) - 1) if full[i : i + 2].strip()),
+        None,
+    )
     assert stop, f"no usable stop string in {full!r}"
     choice = _http(server, "/v1/completions", {**body, "stop": [stop]})["choices"][0]
     assert choice["text"] == full[: full.index(stop)]

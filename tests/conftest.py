@@ -1,0 +1,96 @@
+"""Fixtures of the plugin's tests: the answer key, a running test server, and a way to run
+the plugin inside pytester."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
+from pytest_evalchemy.testing.server import EvalchemyTestServer
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_CONFIG = REPO / "configs" / "offline_config.json"
+
+
+@pytest.fixture(scope="session")
+def answer_key() -> list[AnswerEntry]:
+    return load_answer_key(REPO / "benchmarks")
+
+
+@pytest.fixture(scope="session")
+def server(answer_key: list[AnswerEntry]) -> Iterator[EvalchemyTestServer]:
+    """A well-behaved test server shared by the session."""
+    with EvalchemyTestServer(answer_key) as srv:
+        yield srv
+
+
+@pytest.fixture
+def make_server(answer_key: list[AnswerEntry]) -> Iterator[Callable[..., EvalchemyTestServer]]:
+    """Start a test server with fault switches; stopped at the end of the test."""
+    started: list[EvalchemyTestServer] = []
+
+    def make(**switches: Any) -> EvalchemyTestServer:
+        srv = EvalchemyTestServer(answer_key, **switches).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+def expected(answer_key: list[AnswerEntry], task: str, limit: int | None) -> float:
+    """The accuracy the test server's simulated model must get on the first ``limit`` docs."""
+    return expected_accuracy(answer_key, task, limit)
+
+
+def write_config(path: Path, data: dict[str, Any] | str) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2), encoding="utf-8")
+    return path
+
+
+def read_summary(root: Path) -> dict[str, Any]:
+    """The summary of the only run under ``root``."""
+    (summary,) = root.glob("*/evalchemy_summary_*.json")
+    return json.loads(summary.read_text(encoding="utf-8"))
+
+
+def offline_task(name: str, **settings: Any) -> dict[str, Any]:
+    """A task entry for one offline benchmark."""
+    return {"tasks": [name], "num_fewshot": 1, "limit": 8, "batch_size": 4, **settings}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lm_eval_warm(server: EvalchemyTestServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run lm-eval once in this process before any in-process pytester run.
+
+    pytester restores ``sys.modules`` after each in-process run, so a module first imported
+    inside one would be imported again in the next, and C extensions (numpy, pyarrow) refuse
+    a second load. Importing everything lm-eval needs up front keeps them loaded.
+    """
+    import os
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("warm"))
+    try:
+        lm_eval.simple_evaluate(
+            model="local-completions",
+            model_args={
+                "model": server.model,
+                "base_url": server.completions_url,
+                "tokenizer_backend": "remote",
+            },
+            tasks=["mini_arc", "mini_gsm8k"],
+            limit=1,
+            task_manager=TaskManager(include_path=str(REPO / "benchmarks"), include_defaults=False),
+        )
+    finally:
+        os.chdir(cwd)
