@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo perf clean
+include Makefile.vllm
+
+.PHONY: test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +17,17 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/python -m pytest tests -n 2 -q -rs
+# The vllm-marked tests start the real vLLM (CPU build) on the tiny model.
+test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
+	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
+		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs
+
+# The main job on the built-in tiny model: vLLM on the CPU, the offline benchmarks, 2 workers.
+demo: $(VENV)/.installed $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=$(abspath .cache/hf) \
+		$(BIN)/python -m pytest --evalchemy-serve=$(abspath $(TINY_MODEL)) \
+		--evalchemy-vllm-python=$(abspath $(VLLM_PY)) \
+		--evalchemy-config=configs/offline_config.json -n 2 -rs
 
 clean:
-	rm -rf $(VENV) .cache results
+	rm -rf $(VENV) $(VLLM_VENV) .cache results models

@@ -249,8 +249,7 @@ def gpu_warnings(gpu: str | None, serve: str | None, system: str) -> list[str]:
         return [f"--gpu is ignored on {system}: CUDA_VISIBLE_DEVICES applies on Linux only"]
     if not serve:
         return [
-            "--gpu only applies to a server the run starts (--serve MODEL); "
-            "it is ignored with --endpoint"
+            "--gpu only applies to a server the run starts (--serve MODEL); it is ignored otherwise"
         ]
     return []
 
@@ -483,7 +482,7 @@ def list_benchmarks(opts: CliOptions, out: TextIO, err: TextIO) -> int:
     runs = sum(i.enabled for i in plan)
     print(f"\nitems a run would execute ({runs} of {len(plan)}):", file=out)
     rows = [("run" if i.enabled else "skipped", i.key, i.reason) for i in plan]
-    for line in _table(("", "item", "reason"), rows):
+    for line in _table(("status", "item", "reason"), rows):
         print(line, file=out)
     return EXIT_OK
 

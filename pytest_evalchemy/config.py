@@ -44,6 +44,8 @@ class TaskConfig:
     priority: str = "medium"
     timeout: float | None = None
     thresholds: tuple[Threshold, ...] = ()
+    # Largest allowed drop against a baseline run, per metric key ("acc,none", "arc_easy:acc,none").
+    max_drop: tuple[tuple[str, float], ...] = ()
     configured: bool = True  # False: a benchmark named it without a task entry (lm-eval defaults)
 
 
@@ -295,6 +297,10 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
         priority=raw.get("priority", "medium"),
         timeout=raw.get("timeout"),
         thresholds=_threshold_tuple(raw.get("thresholds", {})),
+        max_drop=tuple(
+            (normalize_metric(metric), float(drop))
+            for metric, drop in raw.get("max_drop", {}).items()
+        ),
     )
 
 

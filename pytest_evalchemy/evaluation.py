@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from . import harness
 from .config import PlannedItem, Threshold
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url
-from .gating import check_thresholds, format_checks
+from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from .results import RunPaths, atomic_write_json, atomic_write_text
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
@@ -38,6 +39,7 @@ class RunSettings:
     default_timeout: float | None = None
     include_paths: tuple[Path, ...] = ()
     extra_thresholds: tuple[Threshold, ...] = field(default=())
+    gate: GateSettings = field(default_factory=GateSettings)
 
 
 class ItemFailed(Exception):
@@ -167,19 +169,23 @@ def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})
     record["n_shot"] = results.get("n-shot", {})
+    # lm-eval's direction of each metric: a perplexity "drops" when it rises.
+    record["higher_is_better"] = results.get("higher_is_better", {})
     _write_item_files(item_dir, results, item.task.output_path)
     problem = harness.completeness_problem(results, request.limit)
     if problem:
         record["status"] = "failed"
         record["message"] = problem
         raise ItemFailed(f"{item.key}: {problem}")
-    thresholds = (*item.task.thresholds, *settings.extra_thresholds)
-    checks = check_thresholds(record["metrics"], thresholds)
-    record["checks"] = [c.to_dict() for c in checks]
-    failed = [c for c in checks if not c.passed]
-    if failed:
+    gate = gate_item(item, record, settings.extra_thresholds, settings.gate)
+    record["checks"] = [c.to_dict() for c in gate.checks]
+    if gate.notes:
+        record["gate_notes"] = gate.notes
+    for text in gate.warnings:
+        warnings.warn(NotLikeForLikeWarning(text), stacklevel=2)
+    if gate.failed:
         record["status"] = "failed"
-        record["message"] = f"{len(failed)} of {len(checks)} threshold check(s) failed"
-        raise ItemFailed(f"{item.key}: {record['message']}\n{format_checks(checks)}")
+        record["message"] = gate.summary_line()
+        raise ItemFailed(f"{item.key}: {record['message']}\n{format_checks(gate.checks)}")
     record["status"] = "passed"
     record["message"] = ""

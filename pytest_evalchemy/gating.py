@@ -1,82 +1,167 @@
-"""Thresholds on metrics: which checks an item's metrics pass. Imports no pytest."""
+"""The CI gate: thresholds on metrics and drops against a baseline run, judged on the point
+value or on its confidence interval. Imports no pytest."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
-from .config import Threshold
+from .baseline import Baseline, comparability_problems, higher_is_better
+from .config import PlannedItem, Threshold
+
+GATE_MODES = ("point", "ci")
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_MAX_DROP = 0.02
+# Scores are fractions printed to 4 places: a drop of 0.0200000001 is a drop of 0.02.
+_DROP_TOLERANCE = 1e-9
+_NORMAL = NormalDist()
+
+
+class NotLikeForLikeWarning(UserWarning):
+    """An item's settings or task versions differ from the baseline's."""
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """How checks are judged: ``point`` compares values, ``ci`` their confidence intervals."""
+
+    mode: str = "point"
+    confidence: float = DEFAULT_CONFIDENCE
+    max_drop: float = DEFAULT_MAX_DROP
+    baseline: Baseline | None = None
+
+    @property
+    def z(self) -> float:
+        """The two-sided normal quantile of ``confidence`` (1.96 at 0.95)."""
+        return z_for(self.confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary's ``gate`` object (without the run's notes)."""
+        return {
+            "mode": self.mode,
+            "confidence": self.confidence,
+            "z": round(self.z, 6),
+            "max_drop": self.max_drop,
+            "baseline": str(self.baseline.path) if self.baseline else None,
+            "baseline_run_id": self.baseline.run_id if self.baseline else None,
+        }
 
 
 @dataclass(frozen=True)
 class Check:
-    """The verdict of one threshold on one lm-eval task's metric."""
+    """The verdict on one lm-eval task's metric: a threshold or a drop against the baseline."""
 
     task: str
     metric: str
     value: float | None
     stderr: float | None
-    bound: str  # ">= 0.55" or "<= 2.0"
+    bound: str  # ">= 0.55", "<= 2.0", or "0.7500 - 0.02" for a baseline
     passed: bool
-    message: str = ""
+    message: str = ""  # why it failed, or why a point miss passed under ci
+    kind: str = "threshold"  # or "baseline"
+    mode: str = "point"  # how it was judged: "point" or "ci"
+    n: int | None = None  # documents behind the value
+    interval: tuple[float, float] | None = None
+    source: str = ""  # "config" or "command line" for a threshold
+    baseline: float | None = None
+    baseline_stderr: float | None = None
+    delta: float | None = None  # value - baseline
+    p_value: float | None = None  # one-sided, of the drop
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Check:
+        """A check as the summary stores it (JSON turns the interval into a list)."""
+        interval = data.get("interval")
+        return cls(**{**data, "interval": tuple(interval) if interval else None})
 
-def _stderr_key(metric: str) -> str:
+    @property
+    def property_name(self) -> str:
+        """Its name among the item's ``user_properties`` (and JUnit XML properties)."""
+        suffix = ":baseline" if self.kind == "baseline" else ""
+        return f"check:{self.task}:{self.metric}{suffix}"
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else f"FAIL {self.message}".rstrip()
+
+
+@dataclass
+class GateResult:
+    """An item's checks, and what a reader should know about the comparison."""
+
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also notes; raised as pytest warnings
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary_line(self) -> str:
+        """``1 of 2 threshold check(s) and 1 of 2 baseline check(s) failed``."""
+        parts = []
+        for kind in ("threshold", "baseline"):
+            of_kind = [c for c in self.checks if c.kind == kind]
+            bad = [c for c in of_kind if not c.passed]
+            if bad:
+                parts.append(f"{len(bad)} of {len(of_kind)} {kind} check(s)")
+        return " and ".join(parts) + " failed"
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def z_for(confidence: float) -> float:
+    """The two-sided normal quantile: an interval of ``value ± z·stderr`` covers ``confidence``."""
+    return _NORMAL.inv_cdf(1 - (1 - confidence) / 2)
+
+
+def confidence_interval(value: float, stderr: float, confidence: float) -> tuple[float, float]:
+    half = z_for(confidence) * stderr
+    return value - half, value + half
+
+
+def drop_p_value(drop: float, stderr_a: float, stderr_b: float) -> float:
+    """One-sided p of a two-sample z-test that a drop this large is luck."""
+    se = math.hypot(stderr_a, stderr_b)
+    if se == 0:
+        return 0.0 if drop > 0 else 1.0
+    return 1 - _NORMAL.cdf(drop / se)
+
+
+def _as_float(value: Any) -> float | None:
+    # lm-eval writes "N/A" for a stderr it could not compute.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def stderr_key(metric: str) -> str:
+    """``acc,none`` -> ``acc_stderr,none``: where lm-eval keeps the metric's standard error."""
     name, _, flt = metric.partition(",")
     return f"{name}_stderr,{flt}"
 
 
-def _as_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _is_stderr(metric: str) -> bool:
+    return "_stderr" in metric.partition(",")[0]
 
 
-def check_thresholds(
-    metrics: dict[str, dict[str, Any]], thresholds: tuple[Threshold, ...]
-) -> list[Check]:
-    """Compare ``metrics`` (``{task: {"acc,none": v}}``) with ``thresholds``. A threshold
-    without a ``task:`` prefix applies to every lm-eval task that reports the metric."""
-    checks = []
-    for th in thresholds:
-        subtask, _, metric = th.metric.rpartition(":")
-        targets = [subtask] if subtask else [t for t, m in metrics.items() if metric in m]
-        if not targets:
-            produced = sorted({k for m in metrics.values() for k in m if "_stderr" not in k})
-            checks.append(
-                Check(
-                    "*",
-                    metric,
-                    None,
-                    None,
-                    _bound(th),
-                    False,
-                    f"no lm-eval task reported {metric}; reported: {', '.join(produced) or 'nothing'}",
-                )
-            )
-            continue
-        for task in targets:
-            values = metrics.get(task, {})
-            value = _as_float(values.get(metric))
-            stderr = _as_float(values.get(_stderr_key(metric)))
-            if value is None:
-                produced = sorted(k for k in values if "_stderr" not in k)
-                checks.append(
-                    Check(
-                        task,
-                        metric,
-                        None,
-                        None,
-                        _bound(th),
-                        False,
-                        f"{task} did not report {metric}; it reported: {', '.join(produced) or 'nothing'}",
-                    )
-                )
-                continue
-            ok = (th.min is None or value >= th.min) and (th.max is None or value <= th.max)
-            checks.append(Check(task, metric, value, stderr, _bound(th), ok))
-    return checks
+def _pct(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
+def _n_of(record: dict[str, Any], task: str) -> int | None:
+    n = record.get("n_samples", {}).get(task, {}).get("effective")
+    return n if isinstance(n, int) else None
+
+
+# ---------------------------------------------------------------- thresholds
 
 
 def _bound(th: Threshold) -> str:
@@ -88,22 +173,309 @@ def _bound(th: Threshold) -> str:
     return " and ".join(parts)
 
 
-def format_checks(checks: list[Check]) -> str:
-    """A small table of checks for a failure report."""
-    rows = [("task", "metric", "value", "stderr", "threshold", "verdict")]
-    for c in checks:
-        rows.append(
-            (
-                c.task,
-                c.metric,
-                "-" if c.value is None else f"{c.value:.4f}",
-                "-" if c.stderr is None else f"{c.stderr:.4f}",
-                c.bound,
-                "pass" if c.passed else "FAIL" + (f" ({c.message})" if c.message else ""),
+def _within(value: float, th: Threshold) -> bool:
+    return (th.min is None or value >= th.min) and (th.max is None or value <= th.max)
+
+
+def judge_threshold(
+    task: str,
+    metric: str,
+    value: float,
+    stderr: float | None,
+    th: Threshold,
+    gate: GateSettings,
+    n: int | None = None,
+    source: str = "config",
+) -> Check:
+    """One threshold: on the value (``point``), or failing only when the whole interval lies
+    on the wrong side (``ci``)."""
+    point_ok = _within(value, th)
+    interval = confidence_interval(value, stderr, gate.confidence) if stderr is not None else None
+    stats = [f"n={n if n is not None else '?'}"]
+    if interval is not None:
+        stats.insert(0, f"{_pct(gate.confidence)} CI [{interval[0]:.4f}, {interval[1]:.4f}]")
+        stats.insert(0, f"stderr {stderr:.4f}")
+    miss = f"{value:.4f} misses {_bound(th)}"
+    mode, ok, message = "point", point_ok, ""
+    if gate.mode == "ci" and interval is None:
+        # Without a stderr there is no interval: the point value decides, and the check says so.
+        stats.insert(0, "no stderr, point comparison")
+        message = "no stderr, point comparison"
+    elif gate.mode == "ci" and interval is not None:
+        lo, hi = interval
+        mode = "ci"
+        ok = (th.min is None or hi >= th.min) and (th.max is None or lo <= th.max)
+        if not ok:
+            miss += ", and so does the whole interval"
+        elif not point_ok:
+            message = f"{miss}, but the interval reaches it ({', '.join(stats)})"
+    if not ok:
+        message = f"{miss} ({', '.join(stats)})"
+    return Check(
+        task,
+        metric,
+        value,
+        stderr,
+        _bound(th),
+        ok,
+        message,
+        mode=mode,
+        n=n,
+        interval=interval,
+        source=source,
+    )
+
+
+def _scope(
+    overrides: Iterable[Threshold], item_names: set[str], lm_tasks: set[str]
+) -> list[Threshold]:
+    """The command-line thresholds that concern this item. ``TASK:`` names an lm-eval task
+    (kept) or the item's key or benchmark (applies to all its lm-eval tasks); others are
+    another item's business."""
+    scoped = []
+    for th in overrides:
+        prefix, _, metric = th.metric.rpartition(":")
+        if not prefix or prefix in lm_tasks:
+            scoped.append(th)
+        elif prefix in item_names:
+            scoped.append(Threshold(metric, th.min, th.max))
+    return scoped
+
+
+def unmatched_overrides(overrides: Iterable[Threshold], names: set[str]) -> list[str]:
+    """Command-line thresholds whose ``TASK:`` prefix names nothing in the plan."""
+    out = []
+    for th in overrides:
+        prefix = th.metric.rpartition(":")[0]
+        if prefix and prefix not in names:
+            out.append(
+                f"--evalchemy-threshold {th.metric} {_bound(th)}: no item, benchmark or lm-eval "
+                f"task of the config is called {prefix!r} (fine if it is a subtask of a group)"
             )
+    return out
+
+
+def check_thresholds(
+    metrics: dict[str, dict[str, Any]],
+    thresholds: tuple[Threshold, ...],
+    overrides: tuple[Threshold, ...] = (),
+    *,
+    gate: GateSettings | None = None,
+    record: dict[str, Any] | None = None,
+) -> list[Check]:
+    """Compare ``metrics`` (``{task: {"acc,none": v}}``) with the config's ``thresholds`` and
+    the command line's ``overrides`` (already scoped to the item). A threshold without a
+    ``task:`` prefix applies to every lm-eval task that reports the metric; an override
+    replaces the config's bound on the same task and metric."""
+    gate = gate or GateSettings()
+    record = record or {}
+    checks: list[Check] = []
+    chosen: dict[tuple[str, str], tuple[Threshold, str]] = {}
+    for source, group in (("config", thresholds), ("command line", overrides)):
+        for th in group:
+            subtask, _, metric = th.metric.rpartition(":")
+            targets = [subtask] if subtask else [t for t, m in metrics.items() if metric in m]
+            if not targets:
+                produced = sorted({k for m in metrics.values() for k in m if not _is_stderr(k)})
+                message = f"no lm-eval task reported {metric}; reported: {', '.join(produced) or 'nothing'}"
+                checks.append(
+                    Check("*", metric, None, None, _bound(th), False, message, source=source)
+                )
+            for task in targets:
+                chosen[(task, metric)] = (th, source)  # a later source replaces an earlier one
+    for (task, metric), (th, source) in chosen.items():
+        values = metrics.get(task)
+        value = _as_float((values or {}).get(metric))
+        if value is None:
+            if values is None:
+                message = f"this item ran no lm-eval task {task}; it ran: {', '.join(metrics) or 'nothing'}"
+            else:
+                produced = sorted(k for k in values if not _is_stderr(k))
+                message = f"{task} did not report {metric}; it reported: {', '.join(produced) or 'nothing'}"
+            checks.append(
+                Check(task, metric, None, None, _bound(th), False, message, source=source)
+            )
+            continue
+        stderr = _as_float(values.get(stderr_key(metric)))  # type: ignore[union-attr]
+        checks.append(
+            judge_threshold(task, metric, value, stderr, th, gate, _n_of(record, task), source)
         )
+    return checks
+
+
+# ---------------------------------------------------------------- baseline
+
+
+def judge_drop(
+    task: str,
+    metric: str,
+    value: float,
+    stderr: float | None,
+    base: float,
+    base_stderr: float | None,
+    max_drop: float,
+    gate: GateSettings,
+    *,
+    higher_better: bool = True,
+    n: int | None = None,
+    base_n: int | None = None,
+) -> Check:
+    """A metric against its baseline: it fails when it got worse by more than ``max_drop``
+    and, under ``ci``, only when the two-sample z-test finds the drop significant."""
+    drop = (base - value) if higher_better else (value - base)
+    exceeds = drop > max_drop + _DROP_TOLERANCE
+    stats = [f"n={n if n is not None else '?'} vs {base_n if base_n is not None else '?'}"]
+    p = None
+    if stderr is not None and base_stderr is not None:
+        p = drop_p_value(drop, stderr, base_stderr)
+        se = math.hypot(stderr, base_stderr)
+        z = drop / se if se else math.copysign(math.inf, drop)
+        stats.insert(0, f"z={z:.2f}, p={p:.3g}")
+    mode, message = gate.mode, ""
+    if mode == "ci" and p is None:
+        # No stderr, no test: the point drop decides, and the check says so.
+        mode, message = "point", "no stderr, point comparison"
+        stats.insert(0, message)
+    significant = p is not None and p < 1 - gate.confidence
+    ok = not exceeds or (mode == "ci" and not significant)
+    worse = "dropped" if higher_better else "rose (lower is better)"
+    detail = f"{worse} {drop:.4f} from {base:.4f} to {value:.4f}, more than {max_drop:g}"
+    if not ok:
+        message = f"{detail} ({', '.join(stats)})"
+    elif exceeds:
+        message = f"{detail}, but not significant at {_pct(gate.confidence)} ({', '.join(stats)})"
+    sign = "-" if higher_better else "+"
+    return Check(
+        task,
+        metric,
+        value,
+        stderr,
+        f"{base:.4f} {sign} {max_drop:g}",
+        ok,
+        message,
+        kind="baseline",
+        mode=mode,
+        n=n,
+        baseline=base,
+        baseline_stderr=base_stderr,
+        delta=value - base,
+        p_value=p,
+    )
+
+
+def _wanted(metric: str, listed: tuple[str, ...]) -> bool:
+    # The same rule as the score table: "acc" picks "acc,none", "exact_match" both filters.
+    return metric in listed or metric.partition(",")[0] in listed
+
+
+def _max_drop_for(task: str, metric: str, per_metric: dict[str, float], default: float) -> float:
+    return per_metric.get(f"{task}:{metric}", per_metric.get(metric, default))
+
+
+def check_baseline(
+    item: PlannedItem,
+    record: dict[str, Any],
+    base: dict[str, Any],
+    gate: GateSettings,
+    thresholded: set[tuple[str, str]] | None = None,
+) -> tuple[list[Check], list[str]]:
+    """Drops of ``record``'s metrics against the baseline's record ``base`` of the same item,
+    lm-eval task by lm-eval task. Compared: the task's ``metrics`` when it lists some (plus
+    any thresholded one), else every metric both runs report."""
+    checks: list[Check] = []
+    notes: list[str] = []
+    per_metric = dict(item.task.max_drop)
+    base_metrics = base.get("metrics", {})
+    for task, values in record.get("metrics", {}).items():
+        old = base_metrics.get(task)
+        if old is None:
+            notes.append(f"{item.key}: lm-eval task {task} is not in the baseline")
+            continue
+        for metric, raw in values.items():
+            value = _as_float(raw)
+            if value is None or _is_stderr(metric):
+                continue
+            if item.task.metrics and not (
+                _wanted(metric, item.task.metrics) or (task, metric) in (thresholded or ())
+            ):
+                continue
+            base_value = _as_float(old.get(metric))
+            if base_value is None:
+                notes.append(f"{item.key}: {task}:{metric} is not in the baseline")
+                continue
+            checks.append(
+                judge_drop(
+                    task,
+                    metric,
+                    value,
+                    _as_float(values.get(stderr_key(metric))),
+                    base_value,
+                    _as_float(old.get(stderr_key(metric))),
+                    _max_drop_for(task, metric, per_metric, gate.max_drop),
+                    gate,
+                    higher_better=higher_is_better((record, base), task, metric),
+                    n=_n_of(record, task),
+                    base_n=_n_of(base, task),
+                )
+            )
+    return checks, notes
+
+
+# ---------------------------------------------------------------- an item's gate
+
+
+def gate_item(
+    item: PlannedItem,
+    record: dict[str, Any],
+    overrides: tuple[Threshold, ...],
+    gate: GateSettings,
+) -> GateResult:
+    """Every check of an item that ran: its thresholds (the command line's replacing the
+    config's), then its drops against the baseline, with notes on the comparison."""
+    metrics = record.get("metrics", {})
+    names = {item.benchmark, item.task.key, item.key}
+    scoped = _scope(overrides, names, {*item.task.tasks, *metrics})
+    result = GateResult(
+        check_thresholds(metrics, item.task.thresholds, tuple(scoped), gate=gate, record=record)
+    )
+    base = gate.baseline.record(item.key) if gate.baseline else None
+    if base is None:
+        return result  # the controller notes items only one run has
+    problems = comparability_problems(record, base)
+    if problems:
+        warning = (
+            f"{item.key}: not like for like with the baseline "
+            f"({gate.baseline.run_id}): {'; '.join(problems)}"  # type: ignore[union-attr]
+        )
+        result.warnings.append(warning)
+        result.notes.append(warning)
+    thresholded = {(c.task, c.metric) for c in result.checks}
+    checks, notes = check_baseline(item, record, base, gate, thresholded)
+    result.checks.extend(checks)
+    result.notes.extend(notes)
+    return result
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_checks(checks: Iterable[Check]) -> str:
+    """A small table of checks for a failure report."""
+    rows = [("task", "metric", "value", "stderr", "threshold / baseline", "verdict")]
+    for c in checks:
+        verdict = ("pass" if c.passed else "FAIL") + (f" ({c.message})" if c.message else "")
+        rows.append((c.task, c.metric, _cell(c.value), _cell(c.stderr), c.bound, verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
         for row in rows
     )
+
+
+def check_properties(checks: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(check:<task>:<metric>[:baseline], "pass" | "FAIL ...")`` pairs for user_properties."""
+    return [(c.property_name, c.verdict) for c in map(Check.from_dict, checks)]

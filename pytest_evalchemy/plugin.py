@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .endpoint import (
     normalize_endpoint,
     redact_url,
 )
-from .errors import ConfigError, EvalchemyError
+from .errors import ConfigError, EndpointError, EvalchemyError
 from .evaluation import ItemFailed, RunSettings, base_record, item_timeout, run_item
 from .results import RunPaths, check_writable, default_run_id, now_iso, validate_run_id
 from .summary import RunRecorder, format_table, table_rows
@@ -108,9 +109,63 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         int,
     ),
     (
+        "--evalchemy-serve",
+        "serve",
+        "Start a vLLM server on this model (folder or hub id) for the session and evaluate it",
+        str,
+    ),
+    (
+        "--evalchemy-gpu",
+        "gpu",
+        "CUDA_VISIBLE_DEVICES for the server --evalchemy-serve starts (Linux only)",
+        str,
+    ),
+    (
+        "--evalchemy-vllm-python",
+        "vllm_python",
+        "Python of the environment that has vLLM, for --evalchemy-serve. Env: EVALCHEMY_VLLM_PYTHON. Default: this Python",
+        str,
+    ),
+    (
+        "--evalchemy-serve-timeout",
+        "serve_timeout",
+        "Seconds to wait for the server --evalchemy-serve starts. Default: 600",
+        float,
+    ),
+    (
         "--evalchemy-log-level",
         "log_level",
         "Level of lm-eval's log written to the results folder. Default: INFO",
+        str,
+    ),
+    (
+        "--evalchemy-gate",
+        "gate",
+        "How checks are judged: point (the value) or ci (fail only when the whole confidence interval misses). Default: point. Env: EVALCHEMY_GATE",
+        str,
+    ),
+    (
+        "--evalchemy-confidence",
+        "confidence",
+        f"Confidence of the intervals and drop tests of --evalchemy-gate=ci. Default: {DEFAULT_CONFIDENCE}",
+        float,
+    ),
+    (
+        "--evalchemy-baseline",
+        "baseline",
+        "A previous run's summary JSON, or its run folder: fail items whose metrics dropped. Env: EVALCHEMY_BASELINE",
+        str,
+    ),
+    (
+        "--evalchemy-max-drop",
+        "max_drop",
+        f"Largest allowed drop (absolute) against --evalchemy-baseline; a task's 'max_drop' overrides it per metric. Default: {DEFAULT_MAX_DROP}",
+        float,
+    ),
+    (
+        "--evalchemy-markdown",
+        "markdown",
+        "Write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set). Env: EVALCHEMY_MARKDOWN",
         str,
     ),
 ]
@@ -119,6 +174,10 @@ _ENV = {
     "config": "EVALCHEMY_CONFIG",
     "run_id": "EVALCHEMY_RUN_ID",
     "output": "EVALCHEMY_OUTPUT",
+    "gate": "EVALCHEMY_GATE",
+    "baseline": "EVALCHEMY_BASELINE",
+    "markdown": "EVALCHEMY_MARKDOWN",
+    "vllm_python": "EVALCHEMY_VLLM_PYTHON",
 }
 
 
@@ -127,6 +186,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, name, help_text, _type in _OPTIONS:
         group.addoption(flag, dest=f"evalchemy_{name}", default=None, help=help_text)
         parser.addini(f"evalchemy_{name}", help_text, default=None)
+    group.addoption(
+        "--evalchemy-serve-arg",
+        dest="evalchemy_serve_arg",
+        action="append",
+        default=[],
+        help="Extra argument for the server --evalchemy-serve starts (repeatable), e.g. --evalchemy-serve-arg=--dtype=bfloat16",
+    )
     group.addoption(
         "--evalchemy-threshold",
         dest="evalchemy_threshold",
@@ -154,7 +220,14 @@ class Options:
     max_retries: int
     log_level: str
     thresholds: tuple[Threshold, ...]
+    serve: str | None = None
+    gpu: str | None = None
+    serve_args: tuple[str, ...] = ()
+    vllm_python: str | None = None
+    serve_timeout: float = 600.0
     api_key: str | None = field(default=None, repr=False)
+    gate: GateSettings = field(default_factory=GateSettings)
+    markdown: Path | None = None
 
 
 def _raw(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -207,6 +280,33 @@ def parse_threshold(text: str) -> Threshold:
     )
 
 
+def _gate_settings(config: pytest.Config) -> GateSettings:
+    """--evalchemy-gate, -confidence, -max-drop and -baseline (loaded here: under xdist each
+    worker reads the baseline itself)."""
+    mode = (_raw(config, "gate")[0] or "point").lower()
+    if mode not in GATE_MODES:
+        raise pytest.UsageError(
+            f"--evalchemy-gate: expected {' or '.join(GATE_MODES)}, got {mode!r}"
+        )
+    confidence = _number(config, "confidence", float, 0) or DEFAULT_CONFIDENCE
+    if not 0 < confidence < 1:
+        raise pytest.UsageError(
+            f"--evalchemy-confidence: expected a number between 0 and 1, e.g. 0.95, got {confidence!r}"
+        )
+    max_drop = _number(config, "max_drop", float, 0)
+    baseline_value, baseline_base = _raw(config, "baseline")
+    try:
+        baseline = load_baseline(baseline_base / baseline_value) if baseline_value else None
+    except EvalchemyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return GateSettings(
+        mode=mode,
+        confidence=confidence,
+        max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
+        baseline=baseline,
+    )
+
+
 def resolve_options(config: pytest.Config) -> Options:
     endpoint, _ = _raw(config, "endpoint")
     config_value, config_base = _raw(config, "config")
@@ -243,6 +343,11 @@ def resolve_options(config: pytest.Config) -> Options:
         max_retries=_number(config, "max_retries", int, 1) or 3,
         log_level=log_level,
         thresholds=tuple(parse_threshold(t) for t in config.getoption("evalchemy_threshold")),
+        serve=_raw(config, "serve")[0],
+        gpu=_raw(config, "gpu")[0],
+        serve_args=tuple(config.getoption("evalchemy_serve_arg")),
+        vllm_python=_raw(config, "vllm_python")[0],
+        serve_timeout=_number(config, "serve_timeout", float, 1) or 600.0,
         api_key=os.environ.get("EVALCHEMY_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
     )
 
@@ -321,11 +426,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _active(config: pytest.Config) -> bool:
-    return bool(
-        config.getoption("evalchemy_endpoint")
-        or os.environ.get("EVALCHEMY_ENDPOINT")
-        or config.getini("evalchemy_endpoint")
-    )
+    return any(_raw(config, name)[0] for name in ("endpoint", "serve"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -361,8 +462,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _with_endpoint(options: Options) -> Options:
-    from dataclasses import replace
-
     return (
         replace(options, endpoint=normalize_endpoint(options.endpoint))
         if options.endpoint
@@ -398,6 +497,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     names = {n for item in enabled for n in item.task.tasks}
     try:
         check_writable(options.output)
+        if options.serve:
+            options = state.options = replace(options, endpoint=_start_server(config, state))
         info = check_endpoint(
             options.endpoint or "",
             model=options.model,
@@ -411,6 +512,37 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             reporter.fail_all(enabled, f"endpoint check failed: {exc}")
         raise pytest.UsageError(f"evalchemy endpoint check failed: {exc}") from None
     state.settings = state.make_settings(info)
+
+
+def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
+    """Start the session's vLLM server (one for the whole run, also under xdist); it is stopped
+    when pytest unconfigures, on failure and on Ctrl-C too."""
+    from .serve import ServeError, ServeSpec, VllmServer
+
+    o = state.options
+    spec = ServeSpec(
+        model=o.serve or "",
+        log_path=state.paths.root / "vllm_server.log",
+        python=o.vllm_python or sys.executable,
+        gpu=o.gpu,
+        extra_args=o.serve_args,
+        startup_timeout=o.serve_timeout,
+        cache_dir=config.rootpath / ".cache",
+    )
+    server = VllmServer(spec)
+    config.add_cleanup(server.stop)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        if terminal is not None:
+            terminal.write_line(f"evalchemy: starting vLLM on {o.serve} (log: {spec.log_path})")
+        for warning in server.start():
+            if terminal is not None:
+                terminal.write_line(f"evalchemy: {warning}", yellow=True)
+        server.wait_ready()
+    except ServeError as exc:
+        server.stop()
+        raise EndpointError(f"the vLLM server did not start: {exc}") from None
+    return server.completions_url
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

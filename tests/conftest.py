@@ -4,6 +4,8 @@ the plugin inside pytester."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,8 +75,6 @@ def _lm_eval_warm(server: EvalchemyTestServer, tmp_path_factory: pytest.TempPath
     inside one would be imported again in the next, and C extensions (numpy, pyarrow) refuse
     a second load. Importing everything lm-eval needs up front keeps them loaded.
     """
-    import os
-
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -94,3 +94,31 @@ def _lm_eval_warm(server: EvalchemyTestServer, tmp_path_factory: pytest.TempPath
         )
     finally:
         os.chdir(cwd)
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The python of the vLLM environment (``make test`` builds ``.venv-vllm``). Missing, the
+    vllm tests fail with the reason rather than skip: CI must not pass them silently."""
+    path = Path(os.environ.get("EVALCHEMY_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+    if not path.exists():
+        pytest.fail(
+            f"vLLM python not found at {path}: run `make test` (it builds .venv-vllm) or set EVALCHEMY_VLLM_PYTHON",
+            pytrace=False,
+        )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(vllm_python: str) -> Path:
+    """The tiny random Llama: the one ``make`` built, else built now with the vLLM python."""
+    if os.environ.get("EVALCHEMY_TINY_MODEL"):
+        return Path(os.environ["EVALCHEMY_TINY_MODEL"])
+    out = REPO / ".cache" / "tiny-llama"
+    builder = REPO / "pytest_evalchemy" / "testing" / "tiny_model.py"
+    done = subprocess.run(
+        [vllm_python, str(builder), str(out)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        pytest.fail(f"tiny model build failed:\n{done.stderr[-3000:]}", pytrace=False)
+    return out

@@ -20,7 +20,7 @@ import pytest
 
 from pytest_evalchemy.serve import ServeError, ServeSpec, VllmServer
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDER = REPO / "pytest_evalchemy" / "testing" / "tiny_model.py"
@@ -67,7 +67,7 @@ def tiny_model(vllm_python: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(
+def vllm_server(
     vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VllmServer]:
     """One vLLM server for the module."""
@@ -95,6 +95,13 @@ def _http(srv: VllmServer, path: str, body: dict[str, Any] | None = None) -> Any
     with urllib.request.urlopen(req, timeout=120) as resp:
         assert resp.status == 200
         return json.loads(resp.read())
+
+
+def _tokenize(srv: VllmServer, text: str, *, special: bool = False) -> list[int]:
+    body = {"model": srv.model_id, "prompt": text, "add_special_tokens": special}
+    data = _http(srv, "/tokenize", body)
+    assert data["count"] == len(data["tokens"])
+    return list(data["tokens"])
 
 
 def _proc_state(pid: int) -> str | None:
@@ -143,25 +150,25 @@ def test_missing_model_raises_with_log(vllm_python: str, tmp_path: Path) -> None
     srv.stop()  # idempotent after wait_ready already cleaned up
 
 
-def test_models_lists_the_model(server: VllmServer, tiny_model: Path) -> None:
-    data = _http(server, "/v1/models")
+def test_models_lists_the_model(vllm_server: VllmServer, tiny_model: Path) -> None:
+    data = _http(vllm_server, "/v1/models")
     assert [m["id"] for m in data["data"]] == [str(tiny_model)]
-    assert server.model_id == str(tiny_model)
-    assert server.max_model_len == 1024  # the CPU default
-    assert server.completions_url.endswith("/v1/completions")
+    assert vllm_server.model_id == str(tiny_model)
+    assert vllm_server.max_model_len == 1024  # the CPU default
+    assert vllm_server.completions_url.endswith("/v1/completions")
 
 
-def test_echo_logprobs(server: VllmServer) -> None:
+def test_echo_logprobs(vllm_server: VllmServer) -> None:
     """The loglikelihood request shape lm-eval sends: prompt logprobs, the first (BOS) one null."""
     body = {
-        "model": server.model_id,
+        "model": vllm_server.model_id,
         "prompt": PROMPT,
         "max_tokens": 1,
         "temperature": 0,
         "echo": True,
         "logprobs": 1,
     }
-    lp = _http(server, "/v1/completions", body)["choices"][0]["logprobs"]
+    lp = _http(vllm_server, "/v1/completions", body)["choices"][0]["logprobs"]
     assert lp["tokens"][0] == "<s>"
     assert lp["token_logprobs"][0] is None
     assert lp["top_logprobs"][0] is None
@@ -169,60 +176,51 @@ def test_echo_logprobs(server: VllmServer) -> None:
     assert len(lp["tokens"]) >= 4
 
     # Token ids, as lm-eval's remote tokenizer sends them (no BOS): the first logprob is null too.
-    ids = _http(
-        server,
-        "/tokenize",
-        {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False},
-    )["tokens"]
+    ids = _tokenize(vllm_server, PROMPT)
     body["prompt"] = [ids]
-    lp = _http(server, "/v1/completions", body)["choices"][0]["logprobs"]
+    lp = _http(vllm_server, "/v1/completions", body)["choices"][0]["logprobs"]
     assert lp["token_logprobs"][0] is None
     assert len(lp["token_logprobs"]) == len(ids) + 1
 
 
-def test_tokenize_detokenize_round_trip(server: VllmServer) -> None:
-    assert _http(server, "/tokenizer_info")  # lm-eval's "auto" backend probes it
-    tok = _http(
-        server,
-        "/tokenize",
-        {"model": server.model_id, "prompt": PROMPT, "add_special_tokens": False},
-    )
-    assert tok["count"] == len(tok["tokens"]) > 3
-    with_bos = _http(server, "/tokenize", {"model": server.model_id, "prompt": PROMPT})["tokens"]
-    assert with_bos == [1, *tok["tokens"]]
-    text = _http(server, "/detokenize", {"model": server.model_id, "tokens": tok["tokens"]})
-    assert text["prompt"] == PROMPT
+def test_tokenize_detokenize_round_trip(vllm_server: VllmServer) -> None:
+    assert _http(vllm_server, "/tokenizer_info")  # lm-eval's "auto" backend probes it
+    ids = _tokenize(vllm_server, PROMPT)
+    assert len(ids) > 3
+    assert _tokenize(vllm_server, PROMPT, special=True) == [1, *ids]  # the tokenizer adds BOS
+    body = {"model": vllm_server.model_id, "tokens": ids}
+    assert _http(vllm_server, "/detokenize", body)["prompt"] == PROMPT
 
 
-def test_stop_string_is_honoured(server: VllmServer) -> None:
+def test_stop_string_is_honoured(vllm_server: VllmServer) -> None:
     body = {
-        "model": server.model_id,
+        "model": vllm_server.model_id,
         "prompt": PROMPT,
         "max_tokens": 24,
         "temperature": 0,
         "ignore_eos": True,  # always 24 tokens, so there is text to cut
     }
-    full = _http(server, "/v1/completions", body)["choices"][0]["text"]
+    full = _http(vllm_server, "/v1/completions", body)["choices"][0]["text"]
     stop = next(
         (full[i : i + 2] for i in range(len(full) // 2, len(full) - 1) if full[i : i + 2].strip()),
         None,
     )
     assert stop, f"no usable stop string in {full!r}"
-    choice = _http(server, "/v1/completions", {**body, "stop": [stop]})["choices"][0]
+    choice = _http(vllm_server, "/v1/completions", {**body, "stop": [stop]})["choices"][0]
     assert choice["text"] == full[: full.index(stop)]
     assert choice["finish_reason"] == "stop"
     assert choice["stop_reason"] == stop
 
 
-def test_stop_ends_the_process_group(server: VllmServer) -> None:
+def test_stop_ends_the_process_group(vllm_server: VllmServer) -> None:
     """Runs last: stops the module's server and checks every process of its group is gone."""
-    assert server.pid is not None
-    pids = _group_pids(server.pid)
-    assert server.pid in pids
+    assert vllm_server.pid is not None
+    pids = _group_pids(vllm_server.pid)
+    assert vllm_server.pid in pids
     start = time.monotonic()
-    server.stop()
+    vllm_server.stop()
     elapsed = time.monotonic() - start
     left = {pid: state for pid in pids if (state := _proc_state(pid)) not in (None, "Z")}
     assert not left, f"still running after stop(): {left}"
     assert elapsed < 15, f"stop() took {elapsed:.1f} s"
-    server.stop()  # idempotent
+    vllm_server.stop()  # idempotent

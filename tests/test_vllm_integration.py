@@ -1,0 +1,191 @@
+"""The plugin against the real vLLM (CPU build) on the tiny model: every offline benchmark,
+equality with lm-eval's own CLI, parallel equals serial, and --evalchemy-serve cleans up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy.serve import ServeSpec, VllmServer
+
+from .conftest import REPO, write_config
+
+pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
+
+# Small limits: a random tiny model on two CPU cores; the path matters, not the scores.
+TASKS = {
+    "mini_arc": {"tasks": ["mini_arc"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
+    "mini_hellaswag": {"tasks": ["mini_hellaswag"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
+    "mini_mmlu": {"tasks": ["mini_mmlu"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
+    "mini_gsm8k": {"tasks": ["mini_gsm8k"], "num_fewshot": 1, "limit": 2, "log_samples": True},
+}
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One vLLM server for the module's endpoint tests."""
+    spec = ServeSpec(
+        model=str(tiny_model),
+        python=vllm_python,
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+        cache_dir=REPO / ".cache",
+        startup_timeout=600,
+    )
+    with VllmServer(spec) as server:
+        server.wait_ready()
+        yield server
+
+
+def _summary(root: Path, run_id: str) -> dict[str, Any]:
+    return json.loads((root / "results" / run_id / f"evalchemy_summary_{run_id}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def serial_run(
+    vllm_server: VllmServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, pytest.RunResult]:
+    """One serial plugin run over every offline benchmark (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("serial")
+    write_config(root / "eval.json", {"tasks": TASKS})
+    result = _pytest(
+        root, f"--evalchemy-endpoint={vllm_server.completions_url}", "--evalchemy-run-id=serial"
+    )
+    return root, result
+
+
+def _pytest(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        f"--evalchemy-config={root / 'eval.json'}",
+        "-p",
+        "no:cacheprovider",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+
+
+def test_every_offline_benchmark_passes(serial_run: tuple[Path, Any]) -> None:
+    root, result = serial_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "4 passed" in result.stdout
+    summary = _summary(root, "serial")
+    assert summary["totals"]["passed"] == 4
+    assert summary["model"].endswith("tiny-llama")
+    for key, record in summary["tasks"].items():
+        task = record["task"]
+        assert record["n_samples"][task]["effective"] == TASKS[task]["limit"], key
+        assert record["metrics"][task], key
+
+
+def test_metrics_equal_lm_eval_cli(serial_run: tuple[Path, Any], tmp_path: Path) -> None:
+    root, _ = serial_run
+    record = _summary(root, "serial")["tasks"]["mini_arc/mini_arc"]
+    cmd = record["lm_eval_command"].split()
+    # The same command without the item's request cache, so the CLI asks the server itself.
+    i = cmd.index("--use_cache")
+    del cmd[i : i + 2]
+    cmd[0] = str(Path(sys.executable).parent / "lm-eval")
+    cmd += ["--output_path", str(tmp_path / "cli")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results_file,) = (tmp_path / "cli").rglob("results_*.json")
+    cli = json.loads(results_file.read_text())["results"]["mini_arc"]
+    ours = record["metrics"]["mini_arc"]
+    assert {k: v for k, v in cli.items() if k in ours} == ours
+
+
+def test_generation_honours_stop_strings(serial_run: tuple[Path, Any]) -> None:
+    root, _ = serial_run
+    samples = (
+        root
+        / "results"
+        / "serial"
+        / "items"
+        / "mini_gsm8k"
+        / "mini_gsm8k"
+        / "samples_mini_gsm8k.jsonl"
+    )
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert rows
+    for row in rows:
+        (generation,) = row["resps"][0]
+        assert "Question:" not in generation
+
+
+def test_parallel_equals_serial(serial_run: tuple[Path, Any], vllm_server: VllmServer) -> None:
+    root, _ = serial_run
+    result = _pytest(
+        root,
+        f"--evalchemy-endpoint={vllm_server.completions_url}",
+        "--evalchemy-run-id=par",
+        "-n",
+        "2",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    serial, par = _summary(root, "serial"), _summary(root, "par")
+    assert {k: v["metrics"] for k, v in par["tasks"].items()} == {
+        k: v["metrics"] for k, v in serial["tasks"].items()
+    }
+
+
+def _vllm_pids_on_port(port: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"vllm.entrypoints.openai.api_server" in cmdline and port.encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_serve_starts_one_server_and_leaves_nothing(
+    tiny_model: Path, vllm_python: str, tmp_path: Path
+) -> None:
+    write_config(
+        tmp_path / "eval.json",
+        {"tasks": {"mini_mmlu": TASKS["mini_mmlu"], "mini_arc": TASKS["mini_arc"]}},
+    )
+    result = _pytest(
+        tmp_path,
+        f"--evalchemy-serve={tiny_model}",
+        f"--evalchemy-vllm-python={vllm_python}",
+        "--evalchemy-run-id=served",
+        "-n",
+        "2",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    log = tmp_path / "results" / "served" / "vllm_server.log"
+    first = log.read_text().splitlines()[0]
+    assert first.startswith("$ ")
+    assert "--enable-tokenizer-info-endpoint" in first
+    port = first.split("--port ")[1].split()[0]
+    assert _vllm_pids_on_port(port) == []
+    # One server for the run, not one per worker.
+    assert result.stdout.count("starting vLLM on") == 1
+    summary = _summary(tmp_path, "served")
+    assert summary["totals"]["passed"] == 2
+    assert summary["endpoint"] == f"http://127.0.0.1:{port}/v1/completions"
+
+
+def test_serve_failure_is_reported_with_the_log(vllm_python: str, tmp_path: Path) -> None:
+    write_config(tmp_path / "eval.json", {"tasks": {"mini_arc": TASKS["mini_arc"]}})
+    result = _pytest(
+        tmp_path,
+        f"--evalchemy-serve={tmp_path / 'missing-model'}",
+        f"--evalchemy-vllm-python={vllm_python}",
+    )
+    assert result.returncode == 4
+    assert "the vLLM server did not start" in result.stderr
+    assert (tmp_path / "results").is_dir()
