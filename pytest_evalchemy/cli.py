@@ -391,12 +391,11 @@ def check_task_names(config: EvalConfig) -> NameCheck:
         result.public_checked = False
     elif wanted - known:
         known |= _known(wanted - known, [public], full_read=False)
-    vocabulary = set(keys) | set(catalog.known_tasks(include))
-    if public is not None:
-        vocabulary |= set(_scan(public.resolve()).defined)
-    for where, name, enabled in uses:
-        if name in known or public is None:
-            continue  # without lm-eval, a name the include paths lack cannot be judged
+    unknown = [use for use in uses if use[1] not in known]
+    if not unknown or public is None:
+        return result  # without lm-eval, a name the include paths lack cannot be judged
+    vocabulary = keys | set(catalog.known_tasks(include)) | set(_scan(public.resolve()).defined)
+    for where, name, enabled in unknown:
         close = difflib.get_close_matches(name, sorted(vocabulary), n=3, cutoff=0.75)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         message = (

@@ -212,3 +212,36 @@ def check_endpoint(
                 "model's tokenizer folder or name"
             )
     return EndpointInfo(url=url, model=model, max_model_len=served[model], remote_tokenizer=remote)
+
+
+def split_endpoints(value: str | None) -> tuple[str, ...]:
+    """Endpoints from a comma- or space-separated value, normalized, duplicates dropped."""
+    out: list[str] = []
+    for part in (value or "").replace(",", " ").split():
+        url = normalize_endpoint(part)
+        if url not in out:
+            out.append(url)
+    return tuple(out)
+
+
+def check_endpoints(
+    urls: tuple[str, ...], *, allow_mixed_models: bool = False, **kwargs: Any
+) -> list[EndpointInfo]:
+    """``check_endpoint`` on each URL; several endpoints must serve the same model (the run's
+    scores would otherwise mix models) unless ``allow_mixed_models``."""
+    infos = [check_endpoint(url, **kwargs) for url in urls]
+    models = {info.model for info in infos}
+    if len(models) > 1 and not allow_mixed_models:
+        served = ", ".join(f"{redact_url(i.url)} serves {i.model!r}" for i in infos)
+        raise EndpointError(
+            f"the endpoints serve different models ({served}); pass --evalchemy-model to pick one "
+            "they all serve, or --evalchemy-allow-mixed-models if that is intended"
+        )
+    return infos
+
+
+def pick_endpoint(infos: list[EndpointInfo], worker: int | None, position: int) -> EndpointInfo:
+    """The endpoint of an item: each xdist worker keeps to one endpoint (worker N takes endpoint
+    N mod count); without xdist items take turns by their position in the run."""
+    index = worker if worker is not None else position
+    return infos[index % len(infos)]

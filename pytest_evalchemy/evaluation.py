@@ -3,6 +3,7 @@ settings, run it, keep its files, and judge the outcome. Imports no pytest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ class RunSettings:
     api_key: str | None = None
     default_timeout: float | None = None
     include_paths: tuple[Path, ...] = ()
+    cache_root: Path | None = None  # lm-eval's response caches; None: no cache, no resume
     extra_thresholds: tuple[Threshold, ...] = field(default=())
     gate: GateSettings = field(default_factory=GateSettings)
 
@@ -59,7 +61,6 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
     if timeout is not None:
         request_timeout = max(1, min(DEFAULT_REQUEST_TIMEOUT, int(timeout * 0.8)))
     max_length = settings.max_length or settings.endpoint.max_model_len or DEFAULT_MAX_LENGTH
-    item_dir = settings.paths.item_dir(item.benchmark, task.key)
     return harness.HarnessRequest(
         tasks=task.tasks,
         model=settings.endpoint.model,
@@ -75,8 +76,23 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         tokenizer=settings.tokenizer,
         remote_tokenizer=settings.endpoint.remote_tokenizer,
         include_paths=settings.include_paths,
-        cache_prefix=str(item_dir / "cache"),
+        cache_prefix=cache_prefix(item, settings, max_length),
     )
+
+
+def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> str | None:
+    """Where the item's lm-eval response cache lives. lm-eval keys a response by the request
+    alone, not by the model: the folder is namespaced by what changes the answers (model,
+    context length, tokenizer, lm-eval version), and each item has its own file so parallel
+    workers never share one."""
+    if settings.cache_root is None:
+        return None
+    from importlib import metadata
+
+    tokenizer = settings.tokenizer or ("remote" if settings.endpoint.remote_tokenizer else "none")
+    key = json.dumps([settings.endpoint.model, max_length, tokenizer, metadata.version("lm_eval")])
+    namespace = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return str(settings.cache_root / namespace / item.benchmark / item.task.key / "requests")
 
 
 @contextmanager

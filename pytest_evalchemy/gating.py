@@ -464,16 +464,22 @@ def _cell(value: float | None) -> str:
 
 
 def format_checks(checks: Iterable[Check]) -> str:
-    """A small table of checks for a failure report."""
+    """A small table of checks for a failure report, each check's explanation below it."""
+    checks = list(checks)
     rows = [("task", "metric", "value", "stderr", "threshold / baseline", "verdict")]
     for c in checks:
-        verdict = ("pass" if c.passed else "FAIL") + (f" ({c.message})" if c.message else "")
+        verdict = "pass" if c.passed else "FAIL"
         rows.append((c.task, c.metric, _cell(c.value), _cell(c.stderr), c.bound, verdict))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
+    lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
         for row in rows
-    )
+    ]
+    for c in checks:
+        if c.message:
+            what = "baseline" if c.kind == "baseline" else "threshold"
+            lines.append(f"{c.task}:{c.metric} {what}: {c.message}")
+    return "\n".join(lines)
 
 
 def check_properties(checks: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:

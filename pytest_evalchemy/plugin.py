@@ -14,20 +14,40 @@ from typing import Any
 import pytest
 
 from . import catalog
+from .baseline import load_baseline, presence_notes
 from .config import EvalConfig, PlannedItem, Threshold, load_config, normalize_metric, plan_items
 from .endpoint import (
     DEFAULT_MAX_LENGTH,
     EndpointInfo,
-    check_endpoint,
-    normalize_endpoint,
+    check_endpoints,
+    pick_endpoint,
     redact_url,
+    split_endpoints,
 )
 from .errors import ConfigError, EndpointError, EvalchemyError
 from .evaluation import ItemFailed, RunSettings, base_record, item_timeout, run_item
-from .results import RunPaths, check_writable, default_run_id, now_iso, validate_run_id
+from .gating import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MAX_DROP,
+    GATE_MODES,
+    GateSettings,
+    check_properties,
+    unmatched_overrides,
+)
+from .markdown_report import render_markdown
+from .results import (
+    RunPaths,
+    append_text,
+    atomic_write_text,
+    check_writable,
+    default_run_id,
+    now_iso,
+    validate_run_id,
+)
 from .summary import RunRecorder, format_table, table_rows
 
 RECORD_PROPERTY = "evalchemy"
+FINISHED = ("passed", "failed")  # statuses a resumed run keeps
 DEFAULT_CONFIG = "configs/eval_config.json"
 DEFAULT_OUTPUT = "results"
 
@@ -184,8 +204,29 @@ _ENV = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("evalchemy", "LLM benchmarks with lm-evaluation-harness")
     for flag, name, help_text, _type in _OPTIONS:
-        group.addoption(flag, dest=f"evalchemy_{name}", default=None, help=help_text)
+        # Several endpoints: repeat the option (or separate them with commas).
+        action = "append" if name == "endpoint" else "store"
+        group.addoption(flag, dest=f"evalchemy_{name}", default=None, action=action, help=help_text)
         parser.addini(f"evalchemy_{name}", help_text, default=None)
+    group.addoption(
+        "--evalchemy-allow-mixed-models",
+        action="store_true",
+        default=False,
+        help="Accept endpoints that serve different models",
+    )
+    group.addoption(
+        "--evalchemy-no-cache",
+        action="store_true",
+        default=False,
+        help="Do not keep lm-eval's response cache under <output>/.cache (no resume)",
+    )
+    group.addoption(
+        "--evalchemy-resume",
+        metavar="RUN_ID",
+        default=None,
+        help="Complete the run RUN_ID in place: finished items keep their results, the others "
+        "continue from their cached responses",
+    )
     group.addoption(
         "--evalchemy-serve-arg",
         dest="evalchemy_serve_arg",
@@ -220,6 +261,10 @@ class Options:
     max_retries: int
     log_level: str
     thresholds: tuple[Threshold, ...]
+    endpoints: tuple[str, ...] = ()
+    allow_mixed_models: bool = False
+    no_cache: bool = False
+    resume: str | None = None
     serve: str | None = None
     gpu: str | None = None
     serve_args: tuple[str, ...] = ()
@@ -233,6 +278,8 @@ class Options:
 def _raw(config: pytest.Config, name: str) -> tuple[str | None, Path]:
     """A setting's value and the folder a relative path in it is relative to."""
     value = config.getoption(f"evalchemy_{name}")
+    if isinstance(value, list):
+        value = ",".join(value)
     if value is not None:
         return str(value), config.invocation_params.dir
     env = _ENV.get(name)
@@ -323,6 +370,13 @@ def resolve_options(config: pytest.Config) -> Options:
             f"--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}"
         )
     run_id = _raw(config, "run_id")[0]
+    resume = config.getoption("evalchemy_resume")
+    if resume is not None:
+        if run_id is not None and run_id != resume:
+            raise pytest.UsageError(
+                f"--evalchemy-resume {resume!r} and --evalchemy-run-id {run_id!r} disagree: give one"
+            )
+        run_id = resume
     if run_id is not None:
         try:
             validate_run_id(run_id)
@@ -343,13 +397,23 @@ def resolve_options(config: pytest.Config) -> Options:
         max_retries=_number(config, "max_retries", int, 1) or 3,
         log_level=log_level,
         thresholds=tuple(parse_threshold(t) for t in config.getoption("evalchemy_threshold")),
+        allow_mixed_models=bool(config.getoption("evalchemy_allow_mixed_models")),
+        no_cache=bool(config.getoption("evalchemy_no_cache")),
+        resume=resume,
         serve=_raw(config, "serve")[0],
         gpu=_raw(config, "gpu")[0],
         serve_args=tuple(config.getoption("evalchemy_serve_arg")),
         vllm_python=_raw(config, "vllm_python")[0],
         serve_timeout=_number(config, "serve_timeout", float, 1) or 600.0,
         api_key=os.environ.get("EVALCHEMY_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
+        gate=_gate_settings(config),
+        markdown=_path_option(config, "markdown"),
     )
+
+
+def _path_option(config: pytest.Config, name: str) -> Path | None:
+    value, base = _raw(config, name)
+    return (base / value).absolute() if value else None
 
 
 # ---------------------------------------------------------------- state
@@ -366,6 +430,19 @@ class EvalchemyState:
     started_at: str
     is_worker: bool
     settings: RunSettings | None = None
+    endpoints: list[EndpointInfo] = field(default_factory=list)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # records of a resumed run
+    worker_index: int | None = None
+
+    def settings_for(self, planned: PlannedItem) -> RunSettings | None:
+        """The run's settings with the endpoint that serves ``planned``."""
+        if self.settings is None or len(self.endpoints) < 2:
+            return self.settings
+        enabled = [p.key for p in self.plan if p.enabled]
+        position = enabled.index(planned.key) if planned.key in enabled else 0
+        return replace(
+            self.settings, endpoint=pick_endpoint(self.endpoints, self.worker_index, position)
+        )
 
     @property
     def paths(self) -> RunPaths:
@@ -385,7 +462,9 @@ class EvalchemyState:
             api_key=o.api_key,
             default_timeout=o.timeout,
             include_paths=self.eval_config.lm_eval_include_paths,
+            cache_root=None if o.no_cache else o.output / ".cache",
             extra_thresholds=o.thresholds,
+            gate=o.gate,
         )
 
     def header(self) -> dict[str, Any]:
@@ -398,6 +477,7 @@ class EvalchemyState:
             else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
+            "gate": self.options.gate.to_dict(),
             "seeds": {
                 "random_seed": 0,
                 "numpy_random_seed": 1234,
@@ -451,8 +531,12 @@ def pytest_configure(config: pytest.Config) -> None:
         started_at=worker_data.get("started_at") or now_iso(),
         is_worker=_is_worker(config),
     )
-    if worker_data.get("endpoint"):
-        state.settings = state.make_settings(EndpointInfo.from_dict(worker_data["endpoint"]))
+    if worker_data.get("endpoints"):
+        state.endpoints = [EndpointInfo.from_dict(d) for d in worker_data["endpoints"]]
+        state.settings = state.make_settings(state.endpoints[0])
+        state.worker_index = int(config.workerinput.get("workerid", "gw0").removeprefix("gw") or 0)
+    if options.resume:
+        state.previous = _previous_records(state)
     config.stash[STATE] = state
     _collect_config_file(config, options.config_path)
     if not state.is_worker:
@@ -461,12 +545,26 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.register(XdistHooks(state), "evalchemy-xdist")
 
 
+def _previous_records(state: EvalchemyState) -> dict[str, dict[str, Any]]:
+    """The item records of the run being resumed."""
+    path = state.paths.summary
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise pytest.UsageError(
+            f"--evalchemy-resume {state.run_id}: no summary at {path}; check the run id and --evalchemy-output"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(
+            f"--evalchemy-resume {state.run_id}: cannot read {path}: {exc}"
+        ) from None
+    state.started_at = summary.get("started_at") or state.started_at
+    return dict(summary.get("tasks") or {})
+
+
 def _with_endpoint(options: Options) -> Options:
-    return (
-        replace(options, endpoint=normalize_endpoint(options.endpoint))
-        if options.endpoint
-        else options
-    )
+    endpoints = split_endpoints(options.endpoint)
+    return replace(options, endpoint=endpoints[0], endpoints=endpoints) if endpoints else options
 
 
 def _collect_config_file(config: pytest.Config, config_path: Path) -> None:
@@ -498,9 +596,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         check_writable(options.output)
         if options.serve:
-            options = state.options = replace(options, endpoint=_start_server(config, state))
-        info = check_endpoint(
-            options.endpoint or "",
+            url = _start_server(config, state)
+            options = state.options = replace(options, endpoint=url, endpoints=(url,))
+        infos = check_endpoints(
+            options.endpoints,
+            allow_mixed_models=options.allow_mixed_models,
             model=options.model,
             api_key=options.api_key,
             local_tokenizer=options.tokenizer,
@@ -511,7 +611,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if reporter is not None and not isinstance(exc, type(None)):
             reporter.fail_all(enabled, f"endpoint check failed: {exc}")
         raise pytest.UsageError(f"evalchemy endpoint check failed: {exc}") from None
-    state.settings = state.make_settings(info)
+    state.endpoints = infos
+    state.settings = state.make_settings(infos[0])
 
 
 def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
@@ -617,7 +718,17 @@ class TaskItem(pytest.Item):
 
     def runtest(self) -> None:
         state = self.config.stash[STATE]
-        settings = state.settings
+        settings = state.settings_for(self.planned)
+        previous = state.previous.get(self.planned.key)
+        if previous is not None and previous.get("status") in FINISHED:
+            # A resumed run keeps what finished; nothing is sent for it.
+            record = {**previous, "resumed": True}
+            self._publish(record)
+            if record["status"] == "failed":
+                raise ItemFailed(
+                    f"{self.planned.key}: {record.get('message', 'failed')} (from the resumed run)"
+                )
+            return
         if settings is None:
             raise ItemFailed("the endpoint check did not run; no endpoint information")
         record = base_record(self.planned, settings)
@@ -651,6 +762,7 @@ class TaskItem(pytest.Item):
         props.append(("evalchemy_status", record["status"]))
         for lm_task, values in record.get("metrics", {}).items():
             props.extend((f"{lm_task}:{metric}", value) for metric, value in values.items())
+        props.extend(check_properties(record.get("checks", ())))
         self.user_properties[:] = props
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
@@ -683,6 +795,11 @@ class EvalchemyReporter:
         self.state = state
         self.by_suffix = {f"::{p.benchmark}::{p.task.key}": p for p in state.plan}
         self._recorder: RunRecorder | None = None
+        # A mistyped TASK: prefix would gate nothing; say so before the run, not after.
+        names = {n for p in state.plan for n in (p.benchmark, p.task.key, p.key, *p.task.tasks)}
+        self.run_notes = unmatched_overrides(state.options.thresholds, names)
+        for note in self.run_notes:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
 
     @property
     def recorder(self) -> RunRecorder:
@@ -694,6 +811,8 @@ class EvalchemyReporter:
                 order=[p.key for p in state.plan],
                 started_at=state.started_at,
             )
+            # A resumed run's summary is completed in place.
+            self._recorder.tasks.update(state.previous)
         return self._recorder
 
     def _planned(self, nodeid: str) -> PlannedItem | None:
@@ -718,7 +837,11 @@ class EvalchemyReporter:
         if planned is not None and planned.enabled and self.state.settings is not None:
             record = base_record(planned, self.state.settings)
             record["status"] = "running"
-            self.recorder.tasks.setdefault(planned.key, record)
+            previous = self.recorder.tasks.get(planned.key)
+            if previous is None or previous.get("status") not in FINISHED:
+                self.recorder.tasks[planned.key] = record
+                # On disk at once: a run killed now still shows what it was doing.
+                self.recorder.write_summary()
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -760,9 +883,11 @@ class EvalchemyReporter:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._recorder is not None:
             self._recorder.header = self.state.header()
+            self._recorder.header["gate"]["notes"] = self._gate_notes()
             self._recorder.finish(
                 int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
             )
+            self._write_markdown()
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -774,8 +899,46 @@ class EvalchemyReporter:
         terminalreporter.write_sep("=", "evalchemy scores")
         for line in format_table(table_rows(ordered, metrics)):
             terminalreporter.write_line(line)
+        gate = recorder.header.get("gate", {})
+        if gate.get("mode") == "ci" or gate.get("baseline"):
+            line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"
+            if gate.get("baseline"):
+                line += f"; baseline {gate['baseline']} (max drop {gate['max_drop']:g})"
+            terminalreporter.write_line(line)
+        for note in gate.get("notes", ()):
+            terminalreporter.write_line(f"note: {note}", yellow=True)
         if recorder.written:
             terminalreporter.write_line(f"summary: {recorder.paths.summary}")
+        if self.state.options.markdown and self.state.options.markdown.exists():
+            terminalreporter.write_line(f"markdown: {self.state.options.markdown}")
+
+    def _gate_notes(self) -> list[str]:
+        """Everything a reader of the gate should know: the items' notes (not like for like),
+        the items only one of the runs scored, mistyped command-line thresholds."""
+        tasks = self.recorder.tasks
+        notes = [*self.run_notes]
+        for key in self.recorder.summary()["tasks"]:
+            notes.extend(tasks[key].get("gate_notes", ()))
+        baseline = self.state.options.gate.baseline
+        if baseline is not None:
+            notes.extend(presence_notes(baseline, tasks))
+        return notes
+
+    def _write_markdown(self) -> None:
+        path = self.state.options.markdown
+        if path is None or self._recorder is None:
+            return
+        text = render_markdown(self._recorder.summary())
+        writes = [(path, atomic_write_text)]
+        if os.environ.get("GITHUB_STEP_SUMMARY"):
+            # GitHub collects every step's summary from this one file: add, never replace.
+            writes.append((Path(os.environ["GITHUB_STEP_SUMMARY"]), append_text))
+        for target, write in writes:
+            try:
+                write(target, text)
+            except OSError as exc:
+                # The run's verdict stands; a report that cannot be written must not change it.
+                self._recorder.log(f"cannot write the Markdown summary to {target}: {exc}")
 
 
 class XdistHooks:
@@ -790,5 +953,5 @@ class XdistHooks:
         node.workerinput["evalchemy"] = {
             "run_id": state.run_id,
             "started_at": state.started_at,
-            "endpoint": state.settings.endpoint.to_dict() if state.settings else None,
+            "endpoints": [e.to_dict() for e in state.endpoints],
         }

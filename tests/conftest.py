@@ -68,7 +68,7 @@ def offline_task(name: str, **settings: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _lm_eval_warm(server: EvalchemyTestServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _lm_eval_warm(answer_key: list[AnswerEntry], tmp_path_factory: pytest.TempPathFactory) -> None:
     """Run lm-eval once in this process before any in-process pytester run.
 
     pytester restores ``sys.modules`` after each in-process run, so a module first imported
@@ -81,17 +81,21 @@ def _lm_eval_warm(server: EvalchemyTestServer, tmp_path_factory: pytest.TempPath
     cwd = os.getcwd()
     os.chdir(tmp_path_factory.mktemp("warm"))
     try:
-        lm_eval.simple_evaluate(
-            model="local-completions",
-            model_args={
-                "model": server.model,
-                "base_url": server.completions_url,
-                "tokenizer_backend": "remote",
-            },
-            tasks=["mini_arc", "mini_gsm8k"],
-            limit=1,
-            task_manager=TaskManager(include_path=str(REPO / "benchmarks"), include_defaults=False),
-        )
+        # Its own server: test modules may override the ``server`` fixture with a narrower scope.
+        with EvalchemyTestServer(answer_key) as server:
+            lm_eval.simple_evaluate(
+                model="local-completions",
+                model_args={
+                    "model": server.model,
+                    "base_url": server.completions_url,
+                    "tokenizer_backend": "remote",
+                },
+                tasks=["mini_arc", "mini_gsm8k"],
+                limit=1,
+                task_manager=TaskManager(
+                    include_path=str(REPO / "benchmarks"), include_defaults=False
+                ),
+            )
     finally:
         os.chdir(cwd)
 

@@ -231,8 +231,8 @@ def test_threshold_failure_shows_table_not_traceback(
     junit = (pytester.path / "junit.xml").read_text()
     assert '<property name="mini_arc:acc,none" value="0.75"' in junit
     assert '<property name="evalchemy_status" value="failed"' in junit
-    # The command line overrides: a lower bound that passes.
-    _run(pytester, server, cfg, "--evalchemy-threshold=mini_arc:acc>=0.7").assert_outcomes(failed=1)
+    # The command line overrides: a lower bound that passes replaces the config's 0.9.
+    _run(pytester, server, cfg, "--evalchemy-threshold=mini_arc:acc>=0.7").assert_outcomes(passed=1)
     result = _run(
         pytester,
         server,
@@ -516,5 +516,9 @@ def test_parallel_run_matches_serial(
     assert p["totals"]["passed"] == 3
     merged = json.loads((pytester.path / "results" / "par" / "b_results.json").read_text())
     assert set(merged["results"]) == {"mini_arc", "mini_mmlu"}
-    assert sorted(d.name for d in (pytester.path / "results").iterdir()) == ["par", "serial"]
+    assert sorted(d.name for d in (pytester.path / "results").iterdir()) == [
+        ".cache",
+        "par",
+        "serial",
+    ]
     assert sys.executable

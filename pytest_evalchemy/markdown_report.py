@@ -1,0 +1,104 @@
+"""The run's summary as Markdown, for a CI job page (``$GITHUB_STEP_SUMMARY``) or a PR comment.
+A pure function of the summary JSON; imports no pytest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BAD = ("failed", "error", "timeout", "crashed", "interrupted")
+_HEADER = ("Item", "Status", "Metric", "Value", "Stderr", "Threshold", "Baseline", "Δ", "Verdict")
+_ALIGN = ("---", "---", "---", "---:", "---:", "---", "---:", "---:", "---")
+
+
+def _cell(text: Any) -> str:
+    # A pipe or a line break would end the table cell or the row.
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _num(value: Any, signed: bool = False) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _verdict(checks: list[dict[str, Any]]) -> str:
+    if not checks:
+        return ""
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        return "❌ FAIL: " + "; ".join(c.get("message") or c["bound"] for c in failed)
+    notes = "; ".join(c["message"] for c in checks if c.get("message"))
+    return "✅ pass" + (f" ({notes})" if notes else "")
+
+
+def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per metric of the item (stderrs go beside their metric)."""
+    by_metric: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for check in record.get("checks", []):
+        by_metric.setdefault((check["task"], check["metric"]), []).append(check)
+    rows = []
+    status = record.get("status", "")
+    for lm_task, values in record.get("metrics", {}).items():
+        for metric, value in values.items():
+            name, _, flt = metric.partition(",")
+            if name.endswith("_stderr"):
+                continue
+            checks = by_metric.pop((lm_task, metric), [])
+            bounds = [c["bound"] for c in checks if c["kind"] == "threshold"]
+            base = next((c for c in checks if c["kind"] == "baseline"), None)
+            label = metric if lm_task == record.get("task") else f"{lm_task}:{metric}"
+            rows.append(
+                (
+                    key,
+                    status,
+                    label,
+                    _num(value),
+                    _num(values.get(f"{name}_stderr,{flt}")),
+                    ", ".join(bounds) or "-",
+                    _num(base["baseline"]) if base else "-",
+                    _num(base["delta"], signed=True) if base else "-",
+                    _verdict(checks),
+                )
+            )
+    # Checks on metrics the item did not report (a mistyped threshold) still need a row.
+    for (lm_task, metric), checks in by_metric.items():
+        bounds = ", ".join(c["bound"] for c in checks)
+        rows.append(
+            (key, status, f"{lm_task}:{metric}", "-", "-", bounds, "-", "-", _verdict(checks))
+        )
+    if not rows:
+        rows.append((key, status, "-", "-", "-", "-", "-", "-", record.get("message") or ""))
+    return rows
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    """A Markdown report of ``summary``: verdict, gate settings, a per-metric table with the
+    deltas against the baseline, and the notes on the comparison."""
+    tasks = summary.get("tasks", {})
+    totals = summary.get("totals", {})
+    bad = sum(totals.get(s, 0) for s in _BAD)
+    verdict = f"❌ {bad} of {len(tasks)} item(s) not passed" if bad else "✅ all items passed"
+    counts = ", ".join(f"{n} {s}" for s, n in totals.items() if n) or "nothing ran"
+    gate = summary.get("gate") or {}
+    lines = [f"## Evalchemy run `{summary.get('run_id')}`: {verdict}", ""]
+    facts = [f"model `{summary.get('model')}`", counts]
+    if gate:
+        facts.append(
+            f"gate `{gate.get('mode')}` at {gate.get('confidence', 0) * 100:g}% confidence"
+        )
+        if gate.get("baseline"):
+            facts.append(
+                f"baseline `{gate.get('baseline_run_id') or gate['baseline']}` "
+                f"(max drop {gate.get('max_drop'):g})"
+            )
+    lines += [" · ".join(facts), ""]
+    lines.append("| " + " | ".join(_HEADER) + " |")
+    lines.append("|" + "|".join(_ALIGN) + "|")
+    for key, record in tasks.items():
+        for row in _rows(key, record):
+            lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    notes = gate.get("notes") or []
+    if notes:
+        lines += ["", "### Notes", ""]
+        lines += [f"- {_cell(note)}" for note in notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,231 @@
+"""Parallel runs, several endpoints, worker crashes, interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_evalchemy.testing.server import EvalchemyTestServer
+
+from .conftest import offline_task, read_summary, write_config
+
+FOUR = {
+    "mini_arc": offline_task("mini_arc", limit=4),
+    "mini_hellaswag": offline_task("mini_hellaswag", limit=4),
+    "mini_mmlu": offline_task("mini_mmlu", limit=4),
+    "mini_gsm8k": offline_task("mini_gsm8k", limit=4),
+}
+
+
+def _cfg(path: Path, tasks: dict) -> str:
+    return f"--evalchemy-config={write_config(path / 'eval.json', {'tasks': tasks})}"
+
+
+def test_two_endpoints_share_the_items(pytester: pytest.Pytester, make_server) -> None:
+    a, b = make_server(), make_server()
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={a.completions_url}",
+        f"--evalchemy-endpoint={b.completions_url}",
+        _cfg(pytester.path, FOUR),
+    )
+    result.assert_outcomes(passed=4)
+    summary = read_summary(pytester.path / "results")
+    used = [record["endpoint"] for record in summary["tasks"].values()]
+    # Without xdist the items take turns, in run order.
+    assert used == [a.completions_url, b.completions_url] * 2
+    assert a.stats()["completions"] > 1
+    assert b.stats()["completions"] > 1
+
+
+def test_two_endpoints_comma_separated_under_xdist(pytester: pytest.Pytester, make_server) -> None:
+    a, b = make_server(), make_server()
+    result = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={a.completions_url},{b.completions_url}",
+        _cfg(pytester.path, FOUR),
+        "-n",
+        "2",
+    )
+    result.assert_outcomes(passed=4)
+    summary = read_summary(pytester.path / "results")
+    assert {r["endpoint"] for r in summary["tasks"].values()} == {
+        a.completions_url,
+        b.completions_url,
+    }
+
+
+def test_endpoints_serving_different_models_are_refused(
+    pytester: pytest.Pytester, make_server
+) -> None:
+    a, b = make_server(), make_server(model="another-model")
+    cfg = _cfg(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    args = (
+        f"--evalchemy-endpoint={a.completions_url}",
+        f"--evalchemy-endpoint={b.completions_url}",
+        cfg,
+    )
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*the endpoints serve different models*--evalchemy-allow-mixed-models*"]
+    )
+    pytester.runpytest(*args, "--evalchemy-allow-mixed-models").assert_outcomes(passed=1)
+
+
+def test_crashed_worker_leaves_a_crashed_entry(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    pytester.makeconftest(
+        "import os\n"
+        "def pytest_runtest_call(item):\n"
+        "    if item.name == 'mini_mmlu':\n"
+        "        os._exit(3)\n"
+    )
+    result = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={server.completions_url}", _cfg(pytester.path, FOUR), "-n", "2"
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    summary = read_summary(pytester.path / "results")
+    statuses = {k: v["status"] for k, v in summary["tasks"].items()}
+    assert statuses == {
+        "mini_arc/mini_arc": "passed",
+        "mini_hellaswag/mini_hellaswag": "passed",
+        "mini_mmlu/mini_mmlu": "crashed",
+        "mini_gsm8k/mini_gsm8k": "passed",
+    }
+    assert summary["totals"]["crashed"] == 1
+
+
+def _start_run(root: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        f"--evalchemy-endpoint={url}",
+        "-p",
+        "no:cacheprovider",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_requests(server: EvalchemyTestServer, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while server.stats()["completions"] < n:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "the run sent too few requests"
+        time.sleep(0.02)
+
+
+SLOW_TASK = {
+    "mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0),
+    "mini_mmlu": offline_task("mini_mmlu", limit=4),
+}
+
+
+def _clean_run_requests(tmp_path: Path, make_server) -> int:
+    """Completion requests a whole run of SLOW_TASK sends (the probe excluded)."""
+    server = make_server()
+    root = tmp_path / "clean"
+    root.mkdir()
+    proc = _start_run(root, server.completions_url, _cfg(root, SLOW_TASK), "--evalchemy-no-cache")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    return server.stats()["completions"] - 1
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_interrupted_run_resumes_without_asking_twice(
+    tmp_path: Path, make_server, how: str
+) -> None:
+    clean = _clean_run_requests(tmp_path, make_server)
+    server = make_server(latency=0.05)
+    cfg = _cfg(tmp_path, SLOW_TASK)
+    proc = _start_run(
+        tmp_path, server.completions_url, cfg, "--evalchemy-run-id=r", "-k", "mini_arc"
+    )
+    _wait_for_requests(server, 20, proc)
+    if how == "sigint":
+        os.kill(proc.pid, signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    first = server.stats()["completions"]
+    summary_path = tmp_path / "results" / "r" / "evalchemy_summary_r.json"
+    summary = json.loads(summary_path.read_text())  # valid JSON whatever the interruption
+    record = summary["tasks"]["mini_arc/mini_arc"]
+    if how == "sigint":
+        assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+        assert record["status"] == "interrupted"
+    else:
+        assert record["status"] == "running"
+    server.reset_stats()
+    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-resume=r")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    second = server.stats()["completions"]
+    # Each run also sends one probe of the endpoint check; at most one request was in flight
+    # when the first run stopped. Everything else was asked once.
+    asked = (first - 1) + (second - 1)
+    assert clean <= asked <= clean + 1, (clean, first, second)
+    summary = json.loads(summary_path.read_text())
+    assert summary["tasks"]["mini_arc/mini_arc"]["status"] == "passed"
+    assert summary["tasks"]["mini_arc/mini_arc"]["metrics"]["mini_arc"]["acc,none"] == 0.75
+    assert summary["tasks"]["mini_mmlu/mini_mmlu"]["status"] == "passed"
+
+
+def test_resume_of_a_finished_run_sends_nothing(
+    tmp_path: Path, server: EvalchemyTestServer
+) -> None:
+    cfg = _cfg(tmp_path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)})
+    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-run-id=done")
+    assert proc.wait(timeout=120) == 0
+    before = server.stats()["completions"]
+    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-resume=done")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert server.stats()["completions"] - before == 1  # the endpoint check's probe only
+    summary = json.loads(
+        (tmp_path / "results" / "done" / "evalchemy_summary_done.json").read_text()
+    )
+    assert summary["tasks"]["mini_mmlu/mini_mmlu"]["resumed"] is True
+
+
+def test_resume_of_an_unknown_run_is_a_usage_error(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}",
+        _cfg(pytester.path, FOUR),
+        "--evalchemy-resume=nothing",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--evalchemy-resume nothing: no summary at *evalchemy_summary_nothing.json*"]
+    )
+
+
+def test_no_cache_writes_no_cache(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
+    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=2)})
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-no-cache"
+    )
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "results" / ".cache").exists()
+    pytester.runpytest(f"--evalchemy-endpoint={server.completions_url}", cfg).assert_outcomes(
+        passed=1
+    )
+    assert list((pytester.path / "results" / ".cache").rglob("requests_rank0.db"))
