@@ -26,8 +26,7 @@ from .config import EvalConfig, load_config, plan_items
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, normalize_endpoint, redact_url
 from .errors import ConfigError, EvalchemyError, Problem
 from .evaluation import RunSettings, build_request
-from .plugin import DEFAULT_CONFIG, DEFAULT_OUTPUT
-from .results import RunPaths, default_run_id, validate_run_id
+from .results import DEFAULT_CONFIG, DEFAULT_OUTPUT, RunPaths, default_run_id, validate_run_id
 
 # pytest's exit codes (pytest.ExitCode), which the exec'd run returns as they are; the front
 # end's own errors use the same numbers so that CI sees one scheme.

@@ -18,6 +18,7 @@ from . import harness
 from .config import PlannedItem, Threshold
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
+from .progress import RequestProgress, track
 from .results import RunPaths, atomic_write_json, atomic_write_text
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
@@ -82,15 +83,24 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
 
 def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> str | None:
     """Where the item's lm-eval response cache lives. lm-eval keys a response by the request
-    alone, not by the model: the folder is namespaced by what changes the answers (model,
-    context length, tokenizer, lm-eval version), and each item has its own file so parallel
-    workers never share one."""
+    alone, not by the model: the folder is namespaced by the run (a new checkpoint served under
+    the same name must never get the old one's answers; a resumed run keeps its id) and by what
+    changes the answers (model, context length, tokenizer, lm-eval version). Each item has its
+    own file, so parallel workers never share one."""
     if settings.cache_root is None:
         return None
     from importlib import metadata
 
     tokenizer = settings.tokenizer or ("remote" if settings.endpoint.remote_tokenizer else "none")
-    key = json.dumps([settings.endpoint.model, max_length, tokenizer, metadata.version("lm_eval")])
+    key = json.dumps(
+        [
+            settings.paths.run_id,
+            settings.endpoint.model,
+            max_length,
+            tokenizer,
+            metadata.version("lm_eval"),
+        ]
+    )
     namespace = hashlib.sha256(key.encode()).hexdigest()[:16]
     return str(settings.cache_root / namespace / item.benchmark / item.task.key / "requests")
 
@@ -173,14 +183,17 @@ def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -
     record["status"] = "running"
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
+    progress = RequestProgress(item.key)
     try:
         with (
             harness.capture_log(item_dir / "lm_eval.log", secret=settings.api_key),
             _api_key_env(settings.api_key),
+            track(progress),
         ):
             results = harness.run(request)
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
+        record["requests"] = progress.to_dict()
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

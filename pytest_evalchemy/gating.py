@@ -284,10 +284,10 @@ def check_thresholds(
             for task in targets:
                 chosen[(task, metric)] = (th, source)  # a later source replaces an earlier one
     for (task, metric), (th, source) in chosen.items():
-        values = metrics.get(task)
-        value = _as_float((values or {}).get(metric))
+        values = metrics.get(task) or {}
+        value = _as_float(values.get(metric))
         if value is None:
-            if values is None:
+            if task not in metrics:
                 message = f"this item ran no lm-eval task {task}; it ran: {', '.join(metrics) or 'nothing'}"
             else:
                 produced = sorted(k for k in values if not _is_stderr(k))
@@ -296,7 +296,7 @@ def check_thresholds(
                 Check(task, metric, None, None, _bound(th), False, message, source=source)
             )
             continue
-        stderr = _as_float(values.get(stderr_key(metric)))  # type: ignore[union-attr]
+        stderr = _as_float(values.get(stderr_key(metric)))
         checks.append(
             judge_threshold(task, metric, value, stderr, th, gate, _n_of(record, task), source)
         )
@@ -438,14 +438,15 @@ def gate_item(
     result = GateResult(
         check_thresholds(metrics, item.task.thresholds, tuple(scoped), gate=gate, record=record)
     )
-    base = gate.baseline.record(item.key) if gate.baseline else None
-    if base is None:
+    baseline = gate.baseline
+    base = baseline.record(item.key) if baseline else None
+    if baseline is None or base is None:
         return result  # the controller notes items only one run has
     problems = comparability_problems(record, base)
     if problems:
         warning = (
             f"{item.key}: not like for like with the baseline "
-            f"({gate.baseline.run_id}): {'; '.join(problems)}"  # type: ignore[union-attr]
+            f"({baseline.run_id}): {'; '.join(problems)}"
         )
         result.warnings.append(warning)
         result.notes.append(warning)

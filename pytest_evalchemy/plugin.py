@@ -36,6 +36,8 @@ from .gating import (
 )
 from .markdown_report import render_markdown
 from .results import (
+    DEFAULT_CONFIG,
+    DEFAULT_OUTPUT,
     RunPaths,
     append_text,
     atomic_write_text,
@@ -48,8 +50,6 @@ from .summary import RunRecorder, format_table, table_rows
 
 RECORD_PROPERTY = "evalchemy"
 FINISHED = ("passed", "failed")  # statuses a resumed run keeps
-DEFAULT_CONFIG = "configs/eval_config.json"
-DEFAULT_OUTPUT = "results"
 
 
 # ---------------------------------------------------------------- options
@@ -335,7 +335,8 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
         raise pytest.UsageError(
             f"--evalchemy-gate: expected {' or '.join(GATE_MODES)}, got {mode!r}"
         )
-    confidence = _number(config, "confidence", float, 0) or DEFAULT_CONFIDENCE
+    confidence = _number(config, "confidence", float, 0)
+    confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
     if not 0 < confidence < 1:
         raise pytest.UsageError(
             f"--evalchemy-confidence: expected a number between 0 and 1, e.g. 0.95, got {confidence!r}"
@@ -644,6 +645,24 @@ def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
         server.stop()
         raise EndpointError(f"the vLLM server did not start: {exc}") from None
     return server.completions_url
+
+
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    """``-v`` shows how many requests an item sent and how fast, beside its outcome."""
+    if report.when != "call" or config.stash.get(STATE, None) is None:
+        return None
+    props = dict(report.user_properties)
+    if RECORD_PROPERTY not in props:
+        return None
+    requests = json.loads(props[RECORD_PROPERTY]).get("requests") or {}
+    if not requests.get("done"):
+        return None
+    word = report.outcome.upper()
+    detail = f"{word} ({requests['done']} requests, {requests['per_s']:.1f}/s)"
+    letter = {"passed": ".", "failed": "F", "skipped": "s"}[report.outcome]
+    return report.outcome, letter, (detail, {"green": report.passed, "red": report.failed})
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

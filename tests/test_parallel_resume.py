@@ -229,3 +229,25 @@ def test_no_cache_writes_no_cache(pytester: pytest.Pytester, server: EvalchemyTe
         passed=1
     )
     assert list((pytester.path / "results" / ".cache").rglob("requests_rank0.db"))
+
+
+def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
+    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=1)})
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}",
+        cfg,
+        "-v",
+        "-o",
+        "log_cli=true",
+        "--log-cli-level=INFO",
+    )
+    result.assert_outcomes(passed=1)
+    # 4 documents x 4 choices, one request each at batch size 1.
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s",
+            "PASSED (16 requests, *.*/s)*",
+        ]
+    )
+    record = read_summary(pytester.path / "results")["tasks"]["mini_mmlu/mini_mmlu"]
+    assert record["requests"]["done"] == record["requests"]["total"] == 16

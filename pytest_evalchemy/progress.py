@@ -1,0 +1,92 @@
+"""Progress of an item's requests: how many of lm-eval's requests are answered, and how fast.
+
+lm-eval reports progress only through tqdm bars (which the plugin keeps quiet); while an item
+runs, its progress bars are swapped for counters that feed ``RequestProgress``. Progress lines
+go to the ``pytest_evalchemy.progress`` logger, so ``pytest -o log_cli=true
+--log-cli-level=INFO`` shows them live. Imports no pytest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("pytest_evalchemy.progress")
+LOG_EVERY_S = 5.0
+
+
+@dataclass
+class RequestProgress:
+    """Counts of one item's answered requests."""
+
+    label: str
+    done: int = 0
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _last_log: float = 0.0
+
+    def add_total(self, n: int) -> None:
+        if self.total == 0:
+            self.started = time.monotonic()  # the rate counts from the first request, not setup
+        self.total += n
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.info("%s", self.line())
+
+    @property
+    def per_second(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        return (
+            f"{self.label}: {self.done}/{self.total} requests{share}, {self.per_second:.1f} req/s"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "total": self.total, "per_s": round(self.per_second, 2)}
+
+
+@contextmanager
+def track(progress: RequestProgress) -> Iterator[RequestProgress]:
+    """Route lm-eval's API request progress bars into ``progress`` while the block runs."""
+    try:
+        from lm_eval.models import api_models
+    except ImportError:  # pragma: no cover - lm-eval without its API models
+        yield progress
+        return
+    base_bar, base_async = api_models.tqdm, api_models.tqdm_asyncio
+
+    class Bar(base_bar):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            progress.add_total(int(kwargs.get("total") or 0))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            progress.advance(int(n or 0))
+            return super().update(n)
+
+    class AsyncBar(base_async):  # type: ignore[misc, valid-type]
+        # tqdm_asyncio.gather builds its bar with cls(total=len(tasks)): one step per batch.
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            progress.add_total(int(kwargs.get("total") or 0))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            progress.advance(int(n or 0))
+            return super().update(n)
+
+    api_models.tqdm, api_models.tqdm_asyncio = Bar, AsyncBar
+    try:
+        yield progress
+    finally:
+        api_models.tqdm, api_models.tqdm_asyncio = base_bar, base_async
