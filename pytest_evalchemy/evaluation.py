@@ -40,6 +40,7 @@ class RunSettings:
     api_key: str | None = None
     default_timeout: float | None = None
     include_paths: tuple[Path, ...] = ()
+    log_level: str = "INFO"  # of the lm-eval log kept in the item's folder
     cache_root: Path | None = None  # lm-eval's response caches; None: no cache, no resume
     extra_thresholds: tuple[Threshold, ...] = field(default=())
     gate: GateSettings = field(default_factory=GateSettings)
@@ -186,7 +187,9 @@ def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -
     progress = RequestProgress(item.key)
     try:
         with (
-            harness.capture_log(item_dir / "lm_eval.log", secret=settings.api_key),
+            harness.capture_log(
+                item_dir / "lm_eval.log", secret=settings.api_key, level=settings.log_level
+            ),
             _api_key_env(settings.api_key),
             track(progress),
         ):

@@ -141,16 +141,17 @@ class _Redact(logging.Filter):
 
 
 @contextmanager
-def capture_log(path: Path, secret: str | None = None) -> Iterator[None]:
-    """Write lm-eval's log records (INFO and up) to ``path`` while the block runs."""
+def capture_log(path: Path, secret: str | None = None, level: str = "INFO") -> Iterator[None]:
+    """Write lm-eval's log records (``level`` and up) to ``path`` while the block runs."""
     logger = logging.getLogger("lm_eval")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
     handler.addFilter(_Redact(secret))
     old_level = logger.level
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    handler.setLevel(level)
+    if logger.getEffectiveLevel() > handler.level:
+        logger.setLevel(handler.level)
     try:
         yield
     finally:

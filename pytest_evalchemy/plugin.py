@@ -464,6 +464,7 @@ class EvalchemyState:
             default_timeout=o.timeout,
             include_paths=self.eval_config.lm_eval_include_paths,
             cache_root=None if o.no_cache else o.output / ".cache",
+            log_level=o.log_level,
             extra_thresholds=o.thresholds,
             gate=o.gate,
         )

@@ -522,3 +522,23 @@ def test_parallel_run_matches_serial(
         "serial",
     ]
     assert sys.executable
+
+
+def test_log_level_sets_what_the_item_log_keeps(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc", limit=2)})
+    _run(pytester, server, cfg, "--evalchemy-run-id=info").assert_outcomes(passed=1)
+    _run(
+        pytester, server, cfg, "--evalchemy-run-id=warn", "--evalchemy-log-level=warning"
+    ).assert_outcomes(passed=1)
+    info = (pytester.path / "results" / "info" / "mini_arc_benchmark.log").read_text()
+    warn = (pytester.path / "results" / "warn" / "mini_arc_benchmark.log").read_text()
+    assert " INFO [lm_eval" in info
+    assert " INFO [lm_eval" not in warn
+    assert " WARNING [lm_eval" in warn
+    result = _run(pytester, server, cfg, "--evalchemy-log-level=loud")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got 'LOUD'*"]
+    )

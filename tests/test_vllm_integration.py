@@ -189,3 +189,22 @@ def test_serve_failure_is_reported_with_the_log(vllm_python: str, tmp_path: Path
     assert result.returncode == 4
     assert "the vLLM server did not start" in result.stderr
     assert (tmp_path / "results").is_dir()
+
+
+def test_local_tokenizer_gives_the_same_scores(
+    serial_run: tuple[Path, Any], vllm_server: VllmServer, tiny_model: Path
+) -> None:
+    root, _ = serial_run
+    result = _pytest(
+        root,
+        f"--evalchemy-endpoint={vllm_server.completions_url}",
+        f"--evalchemy-tokenizer={tiny_model}",
+        "--evalchemy-run-id=localtok",
+        "-k",
+        "mini_arc or mini_mmlu",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    local, remote = _summary(root, "localtok"), _summary(root, "serial")
+    assert local["settings"]["tokenizer"] == str(tiny_model)
+    for key in ("mini_arc/mini_arc", "mini_mmlu/mini_mmlu"):
+        assert local["tasks"][key]["metrics"] == remote["tasks"][key]["metrics"], key
