@@ -251,3 +251,31 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     )
     record = read_summary(pytester.path / "results")["tasks"]["mini_mmlu/mini_mmlu"]
     assert record["requests"]["done"] == record["requests"]["total"] == 16
+
+
+def test_one_item_times_out_the_others_pass_and_the_worker_survives(
+    pytester: pytest.Pytester, make_server
+) -> None:
+    server = make_server(latency=0.3)
+    tasks = {
+        # ~48 requests of 0.3 s: far past its 3 s timeout.
+        "slow": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0, timeout=3),
+        # One request each (4 choices in one batch).
+        "quick1": offline_task("mini_mmlu", limit=1, batch_size=4, timeout=60),
+        "quick2": offline_task("mini_hellaswag", limit=1, batch_size=4, timeout=60),
+        "quick3": offline_task("mini_mmlu", limit=2, batch_size=8, timeout=60),
+    }
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={server.completions_url}", _cfg(pytester.path, tasks), "-n", "2"
+    )
+    result.assert_outcomes(passed=3, failed=1)
+    assert time.monotonic() - start < 60
+    result.stdout.no_fnmatch_line("*crashed*")
+    summary = read_summary(pytester.path / "results")
+    slow = summary["tasks"]["slow/slow"]
+    assert slow["status"] == "timeout"
+    assert 2.9 <= slow["duration_s"] < 10
+    assert "timed out after" in slow["message"]
+    assert [summary["tasks"][f"quick{i}/quick{i}"]["status"] for i in (1, 2, 3)] == ["passed"] * 3
+    assert summary["totals"]["timeout"] == 1
