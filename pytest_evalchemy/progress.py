@@ -66,25 +66,27 @@ def track(progress: RequestProgress) -> Iterator[RequestProgress]:
         return
     base_bar, base_async = api_models.tqdm, api_models.tqdm_asyncio
 
-    class Bar(base_bar):  # type: ignore[misc, valid-type]
+    class Counting:
+        """Mixed into lm-eval's bar classes: silent, and counting into ``progress``."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, "disable": True})
             progress.add_total(int(kwargs.get("total") or 0))
 
         def update(self, n: float | None = 1) -> bool | None:
             progress.advance(int(n or 0))
-            return super().update(n)
+            return super().update(n)  # type: ignore[misc]
 
-    class AsyncBar(base_async):  # type: ignore[misc, valid-type]
-        # tqdm_asyncio.gather builds its bar with cls(total=len(tasks)): one step per batch.
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**kwargs, "disable": True})
-            progress.add_total(int(kwargs.get("total") or 0))
+        def __iter__(self) -> Iterator[Any]:
+            # A disabled bar iterates without update(): count each step here.
+            for step in super().__iter__():  # type: ignore[misc]
+                progress.advance(1)
+                yield step
 
-        def update(self, n: float | None = 1) -> bool | None:
-            progress.advance(int(n or 0))
-            return super().update(n)
-
+    # The sync path counts answered requests with update(); tqdm_asyncio.gather iterates a
+    # cls(as_completed(...), total=len(tasks)) bar and so counts finished batches.
+    Bar = type("Bar", (Counting, base_bar), {})
+    AsyncBar = type("AsyncBar", (Counting, base_async), {})
     api_models.tqdm, api_models.tqdm_asyncio = Bar, AsyncBar
     try:
         yield progress

@@ -251,6 +251,12 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     )
     record = read_summary(pytester.path / "results")["tasks"]["mini_mmlu/mini_mmlu"]
     assert record["requests"]["done"] == record["requests"]["total"] == 16
+    # Concurrent requests (lm-eval's async path) count in batches: 16 requests in batches of 4.
+    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=4)})
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}", cfg, "-v", "--evalchemy-concurrency=2"
+    )
+    result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s)*"])
 
 
 def test_one_item_times_out_the_others_pass_and_the_worker_survives(
