@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import functools
-import importlib.util
 import os
 import platform
 import re
@@ -21,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from . import catalog
+from . import catalog, report_cli
 from .config import EvalConfig, load_config, plan_items
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, normalize_endpoint, redact_url
 from .errors import ConfigError, EvalchemyError, Problem
 from .evaluation import RunSettings, build_request
 from .results import DEFAULT_CONFIG, DEFAULT_OUTPUT, RunPaths, default_run_id, validate_run_id
+from .task_index import lm_eval_tasks_dir
+from .task_index import scan as _scan
 
 # pytest's exit codes (pytest.ExitCode), which the exec'd run returns as they are; the front
 # end's own errors use the same numbers so that CI sees one scheme.
@@ -168,6 +168,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="print the lm-eval commands and the pytest command a run would use; run nothing",
     )
+    modes.add_argument(
+        "--report",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="write the HTML report of a run folder, or a page comparing several (also "
+        "`evalchemy report RUN_DIR...`)",
+    )
+    report_cli.add_options(p.add_argument_group("reports (--report)"))
     return p
 
 
@@ -289,61 +297,6 @@ def _shown(cmd: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- task names (no lm-eval import)
-
-
-_DEFINES = re.compile(
-    rb"^(?:task|group)[ \t]*:[ \t]*['\"]?([^\s'\"#\[\]{},]+)['\"]?[ \t]*(?:#.*)?$", re.M
-)
-_TAG_BLOCK = re.compile(rb"^tag[ \t]*:([^\n]*)\n?((?:[ \t]*-[^\n]*(?:\n|$))*)", re.M)
-_IGNORED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
-
-
-@dataclass(frozen=True)
-class _Scan:
-    defined: dict[str, frozenset[Path]]  # task or group name -> folders of the YAMLs naming it
-    tags: frozenset[str]
-
-
-def _tag_names(inline: bytes, items: bytes) -> set[str]:
-    parts = inline.strip().strip(b"[]").split(b",") + [
-        line.strip().removeprefix(b"-") for line in items.splitlines()
-    ]
-    return {p.split(b"#")[0].strip().strip(b"'\"").decode() for p in parts} - {""}
-
-
-@functools.lru_cache(maxsize=8)
-def _scan(root: Path) -> _Scan:
-    """Every task/group name a YAML under ``root`` declares at its top, and every tag.
-
-    A text scan (~0.3 s for lm-eval's 14k YAMLs, where parsing them all takes ~30 s): it only
-    picks the folders that ``catalog.known_tasks`` then reads for real. Tags, which lm-eval runs
-    like tasks, may sit in included templates of any extension, hence every *yaml* file.
-    """
-    defined: dict[str, set[Path]] = {}
-    tags: set[str] = set()
-    for path in root.rglob("*yaml*"):
-        if _IGNORED_DIRS.intersection(path.parts) or not path.is_file():
-            continue
-        try:
-            text = path.read_bytes()
-        except OSError:
-            continue
-        if path.suffix == ".yaml":
-            for match in _DEFINES.finditer(text):
-                defined.setdefault(match.group(1).decode(errors="replace"), set()).add(path.parent)
-        for match in _TAG_BLOCK.finditer(text):
-            tags |= _tag_names(match.group(1), match.group(2))
-    return _Scan({k: frozenset(v) for k, v in defined.items()}, frozenset(tags))
-
-
-def lm_eval_tasks_dir() -> Path | None:
-    """The task YAML folder of the installed lm-eval, found without importing it."""
-    spec = importlib.util.find_spec("lm_eval")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        tasks = Path(location) / "tasks"
-        if tasks.is_dir():
-            return tasks
-    return None
 
 
 def _known(names: set[str], roots: Iterable[Path], *, full_read: bool) -> set[str]:
@@ -583,7 +536,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = args.index("--")
         args, pytest_args = args[:split], args[split + 1 :]
     parser = build_parser()
+    if args[:1] == ["report"]:
+        return report_cli.main(args[1:], f"{parser.prog} report")
     ns = parser.parse_args(args)
+    if ns.report is not None or ns.history:
+        # Reads results folders only: none of the run's options apply.
+        return report_cli.make_report(
+            ns.report or [], ns.history, ns.out, against=ns.against, confidence=ns.confidence
+        )
     try:
         opts = resolve(ns, pytest_args)
     except CliError as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,10 @@ from .resources import benchmarks_dir, schema_path
 
 PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 DISABLED_REASON = "disabled in config"
+# A real config is a few KB; a bigger file is the wrong file (and is not read whole).
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 32  # a valid config nests 5 deep; parsers and the schema check recurse
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -129,10 +135,16 @@ def _parse_text(path: Path, text: str) -> Any:
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError([Problem(path, where, f"YAML syntax error: {problem}")]) from None
+        except RecursionError:
+            raise ConfigError([Problem(path, "", "YAML nested too deeply for a config")]) from None
+        except ValueError as exc:  # a value the resolver took for a date, e.g. 2024-13-45
+            raise ConfigError([Problem(path, "", f"YAML value error: {exc}")]) from None
     try:
         return json.loads(
             text, object_pairs_hook=functools.partial(_pairs_rejecting_duplicates, path)
         )
+    except RecursionError:
+        raise ConfigError([Problem(path, "", "JSON nested too deeply for a config")]) from None
     except json.JSONDecodeError as exc:
         hint = ""
         before = text[: exc.pos].rstrip()
@@ -149,18 +161,36 @@ def _parse_text(path: Path, text: str) -> Any:
                 )
             ]
         ) from None
+    except ValueError:
+        # The one bare ValueError of json: an integer longer than Python converts (no position).
+        raise ConfigError(
+            [Problem(path, "", "JSON syntax error: a number with more than 4300 digits")]
+        ) from None
 
 
 def read_config_data(path: Path) -> Any:
     """The raw data of a config file, with syntax errors turned into ``ConfigError``."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            # One byte past the limit tells a huge (or endless: /dev/zero) file without reading it.
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             [Problem(path, "", "config file not found; pass --evalchemy-config PATH or create it")]
         ) from None
     except OSError as exc:
         raise ConfigError([Problem(path, "", f"cannot read config file: {exc.strerror}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    "",
+                    f"config file is larger than {MAX_CONFIG_BYTES // 2**20} MB; a config is a few "
+                    "KB: is this the right file?",
+                )
+            ]
+        )
     if not raw.strip():
         raise ConfigError(
             [Problem(path, "", 'config file is empty; it needs at least {"tasks": {...}}')]
@@ -209,10 +239,7 @@ def _schema_message(error: Any) -> tuple[str, str]:
             "a fraction between 0 and 1, or null for the whole data set"
         )
     if validator == "pattern":
-        return where, (
-            f"invalid name {json.dumps(error.instance)}: use letters, digits, '_', '.', '-' "
-            "(it names files in the results folder)"
-        )
+        return where, _bad_name(error.instance)
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return (
             where,
@@ -248,8 +275,77 @@ def _schema_problems(path: Path, data: Any) -> list[Problem]:
     return problems
 
 
+def _bad_name(name: str) -> str:
+    return (
+        f"invalid name {json.dumps(name)}: use letters, digits, '_', '.', '-' "
+        "(it names files in the results folder)"
+    )
+
+
+def _plain_problems(path: Path, data: Any) -> list[Problem]:
+    """What JSON cannot hold but the parsers let through: NaN and infinities (Python's json
+    reads NaN, Infinity and 1e400; YAML .nan), which pass every range check of the schema;
+    non-string keys, dates and other YAML types; nesting deeper than any config."""
+    problems: list[Problem] = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), data)]
+    while stack:
+        where, value = stack.pop()
+        if len(where) > MAX_DEPTH:
+            problems.append(Problem(path, _json_path(where[:MAX_DEPTH]), "nested too deeply"))
+        elif isinstance(value, dict):
+            for key, child in reversed(value.items()):
+                if isinstance(key, str):
+                    stack.append(((*where, key), child))
+                else:
+                    problems.append(
+                        Problem(
+                            path,
+                            _json_path([*where, str(key)]),
+                            f"keys must be strings, got {key!r}",
+                        )
+                    )
+        elif isinstance(value, list):
+            stack.extend(((*where, i), child) for i, child in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+            problems.append(
+                Problem(path, _json_path(where), f"{shown} is not a number JSON allows")
+            )
+        elif not isinstance(value, (str, int, float, type(None))):
+            problems.append(
+                Problem(
+                    path,
+                    _json_path(where),
+                    f"a {type(value).__name__} is not a JSON value; put it in quotes",
+                )
+            )
+    return problems
+
+
 def _reference_problems(path: Path, data: dict[str, Any]) -> list[Problem]:
     problems = []
+    # The schema's pattern lets "name\n" through (Python's $ matches before a final newline).
+    for section in ("benchmarks", "tasks"):
+        for name in data.get(section, {}):
+            if not _NAME.fullmatch(name):
+                problems.append(Problem(path, section, _bad_name(name)))
+    for name, bench in data.get("benchmarks", {}).items():
+        for i, task_name in enumerate(bench.get("tasks", [])):
+            if not _NAME.fullmatch(task_name):
+                problems.append(
+                    Problem(path, f"benchmarks.{name}.tasks[{i}]", _bad_name(task_name))
+                )
+    for key, task in data.get("tasks", {}).items():
+        out = task.get("output_path")
+        if isinstance(out, str) and (Path(out).is_absolute() or ".." in Path(out).parts):
+            # A config travels between people; its copies stay under the working directory.
+            problems.append(
+                Problem(
+                    path,
+                    f"tasks.{key}.output_path",
+                    f"{out!r} leaves the working directory: use a relative path without '..'",
+                )
+            )
     for name, bench in data.get("benchmarks", {}).items():
         names = bench.get("tasks", [])
         for i, task_name in enumerate(names):
@@ -306,13 +402,17 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
 
 def parse_config(path: Path, data: Any, raw_bytes: bytes = b"") -> EvalConfig:
     """Validate ``data`` (the parsed file) and build the config model."""
-    problems = _schema_problems(path, data)
+    problems = _plain_problems(path, data) or _schema_problems(path, data)
     if not problems:
         problems = _reference_problems(path, data)
     include_paths = []
     if not problems:
         for i, folder in enumerate(data.get("include_paths", [])):
-            resolved = (path.parent / folder).resolve()
+            try:
+                resolved = (path.parent / folder).resolve()
+            except ValueError:  # a NUL byte in the name
+                problems.append(Problem(path, f"include_paths[{i}]", "not a usable folder name"))
+                continue
             if not resolved.is_dir():
                 problems.append(
                     Problem(

@@ -8,11 +8,13 @@ Imports no pytest and no lm-eval.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from .errors import EndpointError
 
@@ -70,6 +72,22 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The credentials of ``url`` as they can appear in text: ``user:pass@`` (messages quote
+    the whole URL) and the password alone, so that they can be scrubbed from what is written."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if not at:
+        return ()
+    found = [f"{userinfo}@"]
+    password = userinfo.partition(":")[2]
+    # A very short password would blank out ordinary words; the user:pass@ form covers it.
+    for text in (password, unquote(password)):
+        if len(text) >= 4 and text not in found:
+            found.append(text)
+    return tuple(found)
+
+
 def server_root(completions_url: str) -> str:
     """Where vLLM serves ``/tokenizer_info`` and ``/tokenize`` (lm-eval's rule)."""
     return completions_url.split("/v1/completions", 1)[0].rstrip("/")
@@ -78,6 +96,18 @@ def server_root(completions_url: str) -> str:
 def models_url(completions_url: str) -> str:
     """``.../v1/completions`` -> ``.../v1/models``."""
     return completions_url.rsplit("/completions", 1)[0] + "/models"
+
+
+class _Session(requests.Session):
+    """A session whose ``verify`` holds: requests lets REQUESTS_CA_BUNDLE replace a session's
+    ``verify`` (even False) unless each call passes it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("verify", self.verify)
+        with warnings.catch_warnings():
+            # --evalchemy-insecure warns once; urllib3 would warn on every request.
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            return super().request(*args, **kwargs)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -94,6 +124,15 @@ def _describe(resp: requests.Response) -> str:
 def _get_json(session: requests.Session, method: str, url: str, what: str, **kwargs: Any) -> Any:
     try:
         resp = session.request(method, url, **kwargs)
+    except requests.exceptions.SSLError as exc:
+        # Before ConnectionError, whose subclass it is: "cannot connect" would hide the cause.
+        reason = str(exc.args[0] if exc.args else exc)
+        reason = reason.rsplit("Caused by ", 1)[-1].rstrip(")")
+        raise EndpointError(
+            f"TLS error talking to {redact_url(url)}: {reason}. If the server's certificate is "
+            "signed by your own CA, pass --evalchemy-ca-bundle PATH (or set REQUESTS_CA_BUNDLE); "
+            "--evalchemy-insecure skips the check"
+        ) from None
     except requests.ConnectionError as exc:
         raise EndpointError(
             f"cannot connect to {redact_url(url)} ({type(exc).__name__}); is the vLLM server "
@@ -181,11 +220,14 @@ def check_endpoint(
     local_tokenizer: str | None = None,
     need_tokenizer: bool = True,
     timeout: float = 30.0,
+    verify: bool | str = True,
 ) -> EndpointInfo:
     """Check that ``url`` serves ``model`` (default: the first it lists) with prompt logprobs
-    and, when ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it."""
-    session = requests.Session()
+    and, when ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
+    ``verify``: requests' TLS setting (False, or a CA bundle path)."""
+    session = _Session()
     session.headers.update(_headers(api_key))
+    session.verify = verify
     served = _served_models(
         _get_json(session, "GET", models_url(url), "model list", timeout=timeout), models_url(url)
     )

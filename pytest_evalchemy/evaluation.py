@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from . import harness
 from .config import PlannedItem, Threshold
-from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url
+from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from .progress import RequestProgress, track
 from .results import RunPaths, atomic_write_json, atomic_write_text
@@ -44,6 +45,13 @@ class RunSettings:
     cache_root: Path | None = None  # lm-eval's response caches; None: no cache, no resume
     extra_thresholds: tuple[Threshold, ...] = field(default=())
     gate: GateSettings = field(default_factory=GateSettings)
+    verify: bool | str = True  # TLS: True, False (--evalchemy-insecure) or a CA bundle path
+    allow_unsafe_code: bool = False  # lm-eval's confirm_run_unsafe_code
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be written: the API key and the endpoint URL's credentials."""
+        return (*url_secrets(self.endpoint.url), *((self.api_key,) if self.api_key else ()))
 
 
 class ItemFailed(Exception):
@@ -79,6 +87,9 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         remote_tokenizer=settings.endpoint.remote_tokenizer,
         include_paths=settings.include_paths,
         cache_prefix=cache_prefix(item, settings, max_length),
+        verify_certificate=settings.verify is not False,
+        ca_cert_path=settings.verify if isinstance(settings.verify, str) else None,
+        confirm_run_unsafe_code=settings.allow_unsafe_code,
     )
 
 
@@ -107,21 +118,70 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
 
 
 @contextmanager
-def _api_key_env(api_key: str | None):
-    # lm-eval's local-completions reads the key from OPENAI_API_KEY only; passing it in
-    # model_args would copy it into lm-eval's results and log.
-    if not api_key:
+def _env_var(name: str, value: str | None):
+    """``name=value`` in the environment while the block runs (nothing when ``value`` is
+    None). lm-eval's local-completions reads the key from OPENAI_API_KEY only (in model_args
+    it would be copied into lm-eval's results and log), and its sync client trusts a CA only
+    through REQUESTS_CA_BUNDLE (it ignores ``ca_cert_path``)."""
+    if not value:
         yield
         return
-    old = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = api_key
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("OPENAI_API_KEY", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["OPENAI_API_KEY"] = old
+            os.environ[name] = old
+
+
+def scrub_results(results: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
+    """``results`` without ``secrets``: lm-eval copies ``model_args`` (the URL it posts to,
+    credentials included) into its results."""
+    if not secrets:
+        return results
+    text = json.dumps(results, default=str)
+    clean = harness.scrub(text, tuple(json.dumps(s)[1:-1] for s in secrets))
+    return results if clean == text else json.loads(clean)
+
+
+def describe_error(exc: BaseException, attempts: int) -> str:
+    """What an exception out of lm-eval means for the user; lm-eval re-raises the last error
+    of a request once its ``attempts`` are used up."""
+    import aiohttp  # lm-eval's client with --evalchemy-concurrency > 1
+    import requests  # its client otherwise
+
+    text = f"{type(exc).__name__}: {exc}"
+    if "marked as unsafe" in str(exc):
+        return (
+            f"{text}. The task's YAML says `unsafe_code: true` (it runs code); pass "
+            "--evalchemy-allow-unsafe-code if you trust it"
+        )
+    if isinstance(exc, (requests.exceptions.SSLError, aiohttp.ClientSSLError)):
+        cause = "TLS error talking to the endpoint (--evalchemy-ca-bundle, --evalchemy-insecure)"
+    elif isinstance(exc, ValueError) and "JSON" in type(exc).__name__ + str(exc):
+        cause = "the endpoint's answer was not valid JSON (a truncated or garbled body)"
+    elif isinstance(exc, requests.HTTPError) and exc.response is not None:
+        cause = f"the endpoint answered HTTP {exc.response.status_code}"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        cause = f"the endpoint answered HTTP {exc.status}"
+    elif isinstance(
+        exc,
+        (
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+        ),
+    ):
+        cause = "the connection to the endpoint failed (server down, restarting or resetting)"
+    elif isinstance(exc, (requests.Timeout, TimeoutError)):
+        cause = "the endpoint did not answer within the request timeout"
+    else:
+        return text
+    return f"{cause}, {attempts} attempt(s) per request: {text}"
 
 
 def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str | None) -> None:
@@ -159,14 +219,7 @@ def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, An
         },
     }
     if settings is not None:
-        request = build_request(item, settings)
-        record["settings"] = {
-            "num_fewshot": request.num_fewshot,
-            "limit": request.limit,
-            "batch_size": request.batch_size,
-            "max_length": request.max_length,
-            "num_concurrent": request.num_concurrent,
-        }
+        record["settings"] = request_settings(build_request(item, settings))
         record["endpoint"] = redact_url(settings.endpoint.url)
         record["item_dir"] = str(
             settings.paths.item_dir(item.benchmark, task.key).relative_to(settings.paths.root)
@@ -174,11 +227,32 @@ def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, An
     return record
 
 
-def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -> None:
+def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
+    """The record's ``settings``: what of the request changes or explains a score."""
+    return {
+        "num_fewshot": request.num_fewshot,
+        "limit": request.limit,
+        "batch_size": request.batch_size,
+        "max_length": request.max_length,
+        "num_concurrent": request.num_concurrent,
+    }
+
+
+def run_item(
+    item: PlannedItem,
+    settings: RunSettings,
+    record: dict[str, Any],
+    adjust: Callable[[harness.HarnessRequest], harness.HarnessRequest] | None = None,
+) -> None:
     """Run ``item`` and fill ``record`` in place (so a timeout or an interrupt that ends the
     run midway still leaves what was known). Raises ``ItemFailed`` when the result is not
-    acceptable and lets lm-eval's own errors through."""
+    acceptable and lets lm-eval's own errors through. ``adjust`` may change the request (the
+    ``pytest_evalchemy_item_request`` hook)."""
     request = build_request(item, settings)
+    if adjust is not None:
+        request = adjust(request)
+        # The record says what ran, not what the config asked for.
+        record["settings"] = request_settings(request)
     item_dir = settings.paths.item_dir(item.benchmark, item.task.key)
     item_dir.mkdir(parents=True, exist_ok=True)
     record["status"] = "running"
@@ -188,15 +262,17 @@ def run_item(item: PlannedItem, settings: RunSettings, record: dict[str, Any]) -
     try:
         with (
             harness.capture_log(
-                item_dir / "lm_eval.log", secret=settings.api_key, level=settings.log_level
+                item_dir / "lm_eval.log", level=settings.log_level, secrets=settings.secrets
             ),
-            _api_key_env(settings.api_key),
+            _env_var("OPENAI_API_KEY", settings.api_key),
+            _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
             results = harness.run(request)
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
+    results = scrub_results(results, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

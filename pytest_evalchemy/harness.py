@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import task_index
+from .endpoint import redact_url
+
 # lm-eval's own defaults (evaluator.simple_evaluate), recorded in every result so a run can be
 # reproduced with `lm-eval run --seed 0,1234,1234,1234`.
 SEEDS = {
@@ -48,6 +51,9 @@ class HarnessRequest:
     remote_tokenizer: bool = True  # False with no local tokenizer: string prompts, generation only
     include_paths: tuple[Path, ...] = ()
     cache_prefix: str | None = None
+    verify_certificate: bool = True  # False: --evalchemy-insecure
+    ca_cert_path: str | None = None  # a CA bundle the server's certificate is checked against
+    confirm_run_unsafe_code: bool = False  # lm-eval runs tasks marked `unsafe_code: true`
 
     def model_args(self) -> dict[str, Any]:
         """``model_args`` of lm-eval's ``local-completions`` model (no credentials: lm-eval
@@ -67,12 +73,31 @@ class HarnessRequest:
             "max_length": self.max_length,
             "timeout": self.request_timeout,
         }
+        # Only when set: an ordinary run's command stays what it was.
+        if not self.verify_certificate:
+            args["verify_certificate"] = False
+        if self.ca_cert_path:
+            args["ca_cert_path"] = self.ca_cert_path
+        return args
+
+    def lm_eval_model_args(self) -> dict[str, Any]:
+        """``model_args`` as handed to lm-eval: its concurrent client (aiohttp) ignores
+        ``ca_cert_path`` and takes ``verify_certificate`` as its ``ssl``, so the CA goes
+        there as an SSL context (its sync client gets REQUESTS_CA_BUNDLE from the caller)."""
+        args = self.model_args()
+        if self.ca_cert_path and self.verify_certificate and self.num_concurrent > 1:
+            import ssl
+
+            args["verify_certificate"] = ssl.create_default_context(cafile=self.ca_cert_path)
         return args
 
     def cli_command(self, output_path: str | None = None) -> list[str]:
         """The equivalent ``lm-eval run`` command line."""
         cmd = ["lm-eval", "run", "--model", "local-completions", "--model_args"]
-        cmd += [f"{k}={v}" for k, v in self.model_args().items()]
+        # The URL lm-eval posts to may carry credentials; the command is shown and written.
+        cmd += [
+            f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in self.model_args().items()
+        ]
         cmd += ["--tasks", *self.tasks]
         if self.num_fewshot is not None:
             cmd += ["--num_fewshot", str(self.num_fewshot)]
@@ -83,6 +108,8 @@ class HarnessRequest:
             cmd += ["--include_path", str(path)]
         if self.cache_prefix:
             cmd += ["--use_cache", self.cache_prefix]
+        if self.confirm_run_unsafe_code:
+            cmd.append("--confirm_run_unsafe_code")
         if output_path:
             cmd += ["--output_path", output_path]
             if self.log_samples:
@@ -98,9 +125,6 @@ class HarnessError(Exception):
     """lm-eval could not run the item; the message says why."""
 
 
-_task_managers: dict[tuple[tuple[str, ...], bool], Any] = {}
-
-
 def _quiet_env() -> None:
     # Progress bars would interleave with pytest's output; users can still turn them on.
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -108,45 +132,52 @@ def _quiet_env() -> None:
 
 
 def task_manager(include_paths: tuple[Path, ...], names: tuple[str, ...]) -> Any:
-    """A TaskManager that knows ``names``: the include paths alone when they suffice (~0 s),
-    lm-eval's full index only when a public task is asked for (~15 s, built once)."""
+    """A TaskManager that knows ``names``, built once per process: the include paths alone
+    when they suffice (~0 s), plus only the lm-eval task folders a public task needs (~0.1 s
+    with the cached index of ``task_index``, where lm-eval's full index takes ~15 s)."""
     _quiet_env()
-    from lm_eval.tasks import TaskManager
+    try:
+        return task_index.task_manager(names, include_paths)
+    except task_index.UnknownTasks as exc:
+        raise HarnessError(
+            f"lm-eval does not know the task(s) {', '.join(exc.names)}; check the spelling "
+            "(`lm-eval ls tasks` lists them) or add the folder of their YAMLs to include_paths"
+        ) from None
 
-    paths = tuple(str(p) for p in include_paths)
-    for defaults in (False, True):
-        key = (paths, defaults)
-        if key not in _task_managers:
-            _task_managers[key] = TaskManager(include_path=list(paths), include_defaults=defaults)
-        tm = _task_managers[key]
-        missing = [n for n in names if n not in tm.all_tasks]
-        if not missing:
-            return tm
-    raise HarnessError(
-        f"lm-eval does not know the task(s) {', '.join(missing)}; check the spelling "
-        "(`lm-eval ls tasks` lists them) or add the folder of their YAMLs to include_paths"
-    )
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` without ``secrets``: a URL's ``user:pass@`` goes (the URL stays readable),
+    anything else becomes ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "" if secret.endswith("@") else "***")
+    return text
 
 
 class _Redact(logging.Filter):
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
-        self.secret = secret
+        self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret and self.secret in record.getMessage():
-            record.msg = record.getMessage().replace(self.secret, "***")
+        message = record.getMessage()
+        clean = scrub(message, self.secrets)
+        if clean != message:
+            record.msg = clean
             record.args = ()
         return True
 
 
 @contextmanager
-def capture_log(path: Path, secret: str | None = None, level: str = "INFO") -> Iterator[None]:
-    """Write lm-eval's log records (``level`` and up) to ``path`` while the block runs."""
+def capture_log(
+    path: Path, secret: str | None = None, level: str = "INFO", secrets: tuple[str, ...] = ()
+) -> Iterator[None]:
+    """Write lm-eval's log records (``level`` and up) to ``path`` while the block runs, with
+    ``secret`` and ``secrets`` scrubbed."""
     logger = logging.getLogger("lm_eval")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-    handler.addFilter(_Redact(secret))
+    handler.addFilter(_Redact((*secrets, secret) if secret else secrets))
     old_level = logger.level
     logger.addHandler(handler)
     handler.setLevel(level)
@@ -166,9 +197,13 @@ def run(request: HarnessRequest) -> dict[str, Any]:
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
+    # local-completions with vLLM's remote tokenizer called concurrently: the same requests
+    # and scores (cli_command stays local-completions), without ~2 ms per string up front.
+    from .completions_model import MODEL_NAME
+
     results = lm_eval.simple_evaluate(
-        model="local-completions",
-        model_args=request.model_args(),
+        model=MODEL_NAME,
+        model_args=request.lm_eval_model_args(),
         tasks=list(request.tasks),
         num_fewshot=request.num_fewshot,
         batch_size=request.batch_size,
@@ -176,6 +211,7 @@ def run(request: HarnessRequest) -> dict[str, Any]:
         log_samples=request.log_samples,
         use_cache=request.cache_prefix,
         task_manager=tm,
+        confirm_run_unsafe_code=request.confirm_run_unsafe_code,
         **SEEDS,
     )
     if results is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from . import catalog
+from .api import API_RECORD_PROPERTY, Evalchemy
 from .baseline import load_baseline, presence_notes
 from .config import EvalConfig, PlannedItem, Threshold, load_config, normalize_metric, plan_items
 from .endpoint import (
@@ -25,7 +28,14 @@ from .endpoint import (
     split_endpoints,
 )
 from .errors import ConfigError, EndpointError, EvalchemyError
-from .evaluation import ItemFailed, RunSettings, base_record, item_timeout, run_item
+from .evaluation import (
+    ItemFailed,
+    RunSettings,
+    base_record,
+    describe_error,
+    item_timeout,
+    run_item,
+)
 from .gating import (
     DEFAULT_CONFIDENCE,
     DEFAULT_MAX_DROP,
@@ -34,6 +44,8 @@ from .gating import (
     check_properties,
     unmatched_overrides,
 )
+from .harness import HarnessRequest, scrub
+from .html_report import write_report
 from .markdown_report import render_markdown
 from .results import (
     DEFAULT_CONFIG,
@@ -129,6 +141,12 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         int,
     ),
     (
+        "--evalchemy-ca-bundle",
+        "ca_bundle",
+        "CA bundle (PEM) that signed an https endpoint's certificate. Default: the system's, or REQUESTS_CA_BUNDLE",
+        str,
+    ),
+    (
         "--evalchemy-serve",
         "serve",
         "Start a vLLM server on this model (folder or hub id) for the session and evaluate it",
@@ -221,6 +239,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Do not keep lm-eval's response cache under <output>/.cache (no resume)",
     )
     group.addoption(
+        "--evalchemy-no-report",
+        action="store_true",
+        default=False,
+        help="Do not write the HTML report <output>/<run_id>/report.html",
+    )
+    group.addoption(
+        "--evalchemy-insecure",
+        action="store_true",
+        default=False,
+        help="Do not verify an https endpoint's certificate (warns; prefer --evalchemy-ca-bundle)",
+    )
+    group.addoption(
+        "--evalchemy-allow-unsafe-code",
+        action="store_true",
+        default=False,
+        help="Run tasks whose YAML says `unsafe_code: true` (lm-eval's confirm_run_unsafe_code)",
+    )
+    group.addoption(
         "--evalchemy-resume",
         metavar="RUN_ID",
         default=None,
@@ -273,6 +309,16 @@ class Options:
     api_key: str | None = field(default=None, repr=False)
     gate: GateSettings = field(default_factory=GateSettings)
     markdown: Path | None = None
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    allow_unsafe_code: bool = False
+
+    @property
+    def verify(self) -> bool | str:
+        """requests' and lm-eval's TLS setting: True, False, or the CA bundle's path."""
+        if self.insecure:
+            return False
+        return str(self.ca_bundle) if self.ca_bundle else True
 
 
 def _raw(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -409,12 +455,53 @@ def resolve_options(config: pytest.Config) -> Options:
         api_key=os.environ.get("EVALCHEMY_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
         gate=_gate_settings(config),
         markdown=_path_option(config, "markdown"),
+        ca_bundle=_ca_bundle(config),
+        insecure=bool(config.getoption("evalchemy_insecure")),
+        allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
     )
+
+
+def _ca_bundle(config: pytest.Config) -> Path | None:
+    path = _path_option(config, "ca_bundle")
+    if path is None:
+        return None
+    if config.getoption("evalchemy_insecure"):
+        raise pytest.UsageError(
+            "--evalchemy-ca-bundle checks the certificate, --evalchemy-insecure skips the check: give one"
+        )
+    if not path.is_file():
+        raise pytest.UsageError(f"--evalchemy-ca-bundle: no file at {path}")
+    return path
 
 
 def _path_option(config: pytest.Config, name: str) -> Path | None:
     value, base = _raw(config, name)
     return (base / value).absolute() if value else None
+
+
+# ---------------------------------------------------------------- hooks and the fixture
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_evalchemy_summary(config: pytest.Config, summary: dict[str, Any]) -> dict[str, Any]:
+    """The plugin's summary as it is; an implementation of a user's runs before this one."""
+    return summary
+
+
+@pytest.fixture
+def evalchemy(request: pytest.FixtureRequest) -> Evalchemy:
+    """Run lm-eval tasks from a test: ``evalchemy.run("mini_arc", limit=50).metric("acc")``."""
+    state = request.config.stash.get(STATE, None)
+    if state is None:
+        # Like the plugin itself: without an endpoint an ordinary pytest run is unaffected.
+        pytest.skip("evalchemy: no --evalchemy-endpoint or --evalchemy-serve given")
+    return Evalchemy(request.node, state, execute_item, request_hook(request.node))
 
 
 # ---------------------------------------------------------------- state
@@ -465,6 +552,8 @@ class EvalchemyState:
             include_paths=self.eval_config.lm_eval_include_paths,
             cache_root=None if o.no_cache else o.output / ".cache",
             log_level=o.log_level,
+            verify=o.verify,
+            allow_unsafe_code=o.allow_unsafe_code,
             extra_thresholds=o.thresholds,
             gate=o.gate,
         )
@@ -541,10 +630,41 @@ def pytest_configure(config: pytest.Config) -> None:
         state.previous = _previous_records(state)
     config.stash[STATE] = state
     _collect_config_file(config, options.config_path)
+    _interrupt_on_sigterm(config)
+    if options.insecure:
+        # urllib3 would warn on every request; one warning of ours says it once.
+        config.addinivalue_line(
+            "filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning"
+        )
+        if not _is_worker(config):
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    "evalchemy: --evalchemy-insecure: the endpoint's TLS certificate is not "
+                    "verified; anyone on the path can read the prompts and the API key. Prefer "
+                    "--evalchemy-ca-bundle PATH"
+                ),
+                stacklevel=2,
+            )
     if not state.is_worker:
         config.pluginmanager.register(EvalchemyReporter(config, state), "evalchemy-reporter")
         if config.pluginmanager.hasplugin("xdist"):
             config.pluginmanager.register(XdistHooks(state), "evalchemy-xdist")
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """End the run on SIGTERM (a cancelled CI job, ``kill``, a stopping container) the way
+    Ctrl-C does: exit status 2, the running item ``interrupted``, the summary written. pytest
+    turns only SIGINT into KeyboardInterrupt; SIGTERM would otherwise kill the process with
+    the item still ``running``. The previous handler is back when pytest unconfigures."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python sets signal handlers from the main thread only
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    if previous is not None:  # None: a handler not set from Python, which cannot be restored
+        config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def _previous_records(state: EvalchemyState) -> dict[str, dict[str, Any]]:
@@ -597,6 +717,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     names = {n for item in enabled for n in item.task.tasks}
     try:
         check_writable(options.output)
+    except EvalchemyError as exc:
+        # Before any request, and without the summary of errors below: it could not be written.
+        raise pytest.UsageError(f"evalchemy: {exc}") from None
+    try:
         if options.serve:
             url = _start_server(config, state)
             options = state.options = replace(options, endpoint=url, endpoints=(url,))
@@ -607,6 +731,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             api_key=options.api_key,
             local_tokenizer=options.tokenizer,
             need_tokenizer=catalog.needs_tokenizer(names, state.eval_config.lm_eval_include_paths),
+            verify=options.verify,
         )
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
@@ -753,25 +878,7 @@ class TaskItem(pytest.Item):
             raise ItemFailed("the endpoint check did not run; no endpoint information")
         record = base_record(self.planned, settings)
         try:
-            run_item(self.planned, settings, record)
-        except ItemFailed:
-            raise
-        except pytest.fail.Exception as exc:
-            if "Timeout" in str(exc):
-                record["status"] = "timeout"
-                record["message"] = f"timed out after {record['duration_s']:.1f}s ({exc})"
-            else:
-                record["status"] = "failed"
-                record["message"] = str(exc)
-            raise
-        except KeyboardInterrupt:
-            record["status"] = "interrupted"
-            record["message"] = "interrupted"
-            raise
-        except Exception as exc:
-            record["status"] = "error"
-            record["message"] = f"{type(exc).__name__}: {exc}"
-            raise ItemError(f"{self.planned.key}: lm-eval failed: {record['message']}") from exc
+            execute_item(self.planned, settings, record, request_hook(self))
         finally:
             self._publish(record)
 
@@ -803,6 +910,47 @@ class ItemError(Exception):
     """lm-eval raised while running the item."""
 
 
+def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest]:
+    """The ``pytest_evalchemy_item_request`` hook as the callback ``run_item`` takes."""
+
+    def adjust(request: HarnessRequest) -> HarnessRequest:
+        changed = item.ihook.pytest_evalchemy_item_request(item=item, request=request)
+        return request if changed is None else changed
+
+    return adjust
+
+
+def execute_item(
+    planned: PlannedItem,
+    settings: RunSettings,
+    record: dict[str, Any],
+    adjust: Callable[[HarnessRequest], HarnessRequest] | None = None,
+) -> None:
+    """Run an item into ``record``, which says how it ended however it ends; re-raises (a
+    config item and ``evalchemy.run()`` share this)."""
+    try:
+        run_item(planned, settings, record, adjust)
+    except ItemFailed:
+        raise
+    except pytest.fail.Exception as exc:
+        if "Timeout" in str(exc):
+            record["status"] = "timeout"
+            record["message"] = f"timed out after {record['duration_s']:.1f}s ({exc})"
+        else:
+            record["status"] = "failed"
+            record["message"] = str(exc)
+        raise
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        record["message"] = "interrupted"
+        raise
+    except Exception as exc:
+        record["status"] = "error"
+        # The cause in words; an HTTP error quotes the URL, credentials and all.
+        record["message"] = scrub(describe_error(exc, settings.max_retries), settings.secrets)
+        raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}") from exc
+
+
 # ---------------------------------------------------------------- the reporter (controller only)
 
 
@@ -815,6 +963,7 @@ class EvalchemyReporter:
         self.state = state
         self.by_suffix = {f"::{p.benchmark}::{p.task.key}": p for p in state.plan}
         self._recorder: RunRecorder | None = None
+        self.report_path: Path | None = None
         # A mistyped TASK: prefix would gate nothing; say so before the run, not after.
         names = {n for p in state.plan for n in (p.benchmark, p.task.key, p.key, *p.task.tasks)}
         self.run_notes = unmatched_overrides(state.options.thresholds, names)
@@ -830,10 +979,18 @@ class EvalchemyReporter:
                 header=state.header(),
                 order=[p.key for p in state.plan],
                 started_at=state.started_at,
+                amend=self._amend_summary,
             )
             # A resumed run's summary is completed in place.
             self._recorder.tasks.update(state.previous)
         return self._recorder
+
+    def _amend_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary after the plugins' pytest_evalchemy_summary and _update_summary."""
+        hook = self.config.hook
+        built = hook.pytest_evalchemy_summary(config=self.config, summary=summary)
+        hook.pytest_evalchemy_update_summary(config=self.config, summary=built)
+        return built
 
     def _planned(self, nodeid: str) -> PlannedItem | None:
         for suffix, planned in self.by_suffix.items():
@@ -850,6 +1007,7 @@ class EvalchemyReporter:
             self.recorder.tasks[planned.key] = record
         self.recorder.log(message)
         self.recorder.finish(int(pytest.ExitCode.USAGE_ERROR), interrupted=False)
+        self._write_report()
 
     @pytest.hookimpl
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
@@ -867,6 +1025,7 @@ class EvalchemyReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         planned = self._planned(report.nodeid)
         if planned is None:
+            self._api_records(report)
             return
         props = dict(report.user_properties)
         record = (
@@ -908,6 +1067,36 @@ class EvalchemyReporter:
                 int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
             )
             self._write_markdown()
+            self._write_report()
+
+    def _api_records(self, report: pytest.TestReport) -> None:
+        """The records of a test's ``evalchemy.run()`` calls (a test, not a config item)."""
+        # The call report carries what setup and call ran; a failed setup has no call report.
+        if report.when != "call" and not (report.when == "setup" and report.failed):
+            return
+        for name, value in report.user_properties:
+            if name != API_RECORD_PROPERTY:
+                continue
+            data = json.loads(value)
+            record = data["record"]
+            if report.failed and record["status"] == "passed":
+                # The run passed its own checks, the test's assertion did not: the entry says so.
+                crash = getattr(report.longrepr, "reprcrash", None)
+                reason = getattr(crash, "message", None) or report.longreprtext.strip()
+                record["status"] = "failed"
+                record["message"] = f"the test failed: {(reason.splitlines() or [''])[0]}"
+            self.recorder.update(data["key"], record, report.longreprtext if report.failed else "")
+
+    def _write_report(self) -> None:
+        recorder = self._recorder
+        if recorder is None or not recorder.written or self.config.getoption("evalchemy_no_report"):
+            return
+        try:
+            self.report_path = write_report(recorder.written_summary(), recorder.paths.root)
+        except Exception as exc:
+            # The run's verdict stands; a report that cannot be made must not change it (a
+            # plugin's summary hook may also have built a summary the report cannot read).
+            recorder.log(f"cannot write the HTML report: {type(exc).__name__}: {exc}")
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -929,6 +1118,8 @@ class EvalchemyReporter:
             terminalreporter.write_line(f"note: {note}", yellow=True)
         if recorder.written:
             terminalreporter.write_line(f"summary: {recorder.paths.summary}")
+        if self.report_path is not None:
+            terminalreporter.write_line(f"report: {self.report_path}")
         if self.state.options.markdown and self.state.options.markdown.exists():
             terminalreporter.write_line(f"markdown: {self.state.options.markdown}")
 
@@ -948,7 +1139,7 @@ class EvalchemyReporter:
         path = self.state.options.markdown
         if path is None or self._recorder is None:
             return
-        text = render_markdown(self._recorder.summary())
+        text = render_markdown(self._recorder.written_summary())
         writes = [(path, atomic_write_text)]
         if os.environ.get("GITHUB_STEP_SUMMARY"):
             # GitHub collects every step's summary from this one file: add, never replace.

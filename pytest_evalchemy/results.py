@@ -108,8 +108,11 @@ def check_writable(output: Path) -> None:
     """Fail before any request is sent when results could not be written."""
     try:
         output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".evalchemy-write-check-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".evalchemy-write-check-") as fh:
+            # A full disk (or a file size limit) still lets a file be created: write to it.
+            fh.write(b"x" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as exc:
         raise UsageProblem(
             f"results folder {str(output)!r} is not writable ({exc.strerror}); pass "

@@ -5,6 +5,7 @@ the records the items send; imports no pytest."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ class RunRecorder:
     started_at: str = field(default_factory=now_iso)
     finished_at: str | None = None
     exit_status: int | None = None
+    # Plugins' say on the summary (the pytest_evalchemy_*summary hooks), applied on each write.
+    amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     _written: bool = False
 
     def log(self, line: str) -> None:
@@ -98,8 +101,13 @@ class RunRecorder:
             "tasks": ordered,
         }
 
+    def written_summary(self) -> dict[str, Any]:
+        """The summary as it is written: ``summary()`` after ``amend``."""
+        data = self.summary()
+        return self.amend(data) if self.amend is not None else data
+
     def write_summary(self) -> None:
-        atomic_write_json(self.paths.summary, self.summary())
+        atomic_write_json(self.paths.summary, self.written_summary())
 
     def finish(self, exit_status: int, interrupted: bool) -> None:
         """Close the run: items still running were interrupted; write the final summary."""

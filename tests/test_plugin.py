@@ -93,7 +93,7 @@ def test_results_layout(pytester: pytest.Pytester, server: EvalchemyTestServer) 
     results = json.loads((run / "mini_arc_results.json").read_text())
     assert results["results"]["mini_arc"]["acc,none"] == 0.75
     assert results["n-shot"] == {"mini_arc": 1}
-    assert results["config"]["model"] == "local-completions"
+    assert results["config"]["model"] == "evalchemy-completions"  # local-completions + prefetch
     assert "Building contexts for mini_arc" in (run / "mini_arc_benchmark.log").read_text()
     samples = (
         (run / "items" / "mini_gsm8k" / "mini_gsm8k" / "samples_mini_gsm8k.jsonl")

@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
+
     from pytest_evalchemy.testing.answer_key import AnswerEntry
 
 DEFAULT_MODEL = "evalchemy-test-model"
@@ -170,6 +172,7 @@ class EvalchemyTestServer:
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
     ``no_tokenizer_endpoints``, ``chat_only``. The ``*_first`` faults take turns, in the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
+    ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -195,6 +198,7 @@ class EvalchemyTestServer:
         reset_first: int = 0,
         invalid_json_first: int = 0,
         verbose: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.entries = list(entries)
         self.host = host
@@ -214,6 +218,7 @@ class EvalchemyTestServer:
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
         self.verbose = verbose
+        self.ssl_context = ssl_context  # serve https with this (server-side) context
 
         self._markers = [(e.marker, e) for e in self.entries]
         self._lock = threading.Lock()
@@ -232,6 +237,8 @@ class EvalchemyTestServer:
             raise RuntimeError("server already started")
         self._stopping.clear()
         httpd = _HTTPServer((self.host, self.port), _Handler)
+        if self.ssl_context is not None:
+            httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True)
         httpd.app = self
         self._httpd = httpd
         self.port = httpd.server_address[1]
@@ -272,7 +279,8 @@ class EvalchemyTestServer:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:8123``."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def completions_url(self) -> str:

@@ -1,0 +1,130 @@
+"""One lm-eval run in this process, timed: the workload side of ``run_perf.py``.
+
+``python perf/workload.py --url URL --task perf_mc --include DIR --model evalchemy`` runs
+``simple_evaluate`` the way the plugin's harness does and prints one JSON line: wall time of
+the run, of the model phase (tokenization and requests: what the ideal time is about), of the
+imports, the peak RSS, and the metrics. ``--model`` picks the lm-eval model: ``plain``
+(lm-eval's ``local-completions``, remote tokenizer called one string at a time),
+``evalchemy`` (the plugin's, concurrent remote tokenizer) or ``local`` (the reference: the
+test server's byte tokenizer run in this process, so no tokenizer request at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _local_tokenizer_model() -> Any:
+    """``local-completions`` whose tokenizer is the test server's own, in process."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from pytest_evalchemy.testing.server import decode, encode
+
+    class LocalTokenizerCompletions(LocalCompletionsAPI):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Same ids as the server's /tokenize (add_special_tokens false), without the call.
+            self.tokenizer.encode = encode
+            self.tokenizer.decode = decode
+
+    return LocalTokenizerCompletions
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True, help="the completions URL")
+    p.add_argument("--model-name", default="evalchemy-test-model")
+    p.add_argument("--task", action="append", required=True)
+    p.add_argument("--include", action="append", default=[], type=Path)
+    p.add_argument("--model", choices=("plain", "evalchemy", "local"), default="evalchemy")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--limit", type=float)
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=2048)
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    import lm_eval
+    from lm_eval.api.registry import get_model
+
+    from pytest_evalchemy import harness
+
+    imported = time.perf_counter() - t0
+    limit = args.limit
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    request = harness.HarnessRequest(
+        tasks=tuple(args.task),
+        model=args.model_name,
+        base_url=args.url,
+        num_fewshot=args.num_fewshot,
+        batch_size=args.batch_size,
+        limit=limit,
+        max_length=args.max_length,
+        num_concurrent=args.concurrency,
+        include_paths=tuple(p.absolute() for p in args.include),
+    )
+    if args.model == "local":
+        cls = _local_tokenizer_model()
+    else:
+        from pytest_evalchemy import completions_model
+
+        name = completions_model.MODEL_NAME if args.model == "evalchemy" else "local-completions"
+        cls = get_model(name)
+    start = time.perf_counter()
+    tm = harness.task_manager(request.include_paths, request.tasks)
+    lm = cls.create_from_arg_obj(request.model_args(), {"batch_size": request.batch_size})
+    phase = [0.0]
+
+    def timed(method: Any) -> Any:
+        @functools.wraps(method)
+        def run(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return method(*a, **k)
+            finally:
+                phase[0] += time.perf_counter() - t
+
+        return run
+
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        setattr(lm, name, timed(getattr(lm, name)))
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(request.tasks),
+        num_fewshot=request.num_fewshot,
+        batch_size=request.batch_size,
+        limit=request.limit,
+        task_manager=tm,
+        **harness.SEEDS,
+    )
+    wall = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "phase_s": phase[0],
+                "import_s": imported,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "metrics": harness.metrics_of(results),
+                "load": os.getloadavg()[0],
+            },
+            default=str,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The plugin's lm-eval model (``local-completions`` with a concurrent remote tokenizer) scores
+exactly what ``local-completions`` scores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy import harness
+from pytest_evalchemy.testing.server import EvalchemyTestServer, encode
+
+from .conftest import REPO
+
+OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
+
+
+def _evaluate(model: str, server: EvalchemyTestServer, concurrency: int) -> dict[str, Any]:
+    import lm_eval
+
+    from pytest_evalchemy import completions_model  # registers the model
+
+    assert completions_model.MODEL_NAME == "evalchemy-completions"
+    request = harness.HarnessRequest(
+        tasks=tuple(OFFLINE_TASKS),
+        model=server.model,
+        base_url=server.completions_url,
+        num_fewshot=1,
+        limit=8,
+        num_concurrent=concurrency,
+        include_paths=(REPO / "benchmarks",),
+    )
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=request.model_args(),
+        tasks=list(request.tasks),
+        num_fewshot=request.num_fewshot,
+        limit=request.limit,
+        log_samples=True,
+        task_manager=harness.task_manager(request.include_paths, request.tasks),
+        **harness.SEEDS,
+    )
+
+
+def _responses(results: dict[str, Any]) -> dict[str, list[Any]]:
+    return {
+        task: [(s["doc_id"], s["resps"], s["filtered_resps"]) for s in rows]
+        for task, rows in results["samples"].items()
+    }
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_same_scores_as_local_completions(
+    make_server: Any, concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    server = make_server()
+    plain = _evaluate("local-completions", server, concurrency)
+    plain_calls = server.stats()["requests"]["/tokenize"]
+    server.reset_stats()
+    ours = _evaluate("evalchemy-completions", server, concurrency)
+    assert harness.metrics_of(ours) == harness.metrics_of(plain)
+    assert _responses(ours) == _responses(plain)
+    assert ours["results"]["mini_arc"]["acc,none"] == pytest.approx(
+        plain["results"]["mini_arc"]["acc,none"]
+    )
+    calls = server.stats()["requests"]["/tokenize"]
+    if concurrency > 1:
+        # A context shared by the choices of a question is tokenized once, not per choice.
+        assert calls < plain_calls
+    else:
+        assert calls == plain_calls  # concurrency 1: lm-eval's own one-at-a-time calls
+
+
+def test_prefetching_tokenizer_answers_unannounced_and_reordered_strings(
+    make_server: Any,
+) -> None:
+    from lm_eval.utils import RemoteTokenizer
+
+    from pytest_evalchemy.completions_model import PrefetchingTokenizer
+
+    server = make_server()
+    tok = PrefetchingTokenizer(RemoteTokenizer(server.completions_url), workers=4)
+    texts = [f"text {i} " * (i % 5 + 1) for i in range(40)]
+    tok.prefetch([*texts, texts[0]])  # texts[0] announced twice: read twice
+    for text in [texts[0], *reversed(texts[1:]), texts[0], "never announced"]:
+        assert tok.encode(text) == encode(text)
+    assert tok.eos_token == "</s>"  # everything else is the remote tokenizer's
+    tok.close()
