@@ -1,12 +1,16 @@
-"""One lm-eval run in this process, timed: the workload side of ``run_perf.py``.
+"""Timed lm-eval work in a fresh process: the measuring side of ``run_perf.py``. Each
+subcommand prints one JSON line.
 
-``python perf/workload.py --url URL --task perf_mc --include DIR --model evalchemy`` runs
-``simple_evaluate`` the way the plugin's harness does and prints one JSON line: wall time of
-the run, of the model phase (tokenization and requests: what the ideal time is about), of the
-imports, the peak RSS, and the metrics. ``--model`` picks the lm-eval model: ``plain``
-(lm-eval's ``local-completions``, remote tokenizer called one string at a time),
-``evalchemy`` (the plugin's, concurrent remote tokenizer) or ``local`` (the reference: the
-test server's byte tokenizer run in this process, so no tokenizer request at all).
+``run``: one ``simple_evaluate`` the way the plugin's harness calls it, with the wall time of
+the run, of its model phase (tokenization and requests: what the ideal time is about), of the
+imports, the peak RSS and the metrics. ``--model`` picks the lm-eval model: ``plain``
+(lm-eval's ``local-completions``: the remote tokenizer called one string at a time),
+``evalchemy`` (the plugin's: concurrent remote tokenizer) or ``local`` (the reference: the
+test server's byte tokenizer run in this process, no tokenizer request at all).
+
+``resolve``: the time to build a TaskManager that knows some public tasks: ``fast`` (the
+plugin's, from its cached index), ``default`` (lm-eval's ``TaskManager()``); with
+``--compare``, whether both give identical task configs.
 """
 
 from __future__ import annotations
@@ -40,8 +44,46 @@ def _local_tokenizer_model() -> Any:
     return LocalTokenizerCompletions
 
 
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """Build a TaskManager that knows ``args.names``, timed after lm-eval is imported."""
+    t0 = time.perf_counter()
+    from lm_eval.tasks import TaskManager
+
+    from pytest_evalchemy import task_index
+
+    imported = time.perf_counter() - t0
+    cached = task_index.index_path(task_index._tasks_root(None), args.cache).exists()
+    start = time.perf_counter()
+    if args.mode == "fast":
+        tm = task_index.task_manager(args.names, cache=args.cache)
+    else:
+        tm = TaskManager()
+    out: dict[str, Any] = {
+        "build_s": time.perf_counter() - start,
+        "import_s": imported,
+        "index_cached": cached,
+        "names": len(tm.all_tasks),
+    }
+    if args.compare:
+        from pytest_evalchemy.testing.task_configs import config_snapshot
+
+        fast = task_index.task_manager(args.names, cache=args.cache)
+        out["identical"] = {
+            n: config_snapshot(fast, [n]) == config_snapshot(tm, [n]) for n in args.names
+        }
+        out["n_tasks"] = {n: len(config_snapshot(fast, [n])["tasks"]) for n in args.names}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
+    top = argparse.ArgumentParser()
+    sub = top.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("resolve")
+    r.add_argument("--names", nargs="+", required=True)
+    r.add_argument("--mode", choices=("fast", "default"), required=True)
+    r.add_argument("--cache", type=Path, help="folder of the task index (default: the user's)")
+    r.add_argument("--compare", action="store_true")
+    p = sub.add_parser("run")
     p.add_argument("--url", required=True, help="the completions URL")
     p.add_argument("--model-name", default="evalchemy-test-model")
     p.add_argument("--task", action="append", required=True)
@@ -52,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=float)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--max-length", type=int, default=2048)
-    args = p.parse_args(argv)
+    args = top.parse_args(argv)
+    if args.command == "resolve":
+        out = resolve(args)
+        out["load"] = os.getloadavg()[0]
+        print(json.dumps(out))
+        return 0
 
     t0 = time.perf_counter()
     import lm_eval

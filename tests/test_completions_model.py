@@ -87,3 +87,35 @@ def test_prefetching_tokenizer_answers_unannounced_and_reordered_strings(
         assert tok.encode(text) == encode(text)
     assert tok.eos_token == "</s>"  # everything else is the remote tokenizer's
     tok.close()
+
+
+@pytest.mark.parametrize(("concurrency", "batch_size", "streams"), [(4, 1, True), (4, 2, False)])
+def test_tricky_contexts_score_the_same(
+    make_server: Any, concurrency: int, batch_size: int, streams: bool
+) -> None:
+    """An empty context (lm-eval conditions on the prefix token), trailing spaces (moved into
+    the continuation), repeated contexts and continuations: the requests sent, whether they
+    stream or go out the way lm-eval batches them."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    from pytest_evalchemy.completions_model import MODEL_NAME
+
+    server = make_server()
+    pairs = [("", "Paris"), ("The capital is ", "Paris"), ("The capital is", " Rome")]
+    pairs += [(f"Question {i % 3}: x?  ", f"answer {i}") for i in range(12)]
+    instances = [
+        Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
+        for i, pair in enumerate(pairs)
+    ]
+    args = {
+        "model": server.model,
+        "base_url": server.completions_url,
+        "tokenizer_backend": "remote",
+        "num_concurrent": concurrency,
+        "batch_size": batch_size,
+    }
+    plain = get_model("local-completions")(**args)
+    ours = get_model(MODEL_NAME)(**args)
+    assert ours._streams() is streams
+    assert ours.loglikelihood(instances) == plain.loglikelihood(instances)

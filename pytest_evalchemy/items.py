@@ -1,0 +1,155 @@
+"""Collection nodes: the config file, its benchmarks, and one test item per task."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .config import PlannedItem
+from .evaluation import (
+    ItemFailed,
+    RunSettings,
+    base_record,
+    describe_error,
+    item_timeout,
+    run_item,
+)
+from .gating import (
+    check_properties,
+)
+from .harness import HarnessRequest, scrub
+from .state import FINISHED, RECORD_PROPERTY, STATE
+
+
+class EvalConfigFile(pytest.File):
+    """The config file: one child per benchmark."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        state = self.config.stash[STATE]
+        benchmarks: dict[str, list[PlannedItem]] = {}
+        for item in state.plan:
+            benchmarks.setdefault(item.benchmark, []).append(item)
+        for name, items in benchmarks.items():
+            yield BenchmarkNode.from_parent(self, name=name, planned=items)
+
+
+class BenchmarkNode(pytest.Collector):
+    """A benchmark of the config: one item per task."""
+
+    def __init__(self, *, planned: list[PlannedItem], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for planned in self.planned:
+            yield TaskItem.from_parent(self, name=planned.task.key, planned=planned)
+
+
+class TaskItem(pytest.Item):
+    """One (benchmark, task) pair: runs lm-eval and judges the result."""
+
+    def __init__(self, *, planned: PlannedItem, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned = planned
+        self.extra_keyword_matches.update(planned.keywords)
+        if not planned.enabled:
+            self.add_marker(pytest.mark.skip(reason=planned.reason))
+        timeout = item_timeout(planned, self.config.stash[STATE].options.timeout)
+        if timeout is not None:
+            # The signal method interrupts lm-eval in the main thread and keeps the worker alive.
+            self.add_marker(pytest.mark.timeout(timeout, method="signal"))
+        # Set now so that a skip report from setup carries the key too.
+        self.user_properties.append(("evalchemy_key", planned.key))
+
+    def runtest(self) -> None:
+        state = self.config.stash[STATE]
+        settings = state.settings_for(self.planned)
+        previous = state.previous.get(self.planned.key)
+        if previous is not None and previous.get("status") in FINISHED:
+            # A resumed run keeps what finished; nothing is sent for it.
+            record = {**previous, "resumed": True}
+            self._publish(record)
+            if record["status"] == "failed":
+                raise ItemFailed(
+                    f"{self.planned.key}: {record.get('message', 'failed')} (from the resumed run)"
+                )
+            return
+        if settings is None:
+            raise ItemFailed("the endpoint check did not run; no endpoint information")
+        record = base_record(self.planned, settings)
+        try:
+            execute_item(self.planned, settings, record, request_hook(self))
+        finally:
+            self._publish(record)
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        # user_properties travel with the report through xdist and into JUnit XML.
+        props = [p for p in self.user_properties if p[0] == "evalchemy_key"]
+        props.append((RECORD_PROPERTY, json.dumps(record, default=str)))
+        props.append(("evalchemy_status", record["status"]))
+        for lm_task, values in record.get("metrics", {}).items():
+            props.extend((f"{lm_task}:{metric}", value) for metric, value in values.items())
+        props.extend(check_properties(record.get("checks", ())))
+        self.user_properties[:] = props
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, (ItemFailed, ItemError)):
+            state = self.config.stash[STATE]
+            where = (
+                state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
+            )
+            return f"{excinfo.value}\nlm-eval log: {where}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # pytest 9 needs an int line, or a skipped item crashes the run.
+        return self.path, 0, f"{self.planned.benchmark}::{self.planned.task.key}"
+
+
+class ItemError(Exception):
+    """lm-eval raised while running the item."""
+
+
+def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest]:
+    """The ``pytest_evalchemy_item_request`` hook as the callback ``run_item`` takes."""
+
+    def adjust(request: HarnessRequest) -> HarnessRequest:
+        changed = item.ihook.pytest_evalchemy_item_request(item=item, request=request)
+        return request if changed is None else changed
+
+    return adjust
+
+
+def execute_item(
+    planned: PlannedItem,
+    settings: RunSettings,
+    record: dict[str, Any],
+    adjust: Callable[[HarnessRequest], HarnessRequest] | None = None,
+) -> None:
+    """Run an item into ``record``, which says how it ended however it ends; re-raises (a
+    config item and ``evalchemy.run()`` share this)."""
+    try:
+        run_item(planned, settings, record, adjust)
+    except ItemFailed:
+        raise
+    except pytest.fail.Exception as exc:
+        if "Timeout" in str(exc):
+            record["status"] = "timeout"
+            record["message"] = f"timed out after {record['duration_s']:.1f}s ({exc})"
+        else:
+            record["status"] = "failed"
+            record["message"] = str(exc)
+        raise
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        record["message"] = "interrupted"
+        raise
+    except Exception as exc:
+        record["status"] = "error"
+        # The cause in words; an HTTP error quotes the URL, credentials and all.
+        record["message"] = scrub(describe_error(exc, settings.max_retries), settings.secrets)
+        raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}") from exc

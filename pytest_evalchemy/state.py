@@ -1,0 +1,111 @@
+"""The per-process state of a run, kept on ``config.stash``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from .config import EvalConfig, PlannedItem
+from .endpoint import (
+    DEFAULT_MAX_LENGTH,
+    EndpointInfo,
+    pick_endpoint,
+    redact_url,
+)
+from .evaluation import (
+    RunSettings,
+)
+from .options import Options
+from .results import (
+    RunPaths,
+)
+
+RECORD_PROPERTY = "evalchemy"
+FINISHED = ("passed", "failed")  # statuses a resumed run keeps
+
+
+@dataclass
+class EvalchemyState:
+    """Per-process state, on ``config.stash``."""
+
+    options: Options
+    eval_config: EvalConfig
+    plan: list[PlannedItem]
+    run_id: str
+    started_at: str
+    is_worker: bool
+    settings: RunSettings | None = None
+    endpoints: list[EndpointInfo] = field(default_factory=list)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # records of a resumed run
+    worker_index: int | None = None
+
+    def settings_for(self, planned: PlannedItem) -> RunSettings | None:
+        """The run's settings with the endpoint that serves ``planned``."""
+        if self.settings is None or len(self.endpoints) < 2:
+            return self.settings
+        enabled = [p.key for p in self.plan if p.enabled]
+        position = enabled.index(planned.key) if planned.key in enabled else 0
+        return replace(
+            self.settings, endpoint=pick_endpoint(self.endpoints, self.worker_index, position)
+        )
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths.create(self.options.output, self.run_id)
+
+    def make_settings(self, endpoint: EndpointInfo) -> RunSettings:
+        o = self.options
+        return RunSettings(
+            endpoint=endpoint,
+            paths=self.paths,
+            batch_size=o.batch_size,
+            limit=o.limit,
+            max_length=o.max_length,
+            concurrency=o.concurrency,
+            max_retries=o.max_retries,
+            tokenizer=o.tokenizer,
+            api_key=o.api_key,
+            default_timeout=o.timeout,
+            include_paths=self.eval_config.lm_eval_include_paths,
+            cache_root=None if o.no_cache else o.output / ".cache",
+            log_level=o.log_level,
+            verify=o.verify,
+            allow_unsafe_code=o.allow_unsafe_code,
+            extra_thresholds=o.thresholds,
+            gate=o.gate,
+        )
+
+    def header(self) -> dict[str, Any]:
+        """The summary's run-wide fields (no credentials)."""
+        endpoint = self.settings.endpoint if self.settings else None
+        return {
+            "run_id": self.run_id,
+            "endpoint": redact_url(endpoint.url)
+            if endpoint
+            else (redact_url(self.options.endpoint or "")),
+            "model": endpoint.model if endpoint else self.options.model,
+            "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
+            "gate": self.options.gate.to_dict(),
+            "seeds": {
+                "random_seed": 0,
+                "numpy_random_seed": 1234,
+                "torch_random_seed": 1234,
+                "fewshot_random_seed": 1234,
+            },
+            "settings": {
+                "batch_size": self.options.batch_size,
+                "limit": self.options.limit,
+                "max_length": self.options.max_length
+                or (endpoint.max_model_len if endpoint else None)
+                or DEFAULT_MAX_LENGTH,
+                "concurrency": self.options.concurrency,
+                "tokenizer": self.options.tokenizer
+                or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+                "max_retries": self.options.max_retries,
+            },
+        }
+
+
+STATE = pytest.StashKey[EvalchemyState]()
