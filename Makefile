@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 include Makefile.vllm
 
-.PHONY: test lint demo clean
+.PHONY: test lint demo perf clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: $(VENV)/.installed $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
 		$(BIN)/python -m pytest --evalchemy-serve=$(abspath $(TINY_MODEL)) \
 		--evalchemy-vllm-python=$(abspath $(VLLM_PY)) \
 		--evalchemy-config=configs/offline_config.json -n 2 -rs
+
+# The performance figures, written to perf/RESULTS.md (~10-15 min; not part of `make test`). The
+# real-vLLM row uses what `make test` built (or EVALCHEMY_VLLM_PYTHON / EVALCHEMY_TINY_MODEL)
+# and is skipped with a note when neither is there.
+perf: $(VENV)/.installed
+	EVALCHEMY_VLLM_PYTHON=$${EVALCHEMY_VLLM_PYTHON:-$(abspath $(VLLM_PY))} \
+		EVALCHEMY_TINY_MODEL=$${EVALCHEMY_TINY_MODEL:-$(abspath $(TINY_MODEL))} \
+		$(BIN)/python perf/run_perf.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .cache results models

@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=float)
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--tokenizer", help="a local Hugging Face tokenizer folder instead of /tokenize")
     args = top.parse_args(argv)
     if args.command == "resolve":
         out = resolve(args)
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         max_length=args.max_length,
         num_concurrent=args.concurrency,
         include_paths=tuple(p.absolute() for p in args.include),
+        tokenizer=args.tokenizer,
     )
     if args.model == "local":
         cls = _local_tokenizer_model()

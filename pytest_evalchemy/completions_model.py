@@ -20,6 +20,7 @@ Imports lm-eval: import this module only where lm-eval runs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import http.client
 import json
@@ -42,9 +43,11 @@ MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
 # read (lm-eval keeps its own copies), while keeping every worker busy.
 WINDOW = 1024
-# Tokenizer threads per item (at most num_concurrent). More threads fight the event loop that
-# sends the completions for the client's CPU: measured against the test server on 2 cores (400
-# requests, 16 at once), 4 threads tie an in-process tokenizer, 8 are 4% and 16 are 7% slower.
+# Tokenizer threads per item. More threads fight the event loop that sends the completions
+# for the client's CPU: measured against the test server on 2 cores (400 requests, 16 at
+# once), 4 threads tie an in-process tokenizer, 8 are 4% and 16 are 7% slower. They run
+# whatever num_concurrent says: a /tokenize call is cheap next to a completion, and with
+# num_concurrent=1 they keep the one completion in flight from waiting for tokens.
 MAX_WORKERS = 4
 
 
@@ -61,6 +64,12 @@ class _TokenizeClient:
         self.url = url
         self.path = parts.path or "/"
         self.headers = dict(headers)
+        if parts.username or parts.password:
+            # requests sends a URL's user:password as basic auth, over any Authorization header.
+            user = urllib.parse.unquote(parts.username or "")
+            password = urllib.parse.unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode("latin1")).decode()
+            self.headers["Authorization"] = f"Basic {token}"
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self._https = parts.scheme == "https"
@@ -230,7 +239,7 @@ class EvalchemyCompletions(LocalCompletionsAPI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.tokenizer_backend == "remote" and self.tokenizer is not None:
-            self.tokenizer = PrefetchingTokenizer(self.tokenizer, self._concurrent)
+            self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS)
 
     def _prefetch(self, texts: Iterable[str]) -> None:
         if isinstance(self.tokenizer, PrefetchingTokenizer):
@@ -248,14 +257,17 @@ class EvalchemyCompletions(LocalCompletionsAPI):
 
     def _streams(self) -> bool:
         """Whether requests go out while later ones are still being tokenized: with one prompt
-        per request and several at once, the order they go out in changes nothing. (Several
-        prompts per request: lm-eval groups them by token length, which needs them all
-        tokenized first. One at a time: lm-eval's own loop.)"""
-        return (
-            isinstance(self.tokenizer, PrefetchingTokenizer)
-            and self._concurrent > 1
-            and self._batch_size == 1
-        )
+        per request the order they go out in changes nothing (lm-eval sends the longest
+        first). Several prompts per request: lm-eval groups them by token length, which
+        needs them all tokenized first, so its own path runs, after the prefetch."""
+        return isinstance(self.tokenizer, PrefetchingTokenizer) and self._batch_size == 1
+
+    def _ssl(self) -> Any:
+        # What lm-eval's concurrent client hands aiohttp, plus the CA bundle it ignores there
+        # (the harness passes an SSL context itself only when num_concurrent > 1).
+        if self.verify_certificate is True and self.ca_cert_path:
+            return ssl.create_default_context(cafile=self.ca_cert_path)
+        return self.verify_certificate
 
     def _encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         # TemplateLM.loglikelihood's encoding of one request, empty context included.
@@ -269,7 +281,8 @@ class EvalchemyCompletions(LocalCompletionsAPI):
     async def _stream_loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """lm-eval's concurrent loglikelihood path (``get_batched_requests``: the same session,
         semaphore, retries, ``amodel_call`` and response cache), fed each request as soon as
-        its tokens are back instead of after the last one's."""
+        its tokens are back instead of after the last one's. Also for ``num_concurrent=1``,
+        where lm-eval's own loop opens a new connection per request (``requests.post``)."""
         tokenizer = self.tokenizer
         assert isinstance(tokenizer, PrefetchingTokenizer)
         call = retry(
@@ -277,33 +290,49 @@ class EvalchemyCompletions(LocalCompletionsAPI):
             wait=wait_exponential(multiplier=0.5, min=1, max=10),
             reraise=True,
         )(self.amodel_call)
-        connector = TCPConnector(limit=self._concurrent, ssl=self.verify_certificate)
+        connector = TCPConnector(limit=self._concurrent, ssl=self._ssl())
         sem = asyncio.Semaphore(self._concurrent)
-        tasks = []
+        tasks: list[asyncio.Task[Any]] = []
+        # Looked up now: the plugin's progress counter replaces lm-eval's bar while an item runs.
+        bar = api_models.tqdm(total=len(pairs), desc="Requesting API")
+
+        def advance(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                bar.update(1)
+
         async with ClientSession(
             connector=connector, timeout=ClientTimeout(total=self.timeout)
         ) as session:
-            for context, continuation in pairs:
-                for text in _pair_strings(context, continuation):
-                    await tokenizer.wait(text)
-                context_enc, continuation_enc = self._encode_request(context, continuation)
-                inputs, ctxlens, keys = self.batch_loglikelihood_requests(
-                    [[((context, continuation), context_enc, continuation_enc)]]
-                )
-                tasks.append(
-                    asyncio.create_task(
-                        call(
-                            session=session,
-                            sem=sem,
-                            messages=inputs,
-                            cache_keys=keys,
-                            generate=False,
-                            ctxlens=ctxlens,
-                        )
+            try:
+                for context, continuation in pairs:
+                    for text in _pair_strings(context, continuation):
+                        await tokenizer.wait(text)
+                    context_enc, continuation_enc = self._encode_request(context, continuation)
+                    inputs, ctxlens, keys = self.batch_loglikelihood_requests(
+                        [[((context, continuation), context_enc, continuation_enc)]]
                     )
-                )
-            # Looked up now: the plugin's progress counter replaces this bar while an item runs.
-            answers = await api_models.tqdm_asyncio.gather(*tasks, desc="Requesting API")
+                    request = call(
+                        session=session,
+                        sem=sem,
+                        messages=inputs,
+                        cache_keys=keys,
+                        generate=False,
+                        ctxlens=ctxlens,
+                    )
+                    task = asyncio.create_task(request)
+                    task.add_done_callback(advance)
+                    tasks.append(task)
+                answers = await asyncio.gather(*tasks)
+            except BaseException:
+                # The first failure ends the item: stop the other requests now and collect
+                # their errors, rather than leave them to fail on a closed session with
+                # errors nobody reads (asyncio logs those whenever they are collected).
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            finally:
+                bar.close()
         return [answer for batch in answers for answer in batch]
 
     def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> Any:
