@@ -240,6 +240,7 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
         "-o",
         "log_cli=true",
         "--log-cli-level=INFO",
+        "--evalchemy-run-id=one-at-a-time",
     )
     result.assert_outcomes(passed=1)
     # 4 documents x 4 choices, one request each at batch size 1.
@@ -249,12 +250,17 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
             "PASSED (16 requests, *.*/s)*",
         ]
     )
-    record = read_summary(pytester.path / "results")["tasks"]["mini_mmlu/mini_mmlu"]
+    summary = pytester.path / "results" / "one-at-a-time" / "evalchemy_summary_one-at-a-time.json"
+    record = json.loads(summary.read_text())["tasks"]["mini_mmlu/mini_mmlu"]
     assert record["requests"]["done"] == record["requests"]["total"] == 16
     # Concurrent requests (lm-eval's async path) count in batches: 16 requests in batches of 4.
     cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=4)})
     result = pytester.runpytest(
-        f"--evalchemy-endpoint={server.completions_url}", cfg, "-v", "--evalchemy-concurrency=2"
+        f"--evalchemy-endpoint={server.completions_url}",
+        cfg,
+        "-v",
+        "--evalchemy-concurrency=2",
+        "--evalchemy-run-id=concurrent",
     )
     result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s)*"])
 
