@@ -207,7 +207,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
-        if reporter is not None and not isinstance(exc, type(None)):
+        if reporter is not None:
             reporter.fail_all(enabled, f"endpoint check failed: {exc}")
         raise pytest.UsageError(f"evalchemy endpoint check failed: {exc}") from None
     state.endpoints = infos

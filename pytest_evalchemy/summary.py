@@ -20,9 +20,6 @@ from .results import (
     versions,
 )
 
-# Ordered for the table: what a reader looks at first.
-_FINAL = ("passed", "failed", "error", "timeout", "crashed", "interrupted", "skipped")
-
 
 @dataclass
 class RunRecorder:
