@@ -8,6 +8,7 @@ include Makefile.vllm
 .PHONY: test lint demo perf clean
 
 $(VENV)/.installed: pyproject.toml
+	sh tools/system-deps.sh $(PYTHON) venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -17,8 +18,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The vllm-marked tests start the real vLLM (CPU build) on the tiny model.
+# The vllm-marked tests start the real vLLM (CPU build) on the tiny model; the browser tests need
+# Debian's chromium, installed here when missing (as root; otherwise the command to run is printed).
 test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
+	sh tools/system-deps.sh $(PYTHON) browser
 	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs
 

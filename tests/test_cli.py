@@ -18,6 +18,7 @@ import pytest
 from pytest_evalchemy import cli
 from pytest_evalchemy.config import load_config
 from pytest_evalchemy.testing.answer_key import expected_accuracy, load_answer_key
+from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import READY_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -483,12 +484,11 @@ def test_script_without_endpoint() -> None:
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     """The project's test server, as a user would start it."""
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "pytest_evalchemy.testing.server", "--benchmarks", "benchmarks"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
     try:
         assert proc.stdout is not None

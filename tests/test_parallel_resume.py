@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import offline_task, read_summary, write_config
@@ -112,14 +115,7 @@ def _start_run(root: Path, url: str, *args: str) -> subprocess.Popen[str]:
         "no:cacheprovider",
         *args,
     ]
-    return subprocess.Popen(
-        cmd,
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return spawn(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _wait_for_requests(server: EvalchemyTestServer, n: int, proc: subprocess.Popen[str]) -> None:
@@ -147,18 +143,33 @@ def _clean_run_requests(tmp_path: Path, make_server) -> int:
     return server.stats()["completions"] - 1
 
 
-@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+@contextlib.contextmanager
+def _inherited_sigint(ignored: bool) -> Iterator[None]:
+    """SIGINT ignored in this process while the run starts, as in a suite started with
+    ``cmd &`` by a non-interactive shell (a CI script): the run must still stop on SIGINT."""
+    if not ignored:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigint-ignored-by-the-suite", "sigkill"])
 def test_interrupted_run_resumes_without_asking_twice(
     tmp_path: Path, make_server, how: str
 ) -> None:
     clean = _clean_run_requests(tmp_path, make_server)
     server = make_server(latency=0.05)
     cfg = _cfg(tmp_path, SLOW_TASK)
-    proc = _start_run(
-        tmp_path, server.completions_url, cfg, "--evalchemy-run-id=r", "-k", "mini_arc"
-    )
+    with _inherited_sigint(how == "sigint-ignored-by-the-suite"):
+        proc = _start_run(
+            tmp_path, server.completions_url, cfg, "--evalchemy-run-id=r", "-k", "mini_arc"
+        )
     _wait_for_requests(server, 20, proc)
-    if how == "sigint":
+    if how.startswith("sigint"):
         os.kill(proc.pid, signal.SIGINT)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -167,7 +178,7 @@ def test_interrupted_run_resumes_without_asking_twice(
     summary_path = tmp_path / "results" / "r" / "evalchemy_summary_r.json"
     summary = json.loads(summary_path.read_text())  # valid JSON whatever the interruption
     record = summary["tasks"]["mini_arc/mini_arc"]
-    if how == "sigint":
+    if how.startswith("sigint"):
         assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
         assert record["status"] == "interrupted"
     else:

@@ -27,6 +27,7 @@ import pytest
 
 from pytest_evalchemy.testing import server as server_module
 from pytest_evalchemy.testing.answer_key import AnswerEntry
+from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import REPO, expected, offline_task, read_summary, write_config
@@ -372,13 +373,11 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
 
 
 def _start(root: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
 
 

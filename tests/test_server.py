@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from pytest_evalchemy.testing.answer_key import AnswerEntry, default_known
+from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import (
     BOS_ID,
     DEFAULT_MODEL,
@@ -440,7 +441,7 @@ def test_api_key() -> None:
 
 def test_cli_announces_url_and_stops_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "url.txt"
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             sys.executable,
             "-m",
@@ -452,7 +453,6 @@ def test_cli_announces_url_and_stops_on_sigterm(tmp_path: Path) -> None:
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
         assert proc.stdout is not None
