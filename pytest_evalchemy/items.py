@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
+from pytest_timeout import PYTEST_FAILURE_MESSAGE, is_debugging
 
 from .config import PlannedItem
 from .evaluation import (
@@ -97,12 +102,12 @@ class TaskItem(pytest.Item):
         self.user_properties[:] = props
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        state = self.config.stash[STATE]
+        log = state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
         if isinstance(excinfo.value, (ItemFailed, ItemError)):
-            state = self.config.stash[STATE]
-            where = (
-                state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
-            )
-            return f"{excinfo.value}\nlm-eval log: {where}"
+            return f"{excinfo.value}\nlm-eval log: {log}"
+        if isinstance(excinfo.value, ItemTimeout):
+            return f"{excinfo.value}\n{where_it_was(excinfo.tb)}\nlm-eval log: {log}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -112,6 +117,56 @@ class TaskItem(pytest.Item):
 
 class ItemError(Exception):
     """lm-eval raised while running the item."""
+
+
+class ItemTimeout(pytest.fail.Exception):
+    """The item ran past its timeout (raised in the main thread by the timer's signal)."""
+
+
+# The frames a timed-out item reports, innermost last: enough to see where lm-eval was.
+WHERE_FRAMES = 20
+
+
+def where_it_was(tb: TracebackType | None) -> str:
+    """The item's own stack at its timeout, one line a frame, from ``runtest`` down to the
+    frame the timer interrupted (not every thread's stack, nor pytest's long traceback)."""
+    frames = [f for f in traceback.extract_tb(tb) if f.name != "_on_timeout"]
+    start = next((i for i, f in enumerate(frames) if f.name == "runtest"), 0)
+    frames = frames[start:]
+    head = "where it was (innermost last"
+    if len(frames) > WHERE_FRAMES:
+        head += f"; {len(frames) - WHERE_FRAMES} outer frames left out"
+        frames = frames[-WHERE_FRAMES:]
+    lines = [f"  {f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}" for f in frames]
+    return "\n".join([head + "):", *lines])
+
+
+class TimeoutHooks:
+    """pytest-timeout's signal method for config items, without its dump of every thread's
+    stack (thousands of lines with lm-eval's threads); the item's own stack is in its failure.
+    Registered only when pytest-timeout is, so its hooks are known."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
+        if not isinstance(item, TaskItem) or settings.method != "signal":
+            return None
+        if threading.current_thread() is not threading.main_thread():
+            return None  # pytest-timeout falls back to its thread method there
+        message = PYTEST_FAILURE_MESSAGE % settings.timeout
+
+        def _on_timeout(signum: int, frame: Any) -> None:
+            if not settings.disable_debugger_detection and is_debugging():
+                return  # a debugger is stopped in the item: no timeout, as pytest-timeout does
+            raise ItemTimeout(message)
+
+        def cancel() -> None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+        item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout's cancel hook calls it
+        signal.signal(signal.SIGALRM, _on_timeout)
+        signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+        return True
 
 
 def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest]:

@@ -223,6 +223,13 @@ def add_options(parser: pytest.Parser) -> None:
         "continue from their cached responses",
     )
     group.addoption(
+        "--evalchemy-resume-force",
+        action="store_true",
+        default=False,
+        help="With --evalchemy-resume: complete the run even though its config, settings, "
+        "model or tokenizer differ. This mixes two runs' scores; the summary's 'resumes' says so",
+    )
+    group.addoption(
         "--evalchemy-serve-arg",
         dest="evalchemy_serve_arg",
         action="append",
@@ -260,6 +267,7 @@ class Options:
     allow_mixed_models: bool = False
     no_cache: bool = False
     resume: str | None = None
+    resume_force: bool = False
     serve: str | None = None
     gpu: str | None = None
     serve_args: tuple[str, ...] = ()
@@ -377,6 +385,10 @@ def resolve_options(config: pytest.Config) -> Options:
         )
     run_id = setting_value(config, "run_id")[0]
     resume = config.getoption("evalchemy_resume")
+    if config.getoption("evalchemy_resume_force") and resume is None:
+        raise pytest.UsageError(
+            "--evalchemy-resume-force completes a run: give it with --evalchemy-resume RUN_ID"
+        )
     if resume is not None:
         if run_id is not None and run_id != resume:
             raise pytest.UsageError(
@@ -406,6 +418,7 @@ def resolve_options(config: pytest.Config) -> Options:
         allow_mixed_models=bool(config.getoption("evalchemy_allow_mixed_models")),
         no_cache=bool(config.getoption("evalchemy_no_cache")),
         resume=resume,
+        resume_force=bool(config.getoption("evalchemy_resume_force")),
         serve=setting_value(config, "serve")[0],
         gpu=setting_value(config, "gpu")[0],
         serve_args=tuple(config.getoption("evalchemy_serve_arg")),

@@ -24,7 +24,8 @@ from .endpoint import (
     split_endpoints,
 )
 from .errors import ConfigError, EndpointError, EvalchemyError
-from .items import EvalConfigFile, execute_item, request_hook
+from .identity import differences, refusal
+from .items import EvalConfigFile, TimeoutHooks, execute_item, request_hook
 from .options import Options, add_options, resolve_options, setting_value
 from .reporter import EvalchemyReporter, XdistHooks
 from .results import (
@@ -32,6 +33,8 @@ from .results import (
     default_run_id,
     now_iso,
 )
+from .runlock import RunLock
+from .selection import selected_keys
 from .state import RECORD_PROPERTY, STATE, EvalchemyState
 
 
@@ -99,10 +102,21 @@ def pytest_configure(config: pytest.Config) -> None:
         state.settings = state.make_settings(state.endpoints[0])
         state.worker_index = int(config.workerinput.get("workerid", "gw0").removeprefix("gw") or 0)
     if options.resume:
-        state.previous = _previous_records(state)
+        state.previous_summary = _previous_summary(state)
+        state.previous = dict(state.previous_summary.get("tasks") or {})
+        if not state.is_worker:
+            state.resume_entry = {
+                "at": now_iso(),
+                "forced": options.resume_force,
+                "differences": [],
+            }
+            # What is known before any request; the endpoint's side after its check.
+            _check_resume(state)
     config.stash[STATE] = state
     _collect_config_file(config, options.config_path)
     _interrupt_on_sigterm(config)
+    if config.pluginmanager.hasplugin("timeout"):
+        config.pluginmanager.register(TimeoutHooks(), "evalchemy-timeout")
     if options.insecure:
         # urllib3 would warn on every request; one warning of ours says it once.
         config.addinivalue_line(
@@ -118,9 +132,10 @@ def pytest_configure(config: pytest.Config) -> None:
                 stacklevel=2,
             )
     if not state.is_worker:
-        config.pluginmanager.register(EvalchemyReporter(config, state), "evalchemy-reporter")
+        reporter = EvalchemyReporter(config, state)
+        config.pluginmanager.register(reporter, "evalchemy-reporter")
         if config.pluginmanager.hasplugin("xdist"):
-            config.pluginmanager.register(XdistHooks(state), "evalchemy-xdist")
+            config.pluginmanager.register(XdistHooks(state, reporter), "evalchemy-xdist")
 
 
 def _interrupt_on_sigterm(config: pytest.Config) -> None:
@@ -139,8 +154,8 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
         config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
-def _previous_records(state: EvalchemyState) -> dict[str, dict[str, Any]]:
-    """The item records of the run being resumed."""
+def _previous_summary(state: EvalchemyState) -> dict[str, Any]:
+    """The summary of the run being resumed."""
     path = state.paths.summary
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -153,7 +168,24 @@ def _previous_records(state: EvalchemyState) -> dict[str, dict[str, Any]]:
             f"--evalchemy-resume {state.run_id}: cannot read {path}: {exc}"
         ) from None
     state.started_at = summary.get("started_at") or state.started_at
-    return dict(summary.get("tasks") or {})
+    return summary if isinstance(summary, dict) else {}
+
+
+def _check_resume(state: EvalchemyState) -> None:
+    """Refuse a resume that would complete another run than the one recorded (one line that
+    names each difference), unless --evalchemy-resume-force; then the summary records it."""
+    recorded = state.previous_summary.get("identity")
+    if isinstance(recorded, dict):
+        found = differences(recorded, state.identity())
+    else:
+        found = ["the run records no identity (written by an older pytest-evalchemy)"]
+    if not found:
+        return
+    if not state.options.resume_force:
+        raise pytest.UsageError(f"evalchemy: {refusal(state.run_id, found)}")
+    assert state.resume_entry is not None
+    known = state.resume_entry["differences"]
+    known.extend(f for f in found if f not in known)
 
 
 def _with_endpoint(options: Options) -> Options:
@@ -185,12 +217,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if state is None or state.is_worker or config.option.collectonly:
         return
     options = state.options
-    enabled = [item for item in state.plan if item.enabled]
-    names = {n for item in enabled for n in item.task.tasks}
+    state.selected = selected_keys(config, state.plan, options.config_path, options.timeout)
+    # Only what -k and -m keep decides what the endpoint must offer, or is failed below.
+    selected = [item for item in state.plan if item.key in state.selected]
+    names = {n for item in selected for n in item.task.tasks}
     try:
         check_writable(options.output)
+        _hold_run_folder(config, state)
     except EvalchemyError as exc:
-        # Before any request, and without the summary of errors below: it could not be written.
+        # Before any request, and without the summary of errors below: it could not be
+        # written, or it belongs to the run that holds the folder.
         raise pytest.UsageError(f"evalchemy: {exc}") from None
     try:
         if options.serve:
@@ -208,10 +244,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
         if reporter is not None:
-            reporter.fail_all(enabled, f"endpoint check failed: {exc}")
+            reporter.fail_all(selected, f"endpoint check failed: {exc}")
         raise pytest.UsageError(f"evalchemy endpoint check failed: {exc}") from None
     state.endpoints = infos
     state.settings = state.make_settings(infos[0])
+    if options.resume:
+        _check_resume(state)  # the served model, its context length and the tokenizer
+        _warn_forced_resume(config, state)
+
+
+def _hold_run_folder(config: pytest.Config, state: EvalchemyState) -> None:
+    """Lock the run folder for the run's whole life: a second run with the same id is
+    refused at once and writes nothing. xdist workers run under the controller's lock."""
+    lock = RunLock(state.paths.root, state.run_id)
+    lock.acquire()
+    state.lock = lock
+    config.add_cleanup(lock.release)
+
+
+def _warn_forced_resume(config: pytest.Config, state: EvalchemyState) -> None:
+    entry = state.resume_entry
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if entry and entry["differences"] and terminal is not None:
+        terminal.write_line(
+            f"evalchemy: --evalchemy-resume-force: mixing two runs in {state.run_id} "
+            f"({'; '.join(entry['differences'])})",
+            yellow=True,
+        )
 
 
 def _start_server(config: pytest.Config, state: EvalchemyState) -> str:

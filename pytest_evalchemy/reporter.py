@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ class EvalchemyReporter:
         self.state = state
         self.by_suffix = {f"::{p.benchmark}::{p.task.key}": p for p in state.plan}
         self._recorder: RunRecorder | None = None
+        self.selected: dict[str, PlannedItem] = {}  # collected items, by key
         self.report_path: Path | None = None
         # A mistyped TASK: prefix would gate nothing; say so before the run, not after.
         names = {n for p in state.plan for n in (p.benchmark, p.task.key, p.key, *p.task.tasks)}
@@ -74,8 +79,11 @@ class EvalchemyReporter:
         return None
 
     def fail_all(self, items: list[PlannedItem], message: str) -> None:
-        """Record every item as an error (the run cannot start) and write the summary."""
+        """Record every item as an error (the run cannot start) and write the summary; what a
+        resumed run had finished stays as it was."""
         for planned in items:
+            if self.recorder.tasks.get(planned.key, {}).get("status") in FINISHED:
+                continue
             record = base_record(planned, None)
             record["status"] = "error"
             record["message"] = message
@@ -134,8 +142,34 @@ class EvalchemyReporter:
         self.recorder.update(planned.key, record, report.longreprtext if report.failed else "")
 
     @pytest.hookimpl
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected(item.nodeid for item in session.items)
+
+    def collected(self, nodeids: Iterable[str]) -> None:
+        """The items this run selected (from the workers' collection under xdist)."""
+        for nodeid in nodeids:
+            planned = self._planned(nodeid)
+            if planned is not None:
+                self.selected[planned.key] = planned
+
+    def _not_started(self) -> None:
+        """Entries for the selected items that never started, so that a run that ended early
+        says what is left: ``pending``, or ``skipped`` for the disabled ones."""
+        tasks = self.recorder.tasks
+        for key, planned in self.selected.items():
+            if key in tasks:
+                continue
+            record = base_record(planned, self.state.settings)
+            record["status"] = "pending" if planned.enabled else "skipped"
+            record["message"] = "not started" if planned.enabled else planned.reason
+            tasks[key] = record
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._recorder is not None:
+            # From here on the run's record is final: a Ctrl-C must not change its outcome.
+            _ignore_late_interrupts(self.config)
+            self._not_started()
             self._recorder.header = self.state.header()
             self._recorder.header["gate"]["notes"] = self._gate_notes()
             self._recorder.finish(
@@ -227,11 +261,39 @@ class EvalchemyReporter:
                 self._recorder.log(f"cannot write the Markdown summary to {target}: {exc}")
 
 
-class XdistHooks:
-    """Hands the controller's run id and endpoint check to the workers."""
+def _ignore_late_interrupts(config: pytest.Config) -> None:
+    """Once the final summary is being written, a first SIGINT says so in a line and changes
+    nothing: the exit status stays the run's (it would otherwise end in a traceback and exit
+    130 while the summary says 0). A second one interrupts as usual, for a teardown that hangs.
+    The previous handler is back when pytest unconfigures."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python sets signal handlers from the main thread only
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or previous == signal.SIG_IGN:
+        return  # not set from Python (cannot be restored), or interrupts are ignored anyway
 
-    def __init__(self, state: EvalchemyState) -> None:
+    def late(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, previous)
+        sys.stderr.write(
+            "\nevalchemy: interrupt ignored: the run is over and its summary written "
+            "(Ctrl-C again to stop at once)\n"
+        )
+
+    signal.signal(signal.SIGINT, late)
+    config.add_cleanup(lambda: signal.signal(signal.SIGINT, previous))
+
+
+class XdistHooks:
+    """Hands the controller's run id and endpoint check to the workers, and tells the reporter
+    what they collected."""
+
+    def __init__(self, state: EvalchemyState, reporter: EvalchemyReporter) -> None:
         self.state = state
+        self.reporter = reporter
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.reporter.collected(ids)
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:

@@ -21,8 +21,18 @@ DEFAULT_OUTPUT = "results"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-# Item statuses, in the order the summary's totals list them.
-STATUSES = ("passed", "failed", "error", "timeout", "crashed", "interrupted", "skipped")
+# Item statuses, in the order the summary's totals list them. ``pending``: selected, not started
+# (a run that ended early says what is left to do).
+STATUSES = (
+    "passed",
+    "failed",
+    "error",
+    "timeout",
+    "crashed",
+    "interrupted",
+    "pending",
+    "skipped",
+)
 
 
 def default_run_id(now: float | None = None, pid: int | None = None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -20,7 +20,9 @@ from .evaluation import (
 from .options import Options
 from .results import (
     RunPaths,
+    versions,
 )
+from .runlock import RunLock
 
 RECORD_PROPERTY = "evalchemy"
 FINISHED = ("passed", "failed")  # statuses a resumed run keeps
@@ -39,7 +41,12 @@ class EvalchemyState:
     settings: RunSettings | None = None
     endpoints: list[EndpointInfo] = field(default_factory=list)
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # records of a resumed run
+    previous_summary: dict[str, Any] = field(default_factory=dict)  # the resumed run's summary
+    resume_entry: dict[str, Any] | None = None  # this resume, as the summary's "resumes" lists it
     worker_index: int | None = None
+    lock: RunLock | None = None  # the run folder's, held by the controller (or the only process)
+    # Keys of the enabled items -k and -m select (None: not decided, every enabled item).
+    selected: frozenset[str] | None = None
 
     def settings_for(self, planned: PlannedItem) -> RunSettings | None:
         """The run's settings with the endpoint that serves ``planned``."""
@@ -77,9 +84,37 @@ class EvalchemyState:
             gate=o.gate,
         )
 
+    def identity(self) -> dict[str, Any]:
+        """What makes this run itself (see identity.py); the endpoint's fields are ``None``
+        before the endpoint check."""
+        o = self.options
+        endpoint = self.settings.endpoint if self.settings else None
+        if o.max_length:
+            max_length = o.max_length
+        elif endpoint is not None:
+            max_length = endpoint.max_model_len or DEFAULT_MAX_LENGTH
+        else:
+            max_length = None
+        return {
+            "config_sha256": self.eval_config.sha256,
+            "limit": o.limit,
+            "max_length": max_length,
+            "thresholds": [asdict(t) for t in o.thresholds],
+            "gate": {k: v for k, v in o.gate.to_dict().items() if k != "baseline_run_id"},
+            "model": endpoint.model if endpoint else None,
+            "max_model_len": endpoint.max_model_len if endpoint else None,
+            "tokenizer": o.tokenizer
+            or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+            "lm_eval": versions()["lm_eval"],
+            "chat": None,  # the chat settings, once the plugin has chat models
+        }
+
     def header(self) -> dict[str, Any]:
         """The summary's run-wide fields (no credentials)."""
         endpoint = self.settings.endpoint if self.settings else None
+        resumes = list(self.previous_summary.get("resumes") or [])
+        if self.resume_entry is not None:
+            resumes.append(self.resume_entry)
         return {
             "run_id": self.run_id,
             "endpoint": redact_url(endpoint.url)
@@ -105,6 +140,8 @@ class EvalchemyState:
                 or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,
             },
+            "identity": self.identity(),
+            "resumes": resumes,
         }
 
 

@@ -107,9 +107,10 @@ class RunRecorder:
         atomic_write_json(self.paths.summary, self.written_summary())
 
     def finish(self, exit_status: int, interrupted: bool) -> None:
-        """Close the run: items still running were interrupted; write the final summary."""
+        """Close the run: items still running were interrupted; write the final summary.
+        Items that never started stay ``pending``."""
         for record in self.tasks.values():
-            if record["status"] in ("running", "pending"):
+            if record["status"] == "running":
                 record["status"] = "interrupted" if interrupted else "error"
                 record["message"] = (
                     record.get("message") or "the run ended before this item finished"
