@@ -510,8 +510,6 @@ def validate_config(opts: CliOptions, out: TextIO, err: TextIO) -> int:
         print(f"warning: {problem}", file=err)
     if not names.public_checked:
         print("warning: lm-eval is not installed: public task names were not checked", file=err)
-    if data.unchecked:
-        print(f"note: {unchecked_note(data.unchecked)}", file=err)
     errors = [*names.errors, *data.errors]
     if errors:
         count = len(errors)
@@ -519,6 +517,8 @@ def validate_config(opts: CliOptions, out: TextIO, err: TextIO) -> int:
         for problem in errors:
             print(f"  {problem}", file=err)
         return EXIT_USAGE_ERROR
+    if data.unchecked:
+        print(f"note: {unchecked_note(data.unchecked)}", file=err)
     runs = sum(i.enabled for i in plan_items(config))
     print(
         f"config OK: {len(config.benchmarks)} benchmarks, {len(config.tasks)} tasks, "
