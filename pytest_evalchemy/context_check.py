@@ -71,17 +71,18 @@ class ContextCheck:
         if self.cut:
             parts.append(
                 f"{self.cut} loglikelihood request(s) longer than max_length {self.max_length} "
-                f"are cut from the left (by up to {self.cut_most} tokens, {self.cut_total} in all)"
+                f"are cut from the left (by up to {self.cut_most} tokens, {self.cut_total} in all), "
+                "so they are scored on cut prompts"
             )
         if self.no_room:
             parts.append(
                 f"{self.no_room} generation request(s) do not fit max_length {self.max_length} "
-                f"with max_gen_toks {self.max_gen_toks} (by up to {self.no_room_most} tokens)"
+                f"with max_gen_toks {self.max_gen_toks} (by up to {self.no_room_most} tokens): "
+                "vLLM rejects them (HTTP 400)"
             )
         return (
-            "; ".join(parts) + ": the scores are not those of the full prompts. Serve a longer "
-            "context (vLLM --max-model-len), lower num_fewshot or max_gen_toks, or pass "
-            "--evalchemy-max-length"
+            "; ".join(parts) + ". Serve a longer context (vLLM --max-model-len) or lower "
+            "num_fewshot or max_gen_toks"
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -169,8 +169,8 @@ class Outage:
                 result = attempt()
             except Exception as exc:
                 failure = classify(exc)
-                if failure is None:
-                    raise
+                if failure is None or self.window_s <= 0:
+                    raise  # not transient, or no window: lm-eval's attempts decide
                 backoff = backoff or Backoff(self.deadline())
                 delay = backoff.delay(failure)
                 if delay is None:
@@ -188,8 +188,8 @@ class Outage:
                 result = await attempt()
             except Exception as exc:
                 failure = classify(exc)
-                if failure is None:
-                    raise
+                if failure is None or self.window_s <= 0:
+                    raise  # not transient, or no window: lm-eval's attempts decide
                 backoff = backoff or Backoff(self.deadline())
                 delay = backoff.delay(failure)
                 if delay is None:

@@ -56,9 +56,8 @@ def test_cut_prompts_are_counted_and_reported_everywhere(
     assert context["truncated_tokens_total"] == sum(cuts)
     message = (
         f"16 loglikelihood request(s) longer than max_length 64 are cut from the left (by up "
-        f"to {max(cuts)} tokens, {sum(cuts)} in all): the scores are not those of the full "
-        "prompts. Serve a longer context (vLLM --max-model-len), lower num_fewshot or "
-        "max_gen_toks, or pass --evalchemy-max-length"
+        f"to {max(cuts)} tokens, {sum(cuts)} in all), so they are scored on cut prompts. Serve "
+        "a longer context (vLLM --max-model-len) or lower num_fewshot or max_gen_toks"
     )
     assert context["message"] == message
     result.stdout.fnmatch_lines([f"context: mini_arc/mini_arc: {message}"])
@@ -96,6 +95,7 @@ def test_strict_context_fails_the_items_before_their_requests(
     assert gsm["message"].startswith(
         "2 generation request(s) do not fit max_length 64 with max_gen_toks 256 (by up to "
     )
+    assert "): vLLM rejects them (HTTP 400). Serve a longer context" in gsm["message"]
     assert gsm["context"]["generation_over"] == 2
     result.stdout.fnmatch_lines(["*mini_arc/mini_arc: 16 loglikelihood request(s)*"])
     assert srv.stats()["completions"] == 1  # the endpoint check's probe: nothing else was sent
