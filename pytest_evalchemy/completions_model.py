@@ -43,7 +43,14 @@ from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from .context_check import ContextCheck
-from .patience import TRANSIENT_STATUSES, Backoff, Outage, Transient, connection_reason
+from .patience import (
+    TRANSIENT_STATUSES,
+    Backoff,
+    Outage,
+    Transient,
+    connection_reason,
+    retry_after_seconds,
+)
 
 MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
@@ -194,8 +201,6 @@ class _Busy(Exception):
 
 
 def _transient(exc: Exception) -> Transient:
-    from .patience import retry_after_seconds
-
     if isinstance(exc, _Busy):
         return Transient(f"HTTP {exc.status}", retry_after_seconds(exc.retry_after))
     return Transient(type(exc).__name__)
@@ -375,7 +380,7 @@ class EvalchemyCompletions(LocalCompletionsAPI):
 
     def tok_encode(self, string: Any, *args: Any, **kwargs: Any) -> Any:
         encoding = super().tok_encode(string, *args, **kwargs)
-        pending = self._generation_kwargs
+        pending = getattr(self, "_generation_kwargs", None)  # None while lm-eval's __init__ runs
         if pending is not None and not isinstance(string, str) and len(string) == len(pending):
             # generate_until's one call for all its prompts, before any request is sent.
             self._generation_kwargs = None

@@ -178,6 +178,14 @@ def _get_json(
             "signed by your own CA, pass --evalchemy-ca-bundle PATH (or set REQUESTS_CA_BUNDLE); "
             "--evalchemy-insecure skips the check"
         ) from None
+    except requests.HTTPError as exc:
+        # A transient status with no window left to wait (--evalchemy-wait-for-endpoint 0).
+        resp, data = exc.response, None
+    except requests.ConnectionError:
+        raise EndpointError(
+            f"cannot connect to {redact_url(url)} (ConnectionError); is the vLLM server "
+            "running and is the URL right? Start it, or pass --evalchemy-endpoint"
+        ) from None
     except requests.Timeout:
         raise EndpointError(
             f"{redact_url(url)} did not answer within {kwargs.get('timeout')} s"
@@ -338,7 +346,7 @@ def check_endpoint(
     session.headers.update(_headers(api_key))
     session.verify = verify
     # One window for the whole check: a server that is starting is waited for once.
-    outage = Outage(CHECK_PATIENCE_S if wait_s is None else max(wait_s, CHECK_PATIENCE_S))
+    outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
     served = _served_list(session, models_url(url), timeout, outage, on_wait=on_wait)
     if model is None:
         model = next(iter(served))

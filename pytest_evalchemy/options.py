@@ -91,7 +91,7 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         "--evalchemy-wait-for-endpoint",
         "wait_for_endpoint",
         "Seconds to wait for a server that is not up yet (connection refused, 503, no model "
-        "listed) before the run fails; progress is printed. Default: 5. Env: EVALCHEMY_WAIT_FOR_ENDPOINT",
+        "listed) before the run fails; progress is printed; 0: fail at once. Default: 5. Env: EVALCHEMY_WAIT_FOR_ENDPOINT",
         float,
     ),
     (
@@ -409,7 +409,8 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
     confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
     if not 0 < confidence < 1:
         raise pytest.UsageError(
-            f"--evalchemy-confidence: expected a number between 0 and 1, e.g. 0.95, got {confidence!r}"
+            f"{setting_source(config, 'confidence')}: expected a number between 0 and 1, e.g. "
+            f"0.95, got {confidence!r}"
         )
     max_drop = _number(config, "max_drop", float, 0)
     baseline_value, baseline_base = setting_value(config, "baseline")

@@ -139,6 +139,22 @@ def test_a_server_that_never_comes_up_fails_the_check_after_its_patience(
     _no_traceback(result)
 
 
+def test_wait_for_endpoint_zero_fails_at_the_first_transient_answer(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = make_server(first_answers=["503"])
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: evalchemy endpoint check failed: model list: {srv.url}/v1/models answered "
+            'HTTP 503: {"error":{"message":"Simulated failure (HTTP 503, scripted)"*'
+        ]
+    )
+    assert srv.stats()["requests"] == {"/v1/models": 1}
+    _no_traceback(result)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "ini", "line"),
     [

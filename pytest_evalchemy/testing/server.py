@@ -303,6 +303,8 @@ class EvalchemyTestServer:
             self.stop(final=False)
             if not self._final.wait(down_for):  # a stop() meanwhile: stay stopped
                 self.start()
+                with self._lock:
+                    self._restarts += 1
 
         threading.Thread(target=cycle, name="evalchemy-test-server-restart", daemon=True).start()
 
@@ -366,6 +368,7 @@ class EvalchemyTestServer:
         self._answer_seq = 0  # requests of any kind, for first_answers
         self._scripted: dict[str, int] = {}
         self._answered: dict[str, int] = {}
+        self._restarts = 0
 
     def stats(self) -> dict[str, Any]:
         """Snapshot: requests per path, completion requests, prompts answered, peak concurrency, faults."""
@@ -383,6 +386,7 @@ class EvalchemyTestServer:
                 "scripted": dict(self._scripted),
                 "answered": sum(self._answered.values()),
                 "answered_twice": sum(1 for n in self._answered.values() if n > 1),
+                "restarts": self._restarts,  # finished restart() cycles
             }
 
     def reset_stats(self) -> None:
