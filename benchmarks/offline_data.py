@@ -17,9 +17,11 @@ import datasets
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
-def _load(name: str) -> datasets.DatasetDict:
-    """Read ``data/<name>.jsonl`` into a DatasetDict with one ``test`` split, in file order."""
-    with (DATA_DIR / f"{name}.jsonl").open(encoding="utf-8") as f:
+def _load(name: str, data_files: dict[str, str] | None = None) -> datasets.DatasetDict:
+    """Read the YAML's ``data_files`` test file (relative to this folder; default
+    ``data/<name>.jsonl``) into a DatasetDict with one ``test`` split, in file order."""
+    path = DATA_DIR.parent / data_files["test"] if data_files else DATA_DIR / f"{name}.jsonl"
+    with path.open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     # Dataset.from_list keeps the file order (the answer key relies on it) and, unlike
     # load_dataset("json"), writes no arrow cache under HF_HOME.
@@ -28,22 +30,22 @@ def _load(name: str) -> datasets.DatasetDict:
     )
 
 
-# lm-eval calls these as fn(**metadata, **dataset_kwargs), e.g. fn(version=1.0): ignore the kwargs.
+# lm-eval calls these as fn(**metadata, **dataset_kwargs), e.g. fn(version=1.0, data_files=...).
 def mini_arc(**kwargs: Any) -> datasets.DatasetDict:
     """ARC-style science multiple choice."""
-    return _load("mini_arc")
+    return _load("mini_arc", kwargs.get("data_files"))
 
 
 def mini_hellaswag(**kwargs: Any) -> datasets.DatasetDict:
     """HellaSwag-style sentence completion."""
-    return _load("mini_hellaswag")
+    return _load("mini_hellaswag", kwargs.get("data_files"))
 
 
 def mini_mmlu(**kwargs: Any) -> datasets.DatasetDict:
     """MMLU-style four-choice questions over mixed subjects."""
-    return _load("mini_mmlu")
+    return _load("mini_mmlu", kwargs.get("data_files"))
 
 
 def mini_gsm8k(**kwargs: Any) -> datasets.DatasetDict:
     """GSM8K-style arithmetic word problems."""
-    return _load("mini_gsm8k")
+    return _load("mini_gsm8k", kwargs.get("data_files"))

@@ -3,8 +3,11 @@ names (for config validation) and output types (a generation-only run needs no t
 
 from __future__ import annotations
 
+import csv
 import functools
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +75,111 @@ def needs_tokenizer(task_names: Iterable[str], paths: Iterable[Path]) -> bool:
     (and tasks we cannot see without lm-eval's full index) need a tokenizer."""
     index = known_tasks(paths)
     return any(index.get(name) != "generate_until" for name in task_names)
+
+
+# ---------------------------------------------------------------- data set sizes
+
+
+@functools.lru_cache(maxsize=8)
+def _paths(paths: tuple[Path, ...]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in paths:
+        for path in sorted(Path(root).rglob("*.yaml")):
+            task = _read(path).get("task")
+            if isinstance(task, str):
+                found.setdefault(task, path)
+    return found
+
+
+def _merged(path: Path, depth: int = 0) -> dict[str, Any]:
+    """A YAML with its ``include`` chain applied (the including file wins), as lm-eval does."""
+    data = _read(path)
+    include = data.get("include")
+    if isinstance(include, str) and depth < 5:
+        parent = (path.parent / include).resolve()
+        data = {**_merged(parent, depth + 1), **data}
+    return data
+
+
+def _declaring(path: Path, key: str, depth: int = 0) -> Path:
+    """The file of ``path``'s include chain that sets ``key`` (relative paths in it are
+    relative to that file)."""
+    data = _read(path)
+    include = data.get("include")
+    if key in data or not isinstance(include, str) or depth >= 5:
+        return path
+    return _declaring((path.parent / include).resolve(), key, depth + 1)
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows of a local JSON Lines, JSON list or CSV file; None for anything else."""
+    try:
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8") as f:
+                return sum(1 for line in f if line.strip())
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return len(data) if isinstance(data, list) else None
+        if path.suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as f:
+                return max(0, sum(1 for row in csv.reader(f) if row) - 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The sizes of a task's evaluation split and few-shot source, read from local files."""
+
+    yaml: Path
+    eval_split: str
+    eval_size: int | None
+    fewshot_split: str | None
+    fewshot_size: int | None
+
+    @property
+    def max_fewshot(self) -> int | None:
+        """The most few-shot examples lm-eval can draw: one fewer when the few-shot source
+        is the evaluated split (it leaves the current document out)."""
+        if self.fewshot_size is None:
+            return None
+        same = self.fewshot_split == self.eval_split
+        return max(0, self.fewshot_size - 1) if same else self.fewshot_size
+
+
+def task_data(name: str, paths: Iterable[Path]) -> TaskData | None:
+    """What the local data files of task ``name`` hold (a task of ``paths`` whose YAML names
+    its files in ``dataset_kwargs.data_files``); None when its data is not local (a hub
+    data set): nothing is downloaded or run to find out."""
+    path = _paths(tuple(Path(p).resolve() for p in paths)).get(name)
+    if path is None:
+        return None
+    data = _merged(path)
+    files = (data.get("dataset_kwargs") or {}).get("data_files")
+    if isinstance(files, (str, list)):
+        files = {"train": files}  # datasets' rule: unnamed files are the train split
+    if not isinstance(files, dict):
+        return None
+    base = _declaring(path, "dataset_kwargs").parent
+
+    def size(split: str | None) -> int | None:
+        value = files.get(split) if split else None
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names:
+            return None
+        counts = [_count_rows((base / str(n)).resolve()) for n in names]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+
+    eval_split = data.get("test_split") or data.get("validation_split")
+    if not isinstance(eval_split, str):
+        return None
+    fewshot = data.get("fewshot_split") or data.get("training_split")
+    fewshot = fewshot or data.get("validation_split") or eval_split
+    return TaskData(
+        yaml=path,
+        eval_split=eval_split,
+        eval_size=size(eval_split),
+        fewshot_split=fewshot,
+        fewshot_size=size(fewshot),
+    )

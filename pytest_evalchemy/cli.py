@@ -361,6 +361,67 @@ def check_task_names(config: EvalConfig) -> NameCheck:
     return result
 
 
+@dataclass
+class DataCheck:
+    """What the tasks' local data files say about the config: a ``num_fewshot`` the few-shot
+    source cannot supply (errors), a ``limit`` above the data set's size (warnings), and the
+    task names whose data is not local, left unchecked."""
+
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+
+def unchecked_note(names: list[str]) -> str:
+    return (
+        f"num_fewshot and limit not checked against the data of {', '.join(names)}: their "
+        "data is not local (a hub data set is not downloaded to check it)"
+    )
+
+
+def check_task_data(config: EvalConfig, limit: int | float | None = None) -> DataCheck:
+    """Check the enabled items' ``num_fewshot`` and ``limit`` (``limit``: the command line's,
+    which replaces the config's) against the sizes of their tasks' local data files; reads
+    files only (no task code, no download, no request)."""
+    result = DataCheck()
+    include = config.lm_eval_include_paths
+    for item in plan_items(config):
+        if not item.enabled:
+            continue
+        task = item.task
+        where = f"tasks.{task.key}" if task.configured else f"benchmarks.{item.benchmark}"
+        asked = task.limit if limit is None else limit
+        for name in task.tasks:
+            data = catalog.task_data(name, include)
+            if data is None:
+                if name not in result.unchecked:
+                    result.unchecked.append(name)
+                continue
+            most = data.max_fewshot
+            if task.num_fewshot is not None and most is not None and task.num_fewshot > most:
+                pool = f"{data.fewshot_size} documents in its {data.fewshot_split!r} split"
+                if data.fewshot_split == data.eval_split:
+                    pool += ", less the one being evaluated"
+                result.errors.append(
+                    Problem(
+                        config.path,
+                        f"{where}.num_fewshot",
+                        f"{task.num_fewshot} few-shot examples asked of {name!r}, whose few-shot "
+                        f"source ({data.yaml}) can give at most {most} ({pool}); lower num_fewshot",
+                    )
+                )
+            size = data.eval_size
+            if isinstance(asked, int) and size is not None and asked > size:
+                source = (
+                    "--evalchemy-limit" if limit is not None else f"{config.path}: {where}.limit"
+                )
+                result.warnings.append(
+                    f"{source}: limit {asked} is above the size of {name!r} ({size} documents "
+                    f"in its {data.eval_split!r} split): all {size} are evaluated"
+                )
+    return result
+
+
 # ---------------------------------------------------------------- the modes
 
 
@@ -444,16 +505,20 @@ def validate_config(opts: CliOptions, out: TextIO, err: TextIO) -> int:
     if config is None:
         return EXIT_USAGE_ERROR
     names = check_task_names(config)
-    for problem in names.warnings:
+    data = check_task_data(config)
+    for problem in [*names.warnings, *data.warnings]:
         print(f"warning: {problem}", file=err)
     if not names.public_checked:
         print("warning: lm-eval is not installed: public task names were not checked", file=err)
-    if names.errors:
-        count = len(names.errors)
+    errors = [*names.errors, *data.errors]
+    if errors:
+        count = len(errors)
         print(f"config INVALID: {config.path}: {count} problem{'s' * (count != 1)}", file=err)
-        for problem in names.errors:
+        for problem in errors:
             print(f"  {problem}", file=err)
         return EXIT_USAGE_ERROR
+    if data.unchecked:
+        print(f"note: {unchecked_note(data.unchecked)}", file=err)
     runs = sum(i.enabled for i in plan_items(config))
     print(
         f"config OK: {len(config.benchmarks)} benchmarks, {len(config.tasks)} tasks, "

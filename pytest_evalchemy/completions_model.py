@@ -26,10 +26,13 @@ import http.client
 import json
 import ssl
 import threading
+import time
 import urllib.parse
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -38,6 +41,16 @@ from lm_eval.api.registry import get_model, register_model
 from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
+
+from .context_check import ContextCheck
+from .patience import (
+    TRANSIENT_STATUSES,
+    Backoff,
+    Outage,
+    Transient,
+    connection_reason,
+    retry_after_seconds,
+)
 
 MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
@@ -51,6 +64,29 @@ WINDOW = 1024
 MAX_WORKERS = 4
 
 
+@dataclass
+class ItemPolicy:
+    """What the plugin asks of the model for one item, beyond lm-eval's model_args (which
+    lm-eval copies into its results): the outage window and the context check."""
+
+    outage: Outage = field(default_factory=lambda: Outage(0.0))
+    context: ContextCheck = field(default_factory=ContextCheck)
+
+
+@contextmanager
+def item_policy(policy: ItemPolicy) -> Iterator[ItemPolicy]:
+    """``policy`` for the models built while the block runs (one item at a time per process).
+    Kept on the class lm-eval's registry holds: after pytester re-imports this module, the
+    class registered first is the one lm-eval builds."""
+    cls = get_model(MODEL_NAME)
+    previous = cls.policy
+    cls.policy = policy
+    try:
+        yield policy
+    finally:
+        cls.policy = previous
+
+
 class _TokenizeClient:
     """``RemoteTokenizer.encode`` (``POST {root}/tokenize`` with ``add_special_tokens: false``,
     its headers, TLS settings, timeout and attempts) over one kept-alive ``http.client``
@@ -58,10 +94,17 @@ class _TokenizeClient:
     what tokenizing next to hundreds of concurrent completion requests is short of."""
 
     def __init__(
-        self, url: str, headers: dict[str, str], verify: bool | str, timeout: float, attempts: int
+        self,
+        url: str,
+        headers: dict[str, str],
+        verify: bool | str,
+        timeout: float,
+        attempts: int,
+        outage: Outage | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.url = url
+        self.outage = outage
         self.path = parts.path or "/"
         self.headers = dict(headers)
         if parts.username or parts.password:
@@ -99,28 +142,68 @@ class _TokenizeClient:
     def encode(self, text: str) -> list[int]:
         body = json.dumps({"prompt": text, "add_special_tokens": False}).encode()
         last: Exception | None = None
-        for _ in range(self.attempts):
+        tries = 0
+        backoff: Backoff | None = None
+        while True:
             try:
                 conn = self._connection()
                 conn.request("POST", self.path, body=body, headers=self.headers)
                 response = conn.getresponse()
                 data = response.read()
+                if response.status in TRANSIENT_STATUSES:
+                    raise _Busy(response.status, response.getheader("Retry-After"))
                 if response.status >= 400:
                     raise OSError(f"HTTP {response.status}: {data[:200]!r}")
+                tokens = json.loads(data).get("tokens")
+                if self.outage is not None:
+                    self.outage.answered()
                 break
-            except (OSError, http.client.HTTPException) as exc:
+            except (_Busy, ConnectionError, http.client.HTTPException, ValueError) as exc:
+                # Refused, reset, cut off, 5xx, 429, garbled: the server is away or busy.
                 last = exc
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None  # a fresh connection for the next attempt
-        else:
-            raise RuntimeError(
-                f"RemoteTokenizer: POST {self.url} failed after {self.attempts} attempts: {last}"
-            )
-        tokens = json.loads(data).get("tokens")
+                self._reset()
+                if self.outage is None or self.outage.window_s <= 0:
+                    tries += 1
+                    if tries >= self.attempts:
+                        self._fail(last)
+                    continue
+                backoff = backoff or Backoff(self.outage.deadline())
+                delay = backoff.delay(_transient(exc))
+                if delay is None:
+                    self._fail(last)
+                time.sleep(delay)
+            except OSError as exc:  # a timeout, a 4xx: lm-eval's attempts
+                last = exc
+                self._reset()
+                tries += 1
+                if tries >= self.attempts:
+                    self._fail(last)
         if not isinstance(tokens, list):
             raise RuntimeError("Malformed response from /tokenize endpoint.")
         return tokens
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None  # a fresh connection for the next attempt
+
+    def _fail(self, last: Exception | None) -> None:
+        raise RuntimeError(f"RemoteTokenizer: POST {self.url} failed: {last}")
+
+
+class _Busy(Exception):
+    """A transient HTTP status from /tokenize."""
+
+    def __init__(self, status: int, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _transient(exc: Exception) -> Transient:
+    if isinstance(exc, _Busy):
+        return Transient(f"HTTP {exc.status}", retry_after_seconds(exc.retry_after))
+    return Transient(type(exc).__name__)
 
 
 class PrefetchingTokenizer:
@@ -128,8 +211,9 @@ class PrefetchingTokenizer:
     ``workers`` threads (one HTTP connection each). A string nobody announced is tokenized on
     the spot, as lm-eval does: a wrong guess of lm-eval's order costs time, never a result."""
 
-    def __init__(self, inner: Any, workers: int) -> None:
+    def __init__(self, inner: Any, workers: int, outage: Outage | None = None) -> None:
         self._inner = inner
+        self._outage = outage
         self._workers = max(1, min(MAX_WORKERS, workers))
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -161,7 +245,12 @@ class PrefetchingTokenizer:
                 client.session.headers.update(inner.headers)
             else:
                 client = _TokenizeClient(
-                    url, inner.headers, env["verify"], inner.timeout, inner.max_retries
+                    url,
+                    inner.headers,
+                    env["verify"],
+                    inner.timeout,
+                    inner.max_retries,
+                    self._outage,
                 )
             self._local.client = client
         return client
@@ -236,10 +325,72 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
 class EvalchemyCompletions(LocalCompletionsAPI):
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time."""
 
+    policy: ItemPolicy | None = None  # set by item_policy() while an item runs
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        policy = type(self).policy or ItemPolicy()
+        self._init_patiently(policy.outage, *args, **kwargs)
+        self._outage = policy.outage
+        self._context = policy.context
+        self._generation_kwargs: list[dict[str, Any]] | None = None
         if self.tokenizer_backend == "remote" and self.tokenizer is not None:
-            self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS)
+            self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS, self._outage)
+
+    def _init_patiently(self, outage: Outage, *args: Any, **kwargs: Any) -> None:
+        """lm-eval's constructor, which reads the server's /tokenizer_info (three quick
+        attempts): an item that starts while the server is away waits for it like a request."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                super().__init__(*args, **kwargs)
+                return
+            except RuntimeError as exc:
+                if not str(exc).startswith("RemoteTokenizer:") or outage.window_s <= 0:
+                    raise
+                backoff = backoff or Backoff(outage.deadline())
+                failure = Transient(f"/tokenizer_info: {connection_reason(exc)}")
+                delay = backoff.delay(failure)
+                if delay is None:
+                    raise outage.give_up(failure, exc) from exc
+                time.sleep(delay)
+
+    # ------------------------------------------------------------ patience with the server
+    # lm-eval wraps each call in its own retries (max_retries attempts, 1-10 s apart); a call
+    # here rides out an outage of up to --evalchemy-outage-timeout first. Only failures that
+    # got no answer are asked again: an answered request is never sent twice.
+
+    def model_call(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().model_call
+        return self._outage.call(lambda: parent(*args, **kwargs))
+
+    async def amodel_call(self, *args: Any, **kwargs: Any) -> Any:
+        parent = super().amodel_call
+        return await self._outage.acall(lambda: parent(*args, **kwargs))
+
+    # ------------------------------------------------------------ the context check
+
+    def _loglikelihood_tokens(self, requests: Any, **kwargs: Any) -> Any:
+        # Every request, tokenized, before lm-eval sends the first.
+        self._check_loglikelihood(requests)
+        return super()._loglikelihood_tokens(requests, **kwargs)
+
+    def _check_loglikelihood(self, requests: Iterable[Any]) -> None:
+        lengths = [len(ctx) + len(cont) for _, ctx, cont in requests]
+        self._context.loglikelihood(lengths, self.max_length)
+
+    def tok_encode(self, string: Any, *args: Any, **kwargs: Any) -> Any:
+        encoding = super().tok_encode(string, *args, **kwargs)
+        pending = getattr(self, "_generation_kwargs", None)  # None while lm-eval's __init__ runs
+        if pending is not None and not isinstance(string, str) and len(string) == len(pending):
+            # generate_until's one call for all its prompts, before any request is sent.
+            self._generation_kwargs = None
+            by_budget: dict[int, list[int]] = {}
+            for ids, gen_kwargs in zip(encoding, pending, strict=True):
+                budget = int(gen_kwargs.get("max_gen_toks", self._max_gen_toks))
+                by_budget.setdefault(budget, []).append(len(ids))
+            for budget, lengths in sorted(by_budget.items()):
+                self._context.generation(lengths, budget, self.max_length)
+        return encoding
 
     def _prefetch(self, texts: Iterable[str]) -> None:
         if isinstance(self.tokenizer, PrefetchingTokenizer):
@@ -260,7 +411,13 @@ class EvalchemyCompletions(LocalCompletionsAPI):
         per request the order they go out in changes nothing (lm-eval sends the longest
         first). Several prompts per request: lm-eval groups them by token length, which
         needs them all tokenized first, so its own path runs, after the prefetch."""
-        return isinstance(self.tokenizer, PrefetchingTokenizer) and self._batch_size == 1
+        # Strict context: lm-eval's path tokenizes every request before sending the first,
+        # so an over-long prompt fails the item before any traffic.
+        return (
+            isinstance(self.tokenizer, PrefetchingTokenizer)
+            and self._batch_size == 1
+            and not self._context.strict
+        )
 
     def _ssl(self) -> Any:
         # What lm-eval's concurrent client hands aiohttp, plus the CA bundle it ignores there
@@ -308,6 +465,7 @@ class EvalchemyCompletions(LocalCompletionsAPI):
                     for text in _pair_strings(context, continuation):
                         await tokenizer.wait(text)
                     context_enc, continuation_enc = self._encode_request(context, continuation)
+                    self._check_loglikelihood([(None, context_enc, continuation_enc)])
                     inputs, ctxlens, keys = self.batch_loglikelihood_requests(
                         [[((context, continuation), context_enc, continuation_enc)]]
                     )
@@ -345,9 +503,11 @@ class EvalchemyCompletions(LocalCompletionsAPI):
     def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = False) -> Any:
         if self.tokenized_requests:
             self._prefetch(req.args[0] for req in requests)
+            self._generation_kwargs = [req.args[1] for req in requests]
         try:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         finally:
+            self._generation_kwargs = None
             self._done()
 
     def _done(self) -> None:

@@ -8,7 +8,9 @@ Imports no pytest and no lm-eval.
 from __future__ import annotations
 
 import json
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -17,8 +19,13 @@ import requests
 import urllib3
 
 from .errors import EndpointError
+from .patience import TRANSIENT_STATUSES, Backoff, Outage, OutageGaveUp, Transient, classify
 
 DEFAULT_MAX_LENGTH = 2048
+# Without --evalchemy-wait-for-endpoint the check still rides out a short hiccup (a 503 while
+# a proxy switches over, one reset) before it calls a server unusable.
+CHECK_PATIENCE_S = 5.0
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -121,9 +128,47 @@ def _describe(resp: requests.Response) -> str:
     return f"HTTP {resp.status_code}: {body or '(empty body)'}"
 
 
-def _get_json(session: requests.Session, method: str, url: str, what: str, **kwargs: Any) -> Any:
-    try:
+def _get_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    what: str,
+    outage: Outage,
+    on_wait: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The JSON answer of one check request. Transient failures (refused, reset, 5xx, 429,
+    a truncated or garbled body) are asked again, with back-off and ``Retry-After`` honoured,
+    until ``outage``'s window is spent; every failure becomes an ``EndpointError``."""
+    waits = _WaitLog(redact_url(url), outage, on_wait)
+
+    def attempt() -> tuple[requests.Response, Any]:
         resp = session.request(method, url, **kwargs)
+        if resp.status_code in TRANSIENT_STATUSES:
+            resp.raise_for_status()
+        # Reading the JSON here makes a garbled body transient too (asked again).
+        return resp, (resp.json() if resp.status_code == 200 else None)
+
+    try:
+        resp, data = outage.call(waits.wrap(attempt))
+    except OutageGaveUp as exc:
+        cause = exc.__cause__
+        if isinstance(cause, requests.HTTPError) and cause.response is not None:
+            said = f"answered {_describe(cause.response)}"
+        elif isinstance(cause, requests.ConnectionError) and waits.last == "connection refused":
+            raise EndpointError(
+                f"cannot connect to {redact_url(url)} (ConnectionError: connection refused, "
+                f"for {outage.away_for():.0f} s); is the vLLM server running and is the URL "
+                "right? Start it, or pass --evalchemy-endpoint; a server that is still starting: "
+                "--evalchemy-wait-for-endpoint SECONDS"
+            ) from None
+        else:
+            said = f"failed: {waits.last} ({type(cause).__name__})"
+        raise EndpointError(
+            f"{what}: {redact_url(url)} {said}, still after {outage.away_for():.0f} s of "
+            "retries; a server that is starting or overloaded: --evalchemy-wait-for-endpoint "
+            "SECONDS waits longer"
+        ) from None
     except requests.exceptions.SSLError as exc:
         # Before ConnectionError, whose subclass it is: "cannot connect" would hide the cause.
         reason = str(exc.args[0] if exc.args else exc)
@@ -133,14 +178,23 @@ def _get_json(session: requests.Session, method: str, url: str, what: str, **kwa
             "signed by your own CA, pass --evalchemy-ca-bundle PATH (or set REQUESTS_CA_BUNDLE); "
             "--evalchemy-insecure skips the check"
         ) from None
-    except requests.ConnectionError as exc:
+    except requests.HTTPError as exc:
+        # A transient status with no window left to wait (--evalchemy-wait-for-endpoint 0).
+        resp, data = exc.response, None
+    except requests.ConnectionError:
         raise EndpointError(
-            f"cannot connect to {redact_url(url)} ({type(exc).__name__}); is the vLLM server "
+            f"cannot connect to {redact_url(url)} (ConnectionError); is the vLLM server "
             "running and is the URL right? Start it, or pass --evalchemy-endpoint"
         ) from None
     except requests.Timeout:
         raise EndpointError(
             f"{redact_url(url)} did not answer within {kwargs.get('timeout')} s"
+        ) from None
+    except requests.RequestException as exc:
+        # Whatever else requests raises (an invalid URL, too many redirects): one line, no
+        # traceback.
+        raise EndpointError(
+            f"{what}: request to {redact_url(url)} failed: {type(exc).__name__}: {exc}"
         ) from None
     if resp.status_code in (401, 403):
         raise EndpointError(
@@ -154,12 +208,37 @@ def _get_json(session: requests.Session, method: str, url: str, what: str, **kwa
         )
     if resp.status_code != 200:
         raise EndpointError(f"{what}: {redact_url(url)} answered {_describe(resp)}")
-    try:
-        return resp.json()
-    except ValueError:
-        raise EndpointError(
-            f"{what}: {redact_url(url)} answered with a body that is not JSON: {_describe(resp)}"
-        ) from None
+    return data
+
+
+class _WaitLog:
+    """Says, at most every ``PROGRESS_EVERY_S``, that the check is waiting for the server."""
+
+    def __init__(self, url: str, outage: Outage, on_wait: Callable[[str], None] | None) -> None:
+        self.url = url
+        self.outage = outage
+        self.on_wait = on_wait
+        self.last = ""
+        self._said = -PROGRESS_EVERY_S
+
+    def wrap(self, attempt: Callable[[], Any]) -> Callable[[], Any]:
+        def logged() -> Any:
+            try:
+                return attempt()
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is not None:
+                    self.last = failure.reason
+                    away = self.outage.away_for()
+                    if self.on_wait is not None and away - self._said >= PROGRESS_EVERY_S:
+                        self._said = away
+                        self.on_wait(
+                            f"waiting for {self.url}: {failure.reason}; {away:.0f} s of "
+                            f"{self.outage.window_s:g} s"
+                        )
+                raise
+
+        return logged
 
 
 def _served_models(data: Any, url: str) -> dict[str, int | None]:
@@ -172,7 +251,9 @@ def _served_models(data: Any, url: str) -> dict[str, int | None]:
         ) from None
 
 
-def _check_prompt_logprobs(session: requests.Session, url: str, model: str, timeout: float) -> None:
+def _check_prompt_logprobs(
+    session: requests.Session, url: str, model: str, timeout: float, **patience: Any
+) -> None:
     body = {
         "model": model,
         "prompt": "Hello world",
@@ -181,7 +262,9 @@ def _check_prompt_logprobs(session: requests.Session, url: str, model: str, time
         "echo": True,
         "logprobs": 1,
     }
-    data = _get_json(session, "POST", url, "one-token completion", json=body, timeout=timeout)
+    data = _get_json(
+        session, "POST", url, "one-token completion", json=body, timeout=timeout, **patience
+    )
     try:
         logprobs = data["choices"][0]["logprobs"]
         values = logprobs["token_logprobs"]
@@ -195,21 +278,51 @@ def _check_prompt_logprobs(session: requests.Session, url: str, model: str, time
         )
 
 
-def _check_remote_tokenizer(session: requests.Session, root: str, timeout: float) -> bool:
+def _check_remote_tokenizer(
+    session: requests.Session, root: str, timeout: float, outage: Outage
+) -> bool:
+    """Whether vLLM's tokenizer endpoints answer; a 404 says no at once, a transient failure
+    is asked again like the other check requests."""
+
+    def answers(method: str, url: str, **kwargs: Any) -> Any:
+        def attempt() -> Any:
+            resp = session.request(method, url, timeout=timeout, **kwargs)
+            if resp.status_code in TRANSIENT_STATUSES:
+                resp.raise_for_status()
+            return resp.json() if resp.status_code == 200 else None
+
+        return outage.call(attempt)
+
     try:
-        info = session.get(f"{root}/tokenizer_info", timeout=timeout)
-        tok = session.post(
-            f"{root}/tokenize",
-            json={"prompt": "Hello", "add_special_tokens": False},
-            timeout=timeout,
+        info = answers("GET", f"{root}/tokenizer_info")
+        tok = answers(
+            "POST", f"{root}/tokenize", json={"prompt": "Hello", "add_special_tokens": False}
         )
-    except requests.RequestException:
+    except (requests.RequestException, OutageGaveUp, ValueError):
         return False
-    return (
-        info.status_code == 200
-        and tok.status_code == 200
-        and isinstance(tok.json().get("tokens"), list)
-    )
+    return info is not None and isinstance(tok, dict) and isinstance(tok.get("tokens"), list)
+
+
+def _served_list(
+    session: requests.Session, url: str, timeout: float, outage: Outage, **patience: Any
+) -> dict[str, int | None]:
+    """The served models; an empty list (vLLM still loading) is waited for like a 503."""
+    backoff: Backoff | None = None
+    while True:
+        served = _served_models(
+            _get_json(session, "GET", url, "model list", outage, timeout=timeout, **patience),
+            url,
+        )
+        if served:
+            return served
+        backoff = backoff or Backoff(outage.deadline())
+        delay = backoff.delay(Transient("no model listed yet"))
+        if delay is None:
+            raise EndpointError(
+                f"{redact_url(url)} lists no model; is the server still loading? "
+                "--evalchemy-wait-for-endpoint SECONDS waits for it"
+            )
+        time.sleep(delay)
 
 
 def check_endpoint(
@@ -221,20 +334,20 @@ def check_endpoint(
     need_tokenizer: bool = True,
     timeout: float = 30.0,
     verify: bool | str = True,
+    wait_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> EndpointInfo:
     """Check that ``url`` serves ``model`` (default: the first it lists) with prompt logprobs
     and, when ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
-    ``verify``: requests' TLS setting (False, or a CA bundle path)."""
+    ``verify``: requests' TLS setting (False, or a CA bundle path). Transient failures are
+    asked again for up to ``wait_s`` seconds (default ``CHECK_PATIENCE_S``), and ``on_wait``
+    hears a line of progress while the check waits."""
     session = _Session()
     session.headers.update(_headers(api_key))
     session.verify = verify
-    served = _served_models(
-        _get_json(session, "GET", models_url(url), "model list", timeout=timeout), models_url(url)
-    )
-    if not served:
-        raise EndpointError(
-            f"{redact_url(models_url(url))} lists no model; is the server still loading?"
-        )
+    # One window for the whole check: a server that is starting is waited for once.
+    outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
+    served = _served_list(session, models_url(url), timeout, outage, on_wait=on_wait)
     if model is None:
         model = next(iter(served))
     elif model not in served:
@@ -242,10 +355,10 @@ def check_endpoint(
             f"model {model!r} is not served by {redact_url(url)}; it serves: {', '.join(served)}. "
             "Pass one of them with --evalchemy-model, or leave the option out to take the first"
         )
-    _check_prompt_logprobs(session, url, model, timeout)
+    _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
     remote = False
     if local_tokenizer is None:
-        remote = _check_remote_tokenizer(session, server_root(url), timeout)
+        remote = _check_remote_tokenizer(session, server_root(url), timeout, outage)
         if need_tokenizer and not remote:
             raise EndpointError(
                 f"no tokenizer for {redact_url(url)}: the server has no /tokenizer_info and /tokenize "

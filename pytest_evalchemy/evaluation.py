@@ -17,8 +17,10 @@ from typing import Any
 
 from . import harness
 from .config import PlannedItem, Threshold
+from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
+from .patience import OutageGaveUp
 from .progress import RequestProgress, track
 from .results import RunPaths, atomic_write_json, atomic_write_text
 
@@ -47,6 +49,8 @@ class RunSettings:
     gate: GateSettings = field(default_factory=GateSettings)
     verify: bool | str = True  # TLS: True, False (--evalchemy-insecure) or a CA bundle path
     allow_unsafe_code: bool = False  # lm-eval's confirm_run_unsafe_code
+    outage_timeout: float = 0.0  # seconds a server away during an item is waited for
+    strict_context: bool = False  # prompts cut to fit the context fail the item
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -90,6 +94,8 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         verify_certificate=settings.verify is not False,
         ca_cert_path=settings.verify if isinstance(settings.verify, str) else None,
         confirm_run_unsafe_code=settings.allow_unsafe_code,
+        outage_timeout=settings.outage_timeout,
+        strict_context=settings.strict_context,
     )
 
 
@@ -154,6 +160,8 @@ def describe_error(exc: BaseException, attempts: int) -> str:
     import requests  # its client otherwise
 
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OutageGaveUp):
+        return str(exc)  # says how long the server was away, and the last failure
     if "marked as unsafe" in str(exc):
         return (
             f"{text}. The task's YAML says `unsafe_code: true` (it runs code); pass "
@@ -259,6 +267,7 @@ def run_item(
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
     progress = RequestProgress(item.key)
+    context = ContextCheck()
     try:
         with (
             harness.capture_log(
@@ -268,10 +277,18 @@ def run_item(
             _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
-            results = harness.run(request)
+            results = harness.run(request, context=context, run_key=settings.paths.run_id)
+    except ContextTooLong as exc:
+        record["status"] = "failed"
+        record["message"] = f"{exc} (--evalchemy-strict-context)"
+        raise ItemFailed(f"{item.key}: {record['message']}") from None
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
+        if context.found:
+            record["context"] = context.to_dict()
+    if context.found:
+        warnings.warn(ContextWarning(f"{item.key}: {context.message()}"), stacklevel=2)
     results = scrub_results(results, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import task_index
+from .context_check import ContextCheck
 from .endpoint import redact_url
+from .patience import outage_for
 
 # lm-eval's own defaults (evaluator.simple_evaluate), recorded in every result so a run can be
 # reproduced with `lm-eval run --seed 0,1234,1234,1234`.
@@ -54,6 +56,9 @@ class HarnessRequest:
     verify_certificate: bool = True  # False: --evalchemy-insecure
     ca_cert_path: str | None = None  # a CA bundle the server's certificate is checked against
     confirm_run_unsafe_code: bool = False  # lm-eval runs tasks marked `unsafe_code: true`
+    # The project's model, not lm-eval's model_args: a server away is waited for this long.
+    outage_timeout: float = 0.0
+    strict_context: bool = False  # prompts cut to fit the context fail the item
 
     def model_args(self) -> dict[str, Any]:
         """``model_args`` of lm-eval's ``local-completions`` model (no credentials: lm-eval
@@ -191,18 +196,40 @@ def capture_log(
         handler.close()
 
 
-def run(request: HarnessRequest) -> dict[str, Any]:
-    """Run lm-eval's ``simple_evaluate``; the returned results are plain JSON values."""
+def run(
+    request: HarnessRequest, *, context: ContextCheck | None = None, run_key: str = ""
+) -> dict[str, Any]:
+    """Run lm-eval's ``simple_evaluate``; the returned results are plain JSON values.
+    ``context`` receives the counts of prompts cut to fit; ``run_key`` scopes the outage
+    window (one per run and endpoint)."""
     tm = task_manager(request.include_paths, request.tasks)
-    import lm_eval
     from lm_eval.utils import handle_non_serializable
 
     # local-completions with vLLM's remote tokenizer called concurrently: the same requests
     # and scores (cli_command stays local-completions), without ~2 ms per string up front.
-    from .completions_model import MODEL_NAME
+    from .completions_model import MODEL_NAME, ItemPolicy, item_policy
 
-    results = lm_eval.simple_evaluate(
-        model=MODEL_NAME,
+    if context is None:
+        context = ContextCheck()
+    context.strict = request.strict_context
+    context.max_length = request.max_length
+    # One window per run and endpoint in this process, shared by its items: a server that is
+    # away is waited for once, not once per request or per item.
+    outage = outage_for((run_key, request.base_url), request.outage_timeout)
+    policy = ItemPolicy(outage=outage, context=context)
+    with item_policy(policy):
+        results = _evaluate(request, tm, MODEL_NAME)
+    if results is None:
+        raise HarnessError("lm-eval returned no results")
+    # numpy floats and other objects become plain JSON values, the way lm-eval writes them.
+    return json.loads(json.dumps(results, default=handle_non_serializable))
+
+
+def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=model,
         model_args=request.lm_eval_model_args(),
         tasks=list(request.tasks),
         num_fewshot=request.num_fewshot,
@@ -214,10 +241,6 @@ def run(request: HarnessRequest) -> dict[str, Any]:
         confirm_run_unsafe_code=request.confirm_run_unsafe_code,
         **SEEDS,
     )
-    if results is None:
-        raise HarnessError("lm-eval returned no results")
-    # numpy floats and other objects become plain JSON values, the way lm-eval writes them.
-    return json.loads(json.dumps(results, default=handle_non_serializable))
 
 
 # ---------------------------------------------------------------- reading results

@@ -385,7 +385,7 @@ def _header(summary: dict[str, Any], run_dir: Path) -> str:
         ("files", _run_files(summary, run_dir)),
     ]
     head = f"<h1>Evalchemy run {_e(summary.get('run_id'))} {_verdict(summary)}</h1>"
-    notes = gate.get("notes") or []
+    notes = [*(gate.get("notes") or []), *(summary.get("config_warnings") or [])]
     if notes:
         head_notes = "".join(f"<li>{_e(n)}</li>" for n in notes)
         return head + _facts(facts) + f'<h2>Notes</h2><ul class="notes">{head_notes}</ul>'
@@ -478,6 +478,9 @@ def _items_table(summary: dict[str, Any], run_dir: Path, confidence: float) -> s
             item_cell += f'<div class="message">{_e(record["description"])}</div>'
         if message and status != "passed":
             item_cell += f'<div class="message">{_e(message)}</div>'
+        context = (record.get("context") or {}).get("message")
+        if context and context != message.removesuffix(" (--evalchemy-strict-context)"):
+            item_cell += f'<div class="message context">context: {_e(context)}</div>'
         item_cell += f"<div>{_item_files(run_dir, record)}</div>"
         for i, (metric_id, label, value, ci, n, checks) in enumerate(lines):
             cells = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,21 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         "--evalchemy-limit",
         "limit",
         "Samples per task for every task (overrides the config), e.g. 10 for a quick run",
+        float,
+    ),
+    (
+        "--evalchemy-wait-for-endpoint",
+        "wait_for_endpoint",
+        "Seconds to wait for a server that is not up yet (connection refused, 503, no model "
+        "listed) before the run fails; progress is printed; 0: fail at once. Default: 5. Env: EVALCHEMY_WAIT_FOR_ENDPOINT",
+        float,
+    ),
+    (
+        "--evalchemy-outage-timeout",
+        "outage_timeout",
+        "Seconds a server that goes away during the items (refused, reset, 5xx, 429) is waited "
+        "for, with back-off and Retry-After honoured, before the item errors; 0: no waiting. "
+        "Default: 180. Env: EVALCHEMY_OUTAGE_TIMEOUT",
         float,
     ),
     (
@@ -174,7 +190,10 @@ _ENV = {
     "baseline": "EVALCHEMY_BASELINE",
     "markdown": "EVALCHEMY_MARKDOWN",
     "vllm_python": "EVALCHEMY_VLLM_PYTHON",
+    "wait_for_endpoint": "EVALCHEMY_WAIT_FOR_ENDPOINT",
+    "outage_timeout": "EVALCHEMY_OUTAGE_TIMEOUT",
 }
+DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -190,6 +209,19 @@ def add_options(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="Accept endpoints that serve different models",
+    )
+    group.addoption(
+        "--evalchemy-strict-context",
+        action="store_true",
+        default=None,
+        help="Fail items whose prompts are cut to fit max_length or cannot fit with max_gen_toks "
+        "(default: a warning in the report). Ini: evalchemy_strict_context = true",
+    )
+    parser.addini(
+        "evalchemy_strict_context",
+        "Fail items whose prompts are cut to fit the context (true/false)",
+        type="bool",
+        default=False,
     )
     group.addoption(
         "--evalchemy-no-cache",
@@ -279,6 +311,9 @@ class Options:
     ca_bundle: Path | None = None
     insecure: bool = False
     allow_unsafe_code: bool = False
+    wait_for_endpoint: float | None = None
+    outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
+    strict_context: bool = False
 
     @property
     def verify(self) -> bool | str:
@@ -305,21 +340,51 @@ def setting_value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
     return None, config.invocation_params.dir
 
 
+def setting_source(config: pytest.Config, name: str) -> str:
+    """Where a setting's value came from, as a user would look for it."""
+    flag = f"--evalchemy-{name.replace('_', '-')}"
+    if config.getoption(f"evalchemy_{name}") is not None:
+        return flag
+    env = _ENV.get(name)
+    if env and os.environ.get(env):
+        return f"{flag} (from the environment variable {env})"
+    where = config.inipath or config.rootpath
+    return f"{flag} (from evalchemy_{name} in {where})"
+
+
 def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any:
     value, _ = setting_value(config, name)
     if value is None:
         return None
+    where = setting_source(config, name)
     try:
         number = kind(value)
     except ValueError:
-        raise pytest.UsageError(
-            f"--evalchemy-{name.replace('_', '-')}: expected a number, got {value!r}"
-        ) from None
-    if number < minimum:
-        raise pytest.UsageError(
-            f"--evalchemy-{name.replace('_', '-')}: must be at least {minimum}, got {value!r}"
-        )
+        what = "a whole number" if kind is int else "a number"
+        raise pytest.UsageError(f"{where}: expected {what}, got {value!r}") from None
+    if not math.isfinite(number) or number < minimum:
+        raise pytest.UsageError(f"{where}: must be at least {minimum:g}, got {value!r}")
     return number
+
+
+def _limit(config: pytest.Config) -> int | float | None:
+    """--evalchemy-limit: a count of samples (a whole number >= 1) or a fraction in (0, 1]."""
+    value, _ = setting_value(config, "limit")
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if 0 < number < 1:
+        return number
+    # 1 and 1.0 alike: lm-eval reads a limit of 1.0 as one sample, not the whole data set.
+    if math.isfinite(number) and number >= 1 and number.is_integer():
+        return int(number)
+    raise pytest.UsageError(
+        f"{setting_source(config, 'limit')}: expected a number of samples (a whole number "
+        f">= 1, e.g. 10) or a fraction of the data set in (0, 1], e.g. 0.1; got {value!r}"
+    )
 
 
 def parse_threshold(text: str) -> Threshold:
@@ -352,7 +417,8 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
     confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
     if not 0 < confidence < 1:
         raise pytest.UsageError(
-            f"--evalchemy-confidence: expected a number between 0 and 1, e.g. 0.95, got {confidence!r}"
+            f"{setting_source(config, 'confidence')}: expected a number between 0 and 1, e.g. "
+            f"0.95, got {confidence!r}"
         )
     max_drop = _number(config, "max_drop", float, 0)
     baseline_value, baseline_base = setting_value(config, "baseline")
@@ -375,9 +441,7 @@ def resolve_options(config: pytest.Config) -> Options:
     if config_value is None and not config_path.exists():
         config_path = config.rootpath / DEFAULT_CONFIG
     output_value, output_base = setting_value(config, "output")
-    limit = _number(config, "limit", float, 0)
-    if limit is not None and limit >= 1:
-        limit = int(limit)
+    limit = _limit(config)
     log_level = (setting_value(config, "log_level")[0] or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise pytest.UsageError(
@@ -430,7 +494,19 @@ def resolve_options(config: pytest.Config) -> Options:
         ca_bundle=_ca_bundle(config),
         insecure=bool(config.getoption("evalchemy_insecure")),
         allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
+        wait_for_endpoint=_number(config, "wait_for_endpoint", float, 0),
+        outage_timeout=_or(_number(config, "outage_timeout", float, 0), DEFAULT_OUTAGE_TIMEOUT),
+        strict_context=_strict_context(config),
     )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _strict_context(config: pytest.Config) -> bool:
+    flag = config.getoption("evalchemy_strict_context")
+    return bool(flag) if flag is not None else bool(config.getini("evalchemy_strict_context"))
 
 
 def _ca_bundle(config: pytest.Config) -> Path | None:

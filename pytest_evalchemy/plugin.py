@@ -221,6 +221,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # Only what -k and -m keep decides what the endpoint must offer, or is failed below.
     selected = [item for item in state.plan if item.key in state.selected]
     names = {n for item in selected for n in item.task.tasks}
+    _check_tasks(state)
     try:
         check_writable(options.output)
         _hold_run_folder(config, state)
@@ -240,6 +241,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             local_tokenizer=options.tokenizer,
             need_tokenizer=catalog.needs_tokenizer(names, state.eval_config.lm_eval_include_paths),
             verify=options.verify,
+            wait_s=options.wait_for_endpoint,
+            on_wait=_progress_line(config),
         )
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
@@ -271,6 +274,32 @@ def _warn_forced_resume(config: pytest.Config, state: EvalchemyState) -> None:
             f"({'; '.join(entry['differences'])})",
             yellow=True,
         )
+
+
+def _check_tasks(state: EvalchemyState) -> None:
+    """The config's task names, few-shot counts and limits, as ``--validate-config`` checks
+    them (from the YAMLs and local data files: no request, no task code): errors stop the run
+    before any traffic, warnings go to the summary and the terminal."""
+    from .cli import check_task_data, check_task_names, unchecked_note
+
+    names = check_task_names(state.eval_config)
+    data = check_task_data(state.eval_config, state.options.limit)
+    errors = [*names.errors, *data.errors]
+    if errors:
+        raise pytest.UsageError(str(ConfigError(errors)))
+    state.config_warnings = list(data.warnings)
+    state.config_notes = [unchecked_note(data.unchecked)] if data.unchecked else []
+
+
+def _progress_line(config: pytest.Config) -> Any:
+    """A callback that prints one line on the terminal (the endpoint check waiting)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if terminal is not None:
+            terminal.write_line(f"evalchemy: {line}", yellow=True)
+
+    return say
 
 
 def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
@@ -334,6 +363,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         lines.append(
             f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}"
         )
+    lines.extend(f"evalchemy: note: {note}" for note in state.config_notes)
     return lines
 
 

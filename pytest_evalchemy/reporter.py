@@ -225,6 +225,12 @@ class EvalchemyReporter:
             terminalreporter.write_line(line)
         for note in gate.get("notes", ()):
             terminalreporter.write_line(f"note: {note}", yellow=True)
+        for warning in self.state.config_warnings:
+            terminalreporter.write_line(f"warning: {warning}", yellow=True)
+        for key, record in ordered.items():
+            context = record.get("context") or {}
+            if context.get("message"):
+                terminalreporter.write_line(f"context: {key}: {context['message']}", yellow=True)
         if recorder.written:
             terminalreporter.write_line(f"summary: {recorder.paths.summary}")
         if self.report_path is not None:

@@ -47,6 +47,8 @@ class EvalchemyState:
     lock: RunLock | None = None  # the run folder's, held by the controller (or the only process)
     # Keys of the enabled items -k and -m select (None: not decided, every enabled item).
     selected: frozenset[str] | None = None
+    config_warnings: list[str] = field(default_factory=list)  # a limit above a data set's size
+    config_notes: list[str] = field(default_factory=list)  # what could not be checked
 
     def settings_for(self, planned: PlannedItem) -> RunSettings | None:
         """The run's settings with the endpoint that serves ``planned``."""
@@ -80,6 +82,8 @@ class EvalchemyState:
             log_level=o.log_level,
             verify=o.verify,
             allow_unsafe_code=o.allow_unsafe_code,
+            outage_timeout=o.outage_timeout,
+            strict_context=o.strict_context,
             extra_thresholds=o.thresholds,
             gate=o.gate,
         )
@@ -122,6 +126,7 @@ class EvalchemyState:
             else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
+            "config_warnings": list(self.config_warnings),
             "gate": self.options.gate.to_dict(),
             "seeds": {
                 "random_seed": 0,
@@ -139,6 +144,8 @@ class EvalchemyState:
                 "tokenizer": self.options.tokenizer
                 or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,
+                "outage_timeout": self.options.outage_timeout,
+                "strict_context": self.options.strict_context,
             },
             "identity": self.identity(),
             "resumes": resumes,

@@ -167,18 +167,20 @@ def test_max_retries_is_configurable_and_exhausted_retries_error_one_item(
     srv = make_server()
     cfg = _cfg(pytester.path, TWO)
     fail3 = {"fail_first": 3, "fail_status": 503}
+    # lm-eval's attempts alone (no outage window; the window has its own tests).
+    cfg = f"{cfg} --evalchemy-outage-timeout=0".split(" ")
     # Three failures in a row: four attempts get through...
     result = _run(
         pytester,
         srv.url,
-        cfg,
+        *cfg,
         "--evalchemy-max-retries=4",
         "--evalchemy-run-id=four",
         plugins=(_Arm(srv, fail3),),
     )
     result.assert_outcomes(passed=2)
     # ...the default three do not: that item errors with the cause, the next one runs.
-    result = _run(pytester, srv.url, cfg, "--evalchemy-run-id=three", plugins=(_Arm(srv, fail3),))
+    result = _run(pytester, srv.url, *cfg, "--evalchemy-run-id=three", plugins=(_Arm(srv, fail3),))
     result.assert_outcomes(passed=1, failed=1)
     summary = json.loads(
         (pytester.path / "results" / "three" / "evalchemy_summary_three.json").read_text()
@@ -267,7 +269,13 @@ def test_persistent_garbage_errors_the_item_with_its_cause_and_the_others_go_on(
     cause: str,
 ) -> None:
     srv = make_server()
-    result = _run(pytester, srv.url, _cfg(pytester.path, TWO), plugins=(_Arm(srv, switches),))
+    result = _run(
+        pytester,
+        srv.url,
+        _cfg(pytester.path, TWO),
+        "--evalchemy-outage-timeout=0",  # lm-eval's attempts alone
+        plugins=(_Arm(srv, switches),),
+    )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"*mini_arc/mini_arc: lm-eval failed: {cause}*"])
     summary = read_summary(pytester.path / "results")
@@ -350,7 +358,10 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
     cfg = _cfg(pytester.path, SLOW_ARC)
     first = make_server(latency=0.02)
     watcher = _stop_after(first, 7, lambda: None)  # the probe and 6 answers, then gone
-    result = _run(pytester, first.url, cfg, "--evalchemy-run-id=out")
+    # No outage window: the item errors as soon as lm-eval's attempts are used up.
+    result = _run(
+        pytester, first.url, cfg, "--evalchemy-run-id=out", "--evalchemy-outage-timeout=0"
+    )
     watcher.join(timeout=30)
     result.assert_outcomes(failed=1)
     record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
@@ -644,6 +655,7 @@ def test_credentials_in_the_endpoint_url_are_used_and_never_written(
         _cfg(pytester.path, ARC2),
         "--junitxml=junit.xml",
         "--evalchemy-max-retries=1",
+        "--evalchemy-outage-timeout=0",
         "-rA",
         plugins=plugins,
     )

@@ -604,3 +604,68 @@ def test_lm_eval_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     # One request per choice plus one per generation, nothing failed.
     assert stats["completions"] == N_DOCS * len(MC_CHOICES) + N_DOCS
     assert set(stats["faults"].values()) == {0}
+
+
+def _until_served(url: str) -> requests.Response:
+    """GET ``url`` until the server answers (no timing asserted: only that it does)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return requests.get(url, timeout=5)
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "the server never came up"
+            time.sleep(0.05)
+
+
+def test_first_answers_script_the_first_requests_of_any_path() -> None:
+    script = ["503", "reset", "truncated", "invalid_json", "429"]
+    with EvalchemyTestServer(ENTRIES, first_answers=script, retry_after=2) as srv:
+        first = requests.get(f"{srv.url}/v1/models", timeout=5)
+        assert first.status_code == 503
+        assert first.headers["Retry-After"] == "2"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{srv.url}/tokenizer_info", timeout=5)
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(f"{srv.url}/v1/models", timeout=5)
+        garbled = requests.get(f"{srv.url}/v1/models", timeout=5)
+        assert garbled.status_code == 200
+        with pytest.raises(requests.exceptions.JSONDecodeError):
+            garbled.json()
+        assert _complete(srv, prompt="x", max_tokens=1).status_code == 429
+        assert _complete(srv, prompt="x", max_tokens=1).status_code == 200
+        assert srv.stats()["scripted"] == {k: 1 for k in script}
+    with pytest.raises(ValueError, match="unknown fault 'hiccup'"):
+        EvalchemyTestServer(ENTRIES, first_answers=["hiccup"])
+
+
+def test_a_delayed_start_holds_the_port_and_refuses_until_it_listens() -> None:
+    srv = EvalchemyTestServer(ENTRIES).start(delay=1)
+    try:
+        assert srv.port != 0  # known at once
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{srv.url}/v1/models", timeout=5)
+        assert _until_served(f"{srv.url}/v1/models").status_code == 200
+    finally:
+        srv.stop()
+    never = EvalchemyTestServer(ENTRIES).start(delay=3600)
+    never.stop()  # returns: a server that never listened stops too
+
+
+def test_away_after_goes_away_and_comes_back_on_the_same_port_keeping_counters() -> None:
+    with EvalchemyTestServer(ENTRIES, away_after=2, away_for=0.5) as srv:
+        port = srv.port
+        for _ in range(2):
+            assert _complete(srv, prompt="x", max_tokens=1).status_code == 200
+        with pytest.raises(requests.ConnectionError):
+            _complete(srv, prompt="y", max_tokens=1)  # the third: reset, and the server goes
+        deadline = time.monotonic() + 30
+        while srv.stats()["restarts"] == 0:  # back (no timing asserted: only that it comes)
+            assert time.monotonic() < deadline, "the server never came back"
+            time.sleep(0.05)
+        assert srv.port == port
+        assert _complete(srv, prompt="y", max_tokens=1).status_code == 200
+        stats = srv.stats()
+        assert stats["faults"]["away"] == 1
+        assert stats["completions"] == 4  # counted across the restart
+        assert stats["answered"] == 3
+        assert stats["answered_twice"] == 1  # "x" twice

@@ -173,6 +173,17 @@ class EvalchemyTestServer:
     ``no_tokenizer_endpoints``, ``chat_only``. The ``*_first`` faults take turns, in the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
+
+    Faults of the server as a whole: ``first_answers`` scripts the first answers of any kind
+    (every path but ``/stats``), one per request in order: an HTTP status (``"500"``,
+    ``"503"``, ``"429"``; with ``Retry-After`` when ``retry_after`` is set), ``"reset"``,
+    ``"truncated"`` (headers, half the body, then the connection closes) or
+    ``"invalid_json"``. ``start(delay=S)`` holds the port from the start but listens only after
+    S seconds (connection refused until then: a server loading its weights). ``away_after=N``,
+    ``away_for=S``: completion request N+1 is reset and the server stops listening for S
+    seconds, then serves again on the same port, its counters kept (a restart).
+    ``stats()["answered"]`` counts completion answers fully written, ``"answered_twice"`` the
+    prompts answered more than once.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -199,6 +210,9 @@ class EvalchemyTestServer:
         invalid_json_first: int = 0,
         verbose: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        first_answers: Sequence[str] = (),
+        away_after: int | None = None,
+        away_for: float = 0.0,
     ) -> None:
         self.entries = list(entries)
         self.host = host
@@ -219,6 +233,12 @@ class EvalchemyTestServer:
         self.invalid_json_first = invalid_json_first
         self.verbose = verbose
         self.ssl_context = ssl_context  # serve https with this (server-side) context
+        for kind in first_answers:
+            if kind not in _ANSWER_FAULTS and not kind.isdigit():
+                raise ValueError(f"first_answers: unknown fault {kind!r}")
+        self.first_answers = list(first_answers)
+        self.away_after = away_after
+        self.away_for = away_for
 
         self._markers = [(e.marker, e) for e in self.entries]
         self._lock = threading.Lock()
@@ -227,37 +247,80 @@ class EvalchemyTestServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self._serve_lock = threading.Lock()
+        self._final = threading.Event()
+        self._serving = False
         self._reset_counters()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def start(self) -> EvalchemyTestServer:
-        """Bind, listen and serve in a daemon thread; returns self."""
+    def start(self, delay: float = 0.0) -> EvalchemyTestServer:
+        """Bind, listen and serve in a daemon thread; returns self. With ``delay`` the port is
+        bound at once (``port`` and ``url`` are known) but listened on only after ``delay``
+        seconds: connecting is refused until then."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
         self._stopping.clear()
-        httpd = _HTTPServer((self.host, self.port), _Handler)
+        self._final.clear()
+        httpd = _HTTPServer((self.host, self.port), _Handler, bind_and_activate=False)
+        try:
+            httpd.server_bind()
+        except OSError:
+            httpd.server_close()
+            raise
         if self.ssl_context is not None:
             httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True)
         httpd.app = self
         self._httpd = httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="evalchemy-test-server",
-            daemon=True,
-        )
+
+        def listen() -> bool:
+            with self._serve_lock:
+                if self._stopping.is_set():
+                    return False
+                httpd.server_activate()
+                self._serving = True
+                return True
+
+        def serve() -> None:
+            # A bound socket that does not listen refuses connections (Linux answers RST).
+            if delay > 0 and (self._stopping.wait(delay) or not listen()):
+                return
+            httpd.serve_forever(poll_interval=0.05)
+
+        if delay <= 0:
+            listen()  # connectable when start() returns
+
+        self._thread = threading.Thread(target=serve, name="evalchemy-test-server", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop serving, release hung requests and drop open keep-alive connections."""
+    def restart(self, down_for: float) -> None:
+        """Stop serving now and serve again on the same port after ``down_for`` seconds, the
+        counters kept (in a thread: returns at once)."""
+
+        def cycle() -> None:
+            self.stop(final=False)
+            if not self._final.wait(down_for):  # a stop() meanwhile: stay stopped
+                self.start()
+                with self._lock:
+                    self._restarts += 1
+
+        threading.Thread(target=cycle, name="evalchemy-test-server-restart", daemon=True).start()
+
+    def stop(self, final: bool = True) -> None:
+        """Stop serving, release hung requests and drop open keep-alive connections (and,
+        ``final``, cancel a ``restart`` that is waiting to serve again)."""
+        if final:
+            self._final.set()
         httpd = self._httpd
         if httpd is None:
             return
         self._stopping.set()
-        httpd.shutdown()
+        with self._serve_lock:
+            serving, self._serving = self._serving, False
+        if serving:  # shutdown() waits for serve_forever, which a delayed start never ran
+            httpd.shutdown()
         httpd.server_close()
         with self._lock:
             conns = list(self._connections)
@@ -302,6 +365,10 @@ class EvalchemyTestServer:
         self._active = 0
         self._max_active = 0
         self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0}
+        self._answer_seq = 0  # requests of any kind, for first_answers
+        self._scripted: dict[str, int] = {}
+        self._answered: dict[str, int] = {}
+        self._restarts = 0
 
     def stats(self) -> dict[str, Any]:
         """Snapshot: requests per path, completion requests, prompts answered, peak concurrency, faults."""
@@ -316,6 +383,10 @@ class EvalchemyTestServer:
                 # completion requests holding a max_concurrency slot, at the peak
                 "max_active": self._max_active,
                 "faults": dict(self._faults),
+                "scripted": dict(self._scripted),
+                "answered": sum(self._answered.values()),
+                "answered_twice": sum(1 for n in self._answered.values() if n > 1),
+                "restarts": self._restarts,  # finished restart() cycles
             }
 
     def reset_stats(self) -> None:
@@ -338,6 +409,24 @@ class EvalchemyTestServer:
         with self._lock:
             self._in_flight -= 1
 
+    def _scripted_fault(self) -> str | None:
+        """The ``first_answers`` fault of this request, if any (counts every request)."""
+        with self._lock:
+            self._answer_seq += 1
+            if self._answer_seq > len(self.first_answers):
+                return None
+            kind = self.first_answers[self._answer_seq - 1]
+            self._scripted[kind] = self._scripted.get(kind, 0) + 1
+            return kind
+
+    def _record_answer(self, raw: bytes) -> None:
+        try:
+            key = json.dumps(json.loads(raw).get("prompt"), sort_keys=True)
+        except (ValueError, AttributeError):
+            key = raw.decode("utf-8", "replace")
+        with self._lock:
+            self._answered[key] = self._answered.get(key, 0) + 1
+
     def _fault_for(self, seq: int) -> str | None:
         """Which fault request number ``seq`` (1-based) gets, if any."""
         fault = None
@@ -349,9 +438,11 @@ class EvalchemyTestServer:
             fault = "fail"
         elif seq <= self.reset_first + self.fail_first + self.invalid_json_first:
             fault = "invalid_json"
+        if fault is None and self.away_after is not None and seq == self.away_after + 1:
+            fault = "away"
         if fault is not None:
             with self._lock:
-                self._faults[fault] += 1
+                self._faults[fault] = self._faults.get(fault, 0) + 1
         return fault
 
     @contextlib.contextmanager
@@ -768,6 +859,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body() if method == "POST" else b""
         if path != "/stats":  # reading stats must not change them
             app._count(path)
+            if self._scripted(app._scripted_fault(), app):
+                return
         try:
             # vLLM's middleware guards every /v1 path, existing or not, and answers this exact body.
             if (
@@ -829,6 +922,35 @@ class _Handler(BaseHTTPRequestHandler):
             routes["/v1/completions"] = ("POST", lambda raw: self._completion(raw, app.complete))
         return routes
 
+    def _scripted(self, fault: str | None, app: EvalchemyTestServer) -> bool:
+        """Answer with a ``first_answers`` fault; False when this request has none."""
+        if fault is None:
+            return False
+        if fault == "reset":
+            self._drop_connection()
+        elif fault == "truncated":
+            body = json.dumps(app.models_payload()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
+            self._drop_connection()
+        elif fault == "invalid_json":
+            self._send(200, b'{"object":"list","data":[{"id":')
+        else:
+            status = int(fault)
+            headers = (
+                [("Retry-After", _fmt_seconds(app.retry_after))]
+                if app.retry_after is not None
+                else []
+            )
+            message = f"Simulated failure (HTTP {status}, scripted)"
+            self._send_json(status, APIError(status, message).payload(), headers)
+        return True
+
     def _completion(self, raw: bytes, answer: Any) -> None:
         """Run one completion request through the fault switches, the concurrency cap and the model."""
         app = self.server.app
@@ -841,6 +963,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault == "reset":
                 self._drop_connection()
+                return
+            if fault == "away":
+                self._drop_connection()
+                app.restart(app.away_for)
                 return
             if fault == "fail":
                 headers = (
@@ -862,8 +988,13 @@ class _Handler(BaseHTTPRequestHandler):
             with app._slot():
                 payload = answer(self._json_body(raw))
             self._send_json(200, payload)
+            self.wfile.flush()  # raises when the client or a stopping server cut us off
+            app._record_answer(raw)
         finally:
             app._end_completion()
+
+
+_ANSWER_FAULTS = ("reset", "truncated", "invalid_json")
 
 
 def _fmt_seconds(value: float) -> str:
@@ -914,6 +1045,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--invalid-json-first", type=int, default=0, help="truncated JSON for the first N requests"
     )
+    g.add_argument(
+        "--first-answers",
+        default="",
+        help="faults for the first answers of any kind, in order, comma-separated: an HTTP "
+        "status (500, 503, 429), reset, truncated, invalid_json",
+    )
+    g.add_argument(
+        "--start-after",
+        type=float,
+        default=0.0,
+        help="hold the port but refuse connections for this many seconds (a server loading)",
+    )
+    g.add_argument(
+        "--away-after", type=int, help="after N completion requests, go away (see --away-for)"
+    )
+    g.add_argument("--away-for", type=float, default=0.0, help="seconds away before serving again")
     return p.parse_args(argv)
 
 
@@ -945,6 +1092,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reset_first=args.reset_first,
         invalid_json_first=args.invalid_json_first,
         verbose=args.verbose,
+        first_answers=[k for k in args.first_answers.split(",") if k],
+        away_after=args.away_after,
+        away_for=args.away_for,
     )
     done = threading.Event()
 
@@ -953,7 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    server.start()
+    server.start(delay=args.start_after)
     try:
         if args.port_file is not None:
             # Write then rename, so a reader polling the file never sees it half written.

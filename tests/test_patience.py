@@ -1,0 +1,304 @@
+"""Patience with servers: the endpoint check rides out what is transient, waits for a server
+that is still starting, and items wait for a server that goes away and comes back.
+
+Real runs (pytester) against the test server, whose fault switches script its first answers
+of any kind (``first_answers``), start it late (``start(delay=...)``) or take it away and
+bring it back on the same port (``away_after``/``away_for``). Backs rows of docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy.patience import Backoff, Transient, retry_after_seconds
+from pytest_evalchemy.testing.answer_key import AnswerEntry
+from pytest_evalchemy.testing.server import EvalchemyTestServer
+
+from .conftest import expected, read_summary
+from .test_reliability import ARC2, SLOW_ARC, TWO, _Arm, _cfg, _no_traceback, _run
+
+
+@pytest.fixture
+def late_server(answer_key: list[AnswerEntry]) -> Iterator[Callable[..., EvalchemyTestServer]]:
+    """A test server whose port is held at once but which listens only after ``delay``."""
+    started: list[EvalchemyTestServer] = []
+
+    def make(delay: float, **switches: Any) -> EvalchemyTestServer:
+        srv = EvalchemyTestServer(answer_key, **switches).start(delay=delay)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- the endpoint check
+
+
+@pytest.mark.parametrize(
+    ("kind", "switches"),
+    [
+        ("500", {}),
+        ("503", {}),
+        ("429", {"retry_after": 1}),
+        ("reset", {}),
+        ("truncated", {}),
+        ("invalid_json", {}),
+    ],
+    ids=["500", "503", "429-retry-after", "reset", "truncated", "invalid-json"],
+)
+def test_endpoint_check_rides_out_transient_first_answers(
+    pytester: pytest.Pytester,
+    make_server: Callable[..., EvalchemyTestServer],
+    kind: str,
+    switches: dict[str, Any],
+) -> None:
+    # The first two answers of the server (the check's model list, asked twice) are faults.
+    srv = make_server(first_answers=[kind, kind], **switches)
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2))
+    result.assert_outcomes(passed=1)
+    assert srv.stats()["scripted"] == {kind: 2}
+    assert srv.stats()["requests"]["/v1/models"] == 3
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("truncated", "failed: the answer was cut off (truncated body) (ChunkedEncodingError)"),
+        ("503", 'answered HTTP 503: {"error":{"message":"Simulated failure (HTTP 503, scripted)"'),
+        ("invalid_json", "failed: the answer was not valid JSON (JSONDecodeError)"),
+    ],
+)
+def test_endpoint_check_gives_up_with_one_line_and_never_an_internal_error(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], kind: str, said: str
+) -> None:
+    srv = make_server(first_answers=[kind] * 1000)
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: evalchemy endpoint check failed: model list: {srv.url}/v1/models {said}*"
+            "still after * s of retries; a server that is starting or overloaded: "
+            "--evalchemy-wait-for-endpoint SECONDS waits longer"
+        ]
+    )
+    assert srv.stats()["requests"]["/v1/models"] > 2  # asked again before giving up
+    assert srv.stats()["completions"] == 0
+    # The summary says so for every item, as for any failed check.
+    statuses = {r["status"] for r in read_summary(pytester.path / "results")["tasks"].values()}
+    assert statuses == {"error"}
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "ini"])
+def test_wait_for_endpoint_waits_for_a_server_that_starts_late(
+    pytester: pytest.Pytester,
+    late_server: Callable[..., EvalchemyTestServer],
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    # Refused for 6 s (longer than the check's own patience), then loading: 503 twice.
+    srv = late_server(6, first_answers=["503", "503"])
+    args: list[str] = []
+    if how == "flag":
+        args.append("--evalchemy-wait-for-endpoint=120")
+    elif how == "env":
+        monkeypatch.setenv("EVALCHEMY_WAIT_FOR_ENDPOINT", "120")
+    else:
+        pytester.makeini("[pytest]\nevalchemy_wait_for_endpoint = 120\n")
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [f"evalchemy: waiting for {srv.url}/v1/models: connection refused; 0 s of 120 s"]
+    )
+    assert srv.stats()["scripted"] == {"503": 2}
+    _no_traceback(result)
+
+
+def test_a_server_that_never_comes_up_fails_the_check_after_its_patience(
+    pytester: pytest.Pytester, late_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = late_server(3600)  # holds the port, refuses every connection
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: evalchemy endpoint check failed: cannot connect to {srv.url}/v1/models "
+            "(ConnectionError: connection refused, for * s); is the vLLM server running and is "
+            "the URL right? Start it, or pass --evalchemy-endpoint; a server that is still "
+            "starting: --evalchemy-wait-for-endpoint SECONDS"
+        ]
+    )
+    _no_traceback(result)
+
+
+def test_wait_for_endpoint_zero_fails_at_the_first_transient_answer(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = make_server(first_answers=["503"])
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: evalchemy endpoint check failed: model list: {srv.url}/v1/models answered "
+            'HTTP 503: {"error":{"message":"Simulated failure (HTTP 503, scripted)"*'
+        ]
+    )
+    assert srv.stats()["requests"] == {"/v1/models": 1}
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "line"),
+    [
+        (
+            ["--evalchemy-wait-for-endpoint=-1"],
+            {},
+            "",
+            "ERROR: --evalchemy-wait-for-endpoint: must be at least 0, got '-1'",
+        ),
+        (
+            [],
+            {"EVALCHEMY_WAIT_FOR_ENDPOINT": "soon"},
+            "",
+            "ERROR: --evalchemy-wait-for-endpoint (from the environment variable "
+            "EVALCHEMY_WAIT_FOR_ENDPOINT): expected a number, got 'soon'",
+        ),
+        (
+            [],
+            {},
+            "evalchemy_outage_timeout = nan",
+            "ERROR: --evalchemy-outage-timeout (from evalchemy_outage_timeout in */tox.ini): "
+            "must be at least 0, got 'nan'",
+        ),
+        (
+            [],
+            {"EVALCHEMY_OUTAGE_TIMEOUT": "-5"},
+            "",
+            "ERROR: --evalchemy-outage-timeout (from the environment variable "
+            "EVALCHEMY_OUTAGE_TIMEOUT): must be at least 0, got '-5'",
+        ),
+    ],
+    ids=["wait-flag-negative", "wait-env-text", "outage-ini-nan", "outage-env-negative"],
+)
+def test_patience_options_are_validated_before_any_request(
+    pytester: pytest.Pytester,
+    make_server: Callable[..., EvalchemyTestServer],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    ini: str,
+    line: str,
+) -> None:
+    srv = make_server()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([line])
+    assert srv.stats()["requests"] == {}
+    _no_traceback(result)
+
+
+# ---------------------------------------------------------------- during the items
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_server_that_goes_away_and_comes_back_is_waited_for(
+    pytester: pytest.Pytester,
+    make_server: Callable[..., EvalchemyTestServer],
+    answer_key: list[AnswerEntry],
+    concurrency: int,
+) -> None:
+    srv = make_server(latency=0.02)
+    # After 6 of the item's 16 requests the server is gone for 3 s, then back on its port.
+    arm = _Arm(srv, {"away_after": 6, "away_for": 3})
+    result = _run(
+        pytester,
+        srv.url,
+        _cfg(pytester.path, SLOW_ARC),
+        # No retries of lm-eval's own: what rides out the outage is the outage window.
+        "--evalchemy-max-retries=1",
+        f"--evalchemy-concurrency={concurrency}",
+        "--evalchemy-no-cache",
+        plugins=(arm,),
+    )
+    result.assert_outcomes(passed=1)
+    stats = srv.stats()
+    assert stats["faults"]["away"] == 1  # it did go away
+    assert stats["answered"] == 16  # every request answered once...
+    assert stats["answered_twice"] == 0  # ...and none asked again once answered
+    record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
+    assert record["metrics"]["mini_arc"]["acc,none"] == expected(answer_key, "mini_arc", 4)
+    _no_traceback(result)
+
+
+def test_rate_limits_with_retry_after_during_items_are_waited_out(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = make_server()
+    arm = _Arm(srv, {"fail_first": 3, "fail_status": 429, "retry_after": 1})
+    result = _run(
+        pytester, srv.url, _cfg(pytester.path, TWO), "--evalchemy-max-retries=1", plugins=(arm,)
+    )
+    result.assert_outcomes(passed=2)
+    assert srv.stats()["faults"]["fail"] == 3
+
+
+def test_an_outage_longer_than_the_window_errors_the_item_with_how_long(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = make_server(latency=0.02)
+    arm = _Arm(srv, {"away_after": 1, "away_for": 3600})  # gone for good
+    result = _run(
+        pytester,
+        srv.url,
+        _cfg(pytester.path, TWO),
+        "--evalchemy-outage-timeout=2",
+        "--evalchemy-max-retries=1",
+        plugins=(arm,),
+    )
+    result.assert_outcomes(failed=2)
+    summary = read_summary(pytester.path / "results")
+    for record in summary["tasks"].values():
+        assert record["status"] == "error"
+        assert record["message"].startswith("the endpoint was unreachable or failing for ")
+        # The first item in its requests, the next one as lm-eval builds its tokenizer.
+        assert "connection refused; --evalchemy-outage-timeout 2 s): " in record["message"]
+    assert summary["settings"]["outage_timeout"] == 2
+    _no_traceback(result)
+
+
+# ---------------------------------------------------------------- the back-off rule
+
+
+def test_backoff_doubles_honours_retry_after_and_stops_at_the_deadline() -> None:
+    backoff = Backoff(deadline=time.monotonic() + 3600)
+    busy = Transient("HTTP 503")
+    assert [backoff.delay(busy) for _ in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+    assert backoff.delay(Transient("HTTP 429", retry_after=42.0)) == 42.0
+    assert Backoff(deadline=time.monotonic() - 1).delay(busy) is None
+    # Never past the deadline, whatever the server asks for.
+    late = Backoff(deadline=time.monotonic() + 5).delay(Transient("HTTP 429", retry_after=600))
+    assert late is not None
+    assert late <= 5
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("1.5") == 1.5
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    now = 1_800_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after_seconds(date, now=now) == 30.0
+    assert retry_after_seconds(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
