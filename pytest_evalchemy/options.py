@@ -216,6 +216,13 @@ def add_options(parser: pytest.Parser) -> None:
         help="Run tasks whose YAML says `unsafe_code: true` (lm-eval's confirm_run_unsafe_code)",
     )
     group.addoption(
+        "--evalchemy-log-samples",
+        action="store_true",
+        default=False,
+        help="Log every item's samples (on by itself with --evalchemy-baseline): make a run "
+        "meant as a baseline with it, so later runs are paired with it document by document",
+    )
+    group.addoption(
         "--evalchemy-resume",
         metavar="RUN_ID",
         default=None,
@@ -271,6 +278,7 @@ class Options:
     ca_bundle: Path | None = None
     insecure: bool = False
     allow_unsafe_code: bool = False
+    log_samples: bool = False
 
     @property
     def verify(self) -> bool | str:
@@ -417,6 +425,7 @@ def resolve_options(config: pytest.Config) -> Options:
         ca_bundle=_ca_bundle(config),
         insecure=bool(config.getoption("evalchemy_insecure")),
         allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
+        log_samples=bool(config.getoption("evalchemy_log_samples")),
     )
 
 

@@ -75,6 +75,8 @@ class EvalchemyState:
             allow_unsafe_code=o.allow_unsafe_code,
             extra_thresholds=o.thresholds,
             gate=o.gate,
+            # Pairing with a baseline needs this run's samples (and the baseline's).
+            log_samples=o.log_samples or o.gate.baseline is not None,
         )
 
     def header(self) -> dict[str, Any]:
