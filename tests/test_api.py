@@ -48,7 +48,7 @@ def test_run_from_a_test_beside_config_items(
     result.stdout.fnmatch_lines(
         [
             "*evalchemy.run(): tasks.mini_arc.num_fewshot: expected integer or null*",
-            "*test_arc_beats_baseline*mini_arc*acc,none*0.7500 ± 0.*passed*",
+            "*test_arc_beats_baseline*mini_arc*acc,none*0.7500 [[]0.*, 0.*[]]*passed*",
             "report: *report.html",
         ]
     )
