@@ -490,7 +490,10 @@ def drop_power(
         if n >= paired:
             return ""
         return _cannot(
-            n, what, gate, f"{paired} paired at this discordance {discordance:.3f}, {unpaired} unpaired"
+            n,
+            what,
+            gate,
+            f"{paired} paired at this discordance {discordance:.3f}, {unpaired} unpaired",
         )
     if n >= unpaired:
         return ""

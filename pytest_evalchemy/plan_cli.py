@@ -78,7 +78,7 @@ def plan(
         raise ValueError(f"--drop: expected a positive number, got {drop:g}")
     if sd is not None and sd <= 0:
         raise ValueError(f"--sd: expected a positive number, got {sd:g}")
-    if sd is None and not (0 <= value - drop and value <= 1):
+    if sd is None and not (value - drop >= 0 and value <= 1):
         raise ValueError(
             f"--value {value:g} --drop {drop:g}: a proportion and the value it drops to must be "
             "between 0 and 1 (for another metric give --sd)"

@@ -157,9 +157,7 @@ def table_rows(
                 if isinstance(interval, dict) and isinstance(value, (int, float)):
                     cell = f"{_fmt(value)} [{interval['low']:.4f}, {interval['high']:.4f}]"
                 else:
-                    cell = _fmt(value) + (
-                        f" ± {_fmt(stderr)}" if isinstance(stderr, float) else ""
-                    )
+                    cell = _fmt(value) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
                 label = metric if lm_task == rec["task"] else f"{lm_task}:{metric}"
                 rows.append(
                     (

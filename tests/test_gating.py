@@ -79,7 +79,9 @@ def test_point_fails_where_the_interval_reaches_the_threshold() -> None:
     th = Threshold("acc,none", min=0.9)
     point = judge_threshold("mini_arc", "acc,none", 0.75, 0.0993, th, POINT, n=20)
     assert not point.passed
-    assert point.message == ("0.7500 misses >= 0.9 (stderr 0.0993, 95% normal CI [0.5554, 0.9446], n=20)")
+    assert point.message == (
+        "0.7500 misses >= 0.9 (stderr 0.0993, 95% normal CI [0.5554, 0.9446], n=20)"
+    )
     ci = judge_threshold("mini_arc", "acc,none", 0.75, 0.0993, th, CI, n=20)
     assert ci.passed
     assert ci.mode == "ci"

@@ -225,9 +225,10 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
         "checks"
     ]
     assert [c["passed"] for c in hellaswag] == [True, True]
-    assert "but not significant at 95% (two-sample z=1.00, p=0.159, n=8 vs 8)" in hellaswag[0][
-        "message"
-    ]
+    assert (
+        "but not significant at 95% (two-sample z=1.00, p=0.159, n=8 vs 8)"
+        in hellaswag[0]["message"]
+    )
     # The baseline logged no samples: nothing to pair, and the check says it was unpaired.
     assert hellaswag[0]["pairing"] is None
 
