@@ -25,7 +25,8 @@ import pytest
 from .config import PlannedItem, parse_config
 from .errors import ConfigError
 from .evaluation import ItemFailed, base_record
-from .gating import DEFAULT_CONFIDENCE, check_properties, confidence_interval, stderr_key
+from .gating import DEFAULT_CONFIDENCE, check_properties, metric_interval, stderr_key
+from .statistics import wilson_interval
 
 if TYPE_CHECKING:
     from .evaluation import RunSettings
@@ -110,11 +111,27 @@ class EvalResult:
     def interval(
         self, name: str, task: str | None = None, confidence: float = DEFAULT_CONFIDENCE
     ) -> tuple[float, float] | None:
-        """The metric's normal confidence interval (value ± z·stderr), as the gate uses."""
-        stderr = self.stderr(name, task)
-        if stderr is None:
+        """The metric's confidence interval as the gate uses it: Wilson for a mean of 0/1
+        scores, else value ± z·stderr (None without either)."""
+        lm_task, values = self._values(task)
+        wilson = self._wilson(lm_task, values, name, confidence)
+        if wilson is not None:
+            return wilson
+        found = metric_interval(self.record, lm_task, self._metric_key(values, name), confidence)
+        return (found.low, found.high) if found is not None else None
+
+    def _wilson(
+        self, lm_task: str, values: dict[str, Any], name: str, confidence: float
+    ) -> tuple[float, float] | None:
+        # A proportion (the record says so): its Wilson interval at any confidence, from the count.
+        stored = ((self.record.get("intervals") or {}).get(lm_task) or {}).get(
+            self._metric_key(values, name)
+        )
+        n = (self.n_samples.get(lm_task) or {}).get("effective")
+        if not stored or stored.get("method") != "wilson" or not isinstance(n, int):
             return None
-        return confidence_interval(self.metric(name, task), stderr, confidence)
+        iv = wilson_interval(round(self.metric(name, lm_task) * n), n, confidence)
+        return iv.low, iv.high
 
 
 class Evalchemy:

@@ -131,7 +131,7 @@ def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
     )
     assert properties("point.xml")["mini_arc:acc,none"] == "0.75"
 
-    # A lower confidence narrows the interval below 0.9: [0.60, 0.84] at 50%.
+    # A lower confidence narrows the interval below 0.9: [0.64, 0.84] at 50%.
     assert wilson(6, 8, 0.5)[1] == pytest.approx(0.8379, abs=1e-4)
     _run(
         pytester, server, tasks, "--evalchemy-gate=ci", "--evalchemy-confidence=0.5"
