@@ -26,7 +26,6 @@ from .config import PlannedItem, parse_config
 from .errors import ConfigError
 from .evaluation import ItemFailed, base_record
 from .gating import DEFAULT_CONFIDENCE, check_properties, metric_interval, stderr_key
-from .statistics import wilson_interval
 
 if TYPE_CHECKING:
     from .evaluation import RunSettings
@@ -114,24 +113,8 @@ class EvalResult:
         """The metric's confidence interval as the gate uses it: Wilson for a mean of 0/1
         scores, else value ± z·stderr (None without either)."""
         lm_task, values = self._values(task)
-        wilson = self._wilson(lm_task, values, name, confidence)
-        if wilson is not None:
-            return wilson
         found = metric_interval(self.record, lm_task, self._metric_key(values, name), confidence)
         return (found.low, found.high) if found is not None else None
-
-    def _wilson(
-        self, lm_task: str, values: dict[str, Any], name: str, confidence: float
-    ) -> tuple[float, float] | None:
-        # A proportion (the record says so): its Wilson interval at any confidence, from the count.
-        stored = ((self.record.get("intervals") or {}).get(lm_task) or {}).get(
-            self._metric_key(values, name)
-        )
-        n = (self.n_samples.get(lm_task) or {}).get("effective")
-        if not stored or stored.get("method") != "wilson" or not isinstance(n, int):
-            return None
-        iv = wilson_interval(round(self.metric(name, lm_task) * n), n, confidence)
-        return iv.low, iv.high
 
 
 class Evalchemy:

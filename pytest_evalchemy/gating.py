@@ -147,12 +147,18 @@ def metric_interval(
     record: dict[str, Any], task: str, metric: str, confidence: float
 ) -> Interval | None:
     """A metric's interval as the reports show it: the record's (Wilson, normal or bootstrap,
-    computed when the item ran) at that confidence, else the normal one on its stderr."""
+    computed when the item ran), Wilson again for a proportion asked at another confidence,
+    else the normal one on its stderr."""
     stored = ((record.get("intervals") or {}).get(task) or {}).get(metric)
-    if isinstance(stored, dict) and stored.get("confidence") == confidence:
-        return Interval.from_dict(stored)
     values = (record.get("metrics") or {}).get(task) or {}
     value, stderr = as_float(values.get(metric)), as_float(values.get(stderr_key(metric)))
+    if isinstance(stored, dict):
+        if stored.get("confidence") == confidence:
+            return Interval.from_dict(stored)
+        n = _n_of(record, task)
+        if stored.get("method") == "wilson" and n and value is not None:
+            # A proportion asked at another confidence: the same count, another Wilson interval.
+            return statistics.wilson_interval(round(value * n), n, confidence)
     if value is None or stderr is None:
         return None
     return statistics.normal_interval(value, stderr, confidence)
