@@ -324,7 +324,9 @@ def test_parallel_workers_each_load_the_baseline(
         "mini_arc": offline_task("mini_arc", limit=8),
         "mini_mmlu": offline_task("mini_mmlu", limit=8),
     }
-    _run(pytester, server, tasks, "--evalchemy-run-id=base").assert_outcomes(passed=2)
+    _run(
+        pytester, server, tasks, "--evalchemy-run-id=base", "--evalchemy-log-samples"
+    ).assert_outcomes(passed=2)
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={worse_server.completions_url}",
         f"--evalchemy-config={pytester.path / 'eval.json'}",
@@ -341,6 +343,17 @@ def test_parallel_workers_each_load_the_baseline(
     )
     junit = (pytester.path / "par.xml").read_text(encoding="utf-8")
     assert '<property name="check:mini_mmlu:acc,none:baseline" value="FAIL dropped 0.2500' in junit
-    assert {v["status"] for v in _summary(pytester, "par", "candidate")["tasks"].values()} == {
-        "failed"
-    }
+    tasks_out = _summary(pytester, "par", "candidate")["tasks"]
+    assert {v["status"] for v in tasks_out.values()} == {"failed"}
+    # Each worker paired its item with the baseline's samples: of the first 8 documents the
+    # usual model knows 0-2 and 4-6, the worse one 0, 2, 4, 6, so 1 and 5 flipped.
+    for record in tasks_out.values():
+        (check,) = [c for c in record["checks"] if c["metric"] == "acc,none"]
+        assert check["pairing"] == {
+            "n": 8,
+            "right_to_wrong": 2,
+            "wrong_to_right": 0,
+            "p_value": 0.25,
+            "method": "mcnemar-exact",
+        }
+        assert [f["doc_id"] for f in check["flips"]] == [1, 5]
