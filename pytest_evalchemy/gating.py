@@ -135,8 +135,9 @@ def z_for(confidence: float) -> float:
 
 
 def confidence_interval(value: float, stderr: float, confidence: float) -> tuple[float, float]:
-    half = z_for(confidence) * stderr
-    return value - half, value + half
+    """``value ± z·stderr`` as a pair (the comparison page's and the charts' form)."""
+    interval = statistics.normal_interval(value, stderr, confidence)
+    return interval.low, interval.high
 
 
 # One-sided p of a two-sample z-test that a drop this large is luck.

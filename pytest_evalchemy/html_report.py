@@ -32,7 +32,7 @@ from .gating import (
     stderr_key,
     z_for,
 )
-from .per_sample import RIGHT_TO_WRONG, Pairing, item_samples, pair
+from .per_sample import RIGHT_TO_WRONG, WRONG_TO_RIGHT, Flip, Pairing, item_samples, pair
 from .results import atomic_write_text
 from .svg import Estimate, interval_chart, line_chart
 
@@ -655,7 +655,7 @@ _FLIPS_JS = """
 """
 
 
-def _flip_html(ident: str, flip: Any) -> str:
+def _flip_html(ident: str, flip: Flip) -> str:
     old, new = parse_sample(flip.old, ident), parse_sample(flip.new, ident)
     arrow = "right → wrong" if flip.direction == RIGHT_TO_WRONG else "wrong → right"
     cls = "worse" if flip.direction == RIGHT_TO_WRONG else "better"
@@ -703,7 +703,7 @@ def flips_section(sets: Sequence[FlipSet], old_name: str, new_name: str) -> str:
         f'<label>metric <select id="flip-metric">{options}</select></label>'
         '<label>direction <select id="flip-direction"><option value="">both</option>'
         f'<option value="{RIGHT_TO_WRONG}">right → wrong</option>'
-        '<option value="wrong_to_right">wrong → right</option></select></label>'
+        f'<option value="{WRONG_TO_RIGHT}">wrong → right</option></select></label>'
         '<span id="flip-count"></span></div>'
     )
     head = (
