@@ -25,7 +25,7 @@ import pytest
 from .config import PlannedItem, parse_config
 from .errors import ConfigError
 from .evaluation import ItemFailed, base_record
-from .gating import DEFAULT_CONFIDENCE, check_properties, confidence_interval, stderr_key
+from .gating import DEFAULT_CONFIDENCE, check_properties, metric_interval, stderr_key
 
 if TYPE_CHECKING:
     from .evaluation import RunSettings
@@ -110,11 +110,11 @@ class EvalResult:
     def interval(
         self, name: str, task: str | None = None, confidence: float = DEFAULT_CONFIDENCE
     ) -> tuple[float, float] | None:
-        """The metric's normal confidence interval (value ± z·stderr), as the gate uses."""
-        stderr = self.stderr(name, task)
-        if stderr is None:
-            return None
-        return confidence_interval(self.metric(name, task), stderr, confidence)
+        """The metric's confidence interval as the gate uses it: Wilson for a mean of 0/1
+        scores, else value ± z·stderr (None without either)."""
+        lm_task, values = self._values(task)
+        found = metric_interval(self.record, lm_task, self._metric_key(values, name), confidence)
+        return (found.low, found.high) if found is not None else None
 
 
 class Evalchemy:

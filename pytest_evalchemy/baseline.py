@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageProblem
+from .per_sample import item_samples
 
 SUMMARY_GLOB = "evalchemy_summary_*.json"
 # Record settings that change what a score means; batch size and concurrency do not.
@@ -31,6 +32,11 @@ class Baseline:
         """The baseline's record of item ``key`` (``benchmark/task``), if it has metrics."""
         record = self.summary.get("tasks", {}).get(key)
         return record if record and record.get("metrics") else None
+
+    def samples(self, key: str) -> dict[str, list[dict[str, Any]]]:
+        """``{lm_eval_task: rows}`` the baseline logged for item ``key`` (empty if none)."""
+        record = self.record(key)
+        return item_samples(self.path.parent, record) if record else {}
 
     def keys_with_metrics(self) -> list[str]:
         return [k for k, r in self.summary.get("tasks", {}).items() if r.get("metrics")]

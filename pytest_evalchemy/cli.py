@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from . import catalog, report_cli
+from . import catalog, plan_cli, report_cli
 from .config import EvalConfig, load_config, plan_items
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, normalize_endpoint, redact_url
 from .errors import ConfigError, EvalchemyError, Problem
@@ -603,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if args[:1] == ["report"]:
         return report_cli.main(args[1:], f"{parser.prog} report")
+    if args[:1] == ["plan"]:
+        return plan_cli.main(args[1:], f"{parser.prog} plan")
     ns = parser.parse_args(args)
     if ns.report is not None or ns.history:
         # Reads results folders only: none of the run's options apply.

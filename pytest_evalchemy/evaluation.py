@@ -21,6 +21,7 @@ from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from .patience import OutageGaveUp
+from .per_sample import run_intervals
 from .progress import RequestProgress, track
 from .results import RunPaths, atomic_write_json, atomic_write_text
 
@@ -51,6 +52,8 @@ class RunSettings:
     allow_unsafe_code: bool = False  # lm-eval's confirm_run_unsafe_code
     outage_timeout: float = 0.0  # seconds a server away during an item is waited for
     strict_context: bool = False  # prompts cut to fit the context fail the item
+    # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
+    log_samples: bool = False
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -82,7 +85,7 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         num_fewshot=task.num_fewshot,
         batch_size=settings.batch_size or task.batch_size or 1,
         limit=settings.limit if settings.limit is not None else task.limit,
-        log_samples=task.log_samples,
+        log_samples=task.log_samples or settings.log_samples,
         max_length=max_length,
         num_concurrent=settings.concurrency,
         max_retries=settings.max_retries,
@@ -296,13 +299,19 @@ def run_item(
     record["n_shot"] = results.get("n-shot", {})
     # lm-eval's direction of each metric: a perplexity "drops" when it rises.
     record["higher_is_better"] = results.get("higher_is_better", {})
+    samples = results.get("samples") or {}
+    intervals = run_intervals(record["metrics"], results, samples, settings.gate.confidence)
+    record["intervals"] = {
+        task: {metric: iv.to_dict() for metric, iv in by_metric.items()}
+        for task, by_metric in intervals.items()
+    }
     _write_item_files(item_dir, results, item.task.output_path)
     problem = harness.completeness_problem(results, request.limit)
     if problem:
         record["status"] = "failed"
         record["message"] = problem
         raise ItemFailed(f"{item.key}: {problem}")
-    gate = gate_item(item, record, settings.extra_thresholds, settings.gate)
+    gate = gate_item(item, record, settings.extra_thresholds, settings.gate, samples)
     record["checks"] = [c.to_dict() for c in gate.checks]
     if gate.notes:
         record["gate_notes"] = gate.notes

@@ -24,7 +24,15 @@ from urllib.parse import quote
 from .baseline import SUMMARY_GLOB, higher_is_better
 from .endpoint import redact_url
 from .errors import UsageProblem
-from .gating import DEFAULT_CONFIDENCE, confidence_interval, drop_p_value, stderr_key, z_for
+from .gating import (
+    DEFAULT_CONFIDENCE,
+    confidence_interval,
+    drop_p_value,
+    metric_interval,
+    stderr_key,
+    z_for,
+)
+from .per_sample import RIGHT_TO_WRONG, WRONG_TO_RIGHT, Flip, Pairing, item_samples, pair
 from .results import atomic_write_text
 from .svg import Estimate, interval_chart, line_chart
 
@@ -251,6 +259,7 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: any
 .sample pre { white-space: pre-wrap; background: #f6f8fa; padding: 6px; margin: 4px 0; max-height: 24em; overflow: auto; }
 .sample ol { margin: 4px 0; } .sample li.chosen { font-weight: bold; } .sample li.target::after { content: "  ← target"; color: var(--ok); }
 .charts { display: flex; flex-wrap: wrap; gap: 12px; }
+tr.flip[hidden] { display: none; } #flips pre { white-space: pre-wrap; max-width: 40em; max-height: 16em; overflow: auto; }
 """
 
 _SAMPLES_JS = """
@@ -451,9 +460,9 @@ def _items_table(summary: dict[str, Any], run_dir: Path, confidence: float) -> s
             if m.stderr is not None:
                 value += f' ± <span class="stderr">{_fmt(m.stderr)}</span>'
             ci = "-"
-            if m.value is not None and m.stderr is not None:
-                lo, hi = confidence_interval(m.value, m.stderr, confidence)
-                ci = f"[{lo:.4f}, {hi:.4f}]"
+            interval = metric_interval(record, m.lm_task, m.metric, confidence)
+            if m.value is not None and interval is not None:
+                ci = f"{interval.text()} {interval.method}"
             lines.append(
                 (
                     f"{m.lm_task}:{m.metric}",
@@ -506,16 +515,18 @@ def _scores_chart(summary: dict[str, Any], confidence: float) -> str:
         for m in metric_entries(record):
             if m.value is None:
                 continue
-            lo = hi = None
-            if m.stderr is not None:
-                lo, hi = confidence_interval(m.value, m.stderr, confidence)
+            interval = metric_interval(record, m.lm_task, m.metric, confidence)
+            lo, hi = (interval.low, interval.high) if interval is not None else (None, None)
             est = Estimate(f"{key} {m.label}", m.value, lo, hi, str(record.get("status", "")))
             # Fractions share the 0-1 scale; a perplexity would squash them into a corner.
             (fractions if 0 <= m.value <= 1 else others).append(est)
     if not fractions and not others:
         return ""
     z = z_for(confidence)
-    title = f"Scores with {confidence * 100:g}% confidence intervals (value ± {z:.2f}·stderr)"
+    title = (
+        f"Scores with {confidence * 100:g}% confidence intervals (Wilson for means of 0/1 "
+        f"scores, value ± {z:.2f}·stderr otherwise)"
+    )
     charts = [interval_chart(rows) for rows in (fractions, others) if rows]
     return f'<h2>{_e(title)}</h2><div class="charts" id="scores">{"".join(charts)}</div>'
 
@@ -586,6 +597,145 @@ def _samples_section(summary: dict[str, Any], run_dir: Path, max_samples: int) -
     )
 
 
+# ---------------------------------------------------------------- flips
+
+
+@dataclass(frozen=True)
+class FlipSet:
+    """One metric of an item in two runs: paired by document, or why not."""
+
+    key: str
+    label: str  # "acc,none", or "subtask:acc,none"
+    pairing: Pairing | None
+    reason: str  # why there is no pairing
+
+
+def flip_sets(
+    new: dict[str, Any], new_dir: Path, old: dict[str, Any], old_dir: Path
+) -> list[FlipSet]:
+    """Every metric both runs report, paired document by document where both logged samples."""
+    out = []
+    old_tasks = old.get("tasks") or {}
+    for key, record in (new.get("tasks") or {}).items():
+        base = old_tasks.get(key)
+        if not base or not record.get("metrics") or not base.get("metrics"):
+            continue
+        mine, theirs = item_samples(new_dir, record), item_samples(old_dir, base)
+        base_metrics = base.get("metrics") or {}
+        for m in metric_entries(record):
+            if m.metric not in (base_metrics.get(m.lm_task) or {}):
+                continue
+            up = higher_is_better((record, base), m.lm_task, m.metric)
+            pairing, why = pair(
+                mine.get(m.lm_task, []), theirs.get(m.lm_task, []), m.metric, higher_better=up
+            )
+            out.append(FlipSet(key, m.label, pairing, why))
+    return out
+
+
+_FLIPS_JS = """
+(function () {
+  var which = document.getElementById("flip-metric");
+  var direction = document.getElementById("flip-direction");
+  var count = document.getElementById("flip-count");
+  if (!which || !direction) { return; }
+  function apply() {
+    var rows = document.querySelectorAll("#flips .flip");
+    var shown = 0;
+    for (var i = 0; i < rows.length; i++) {
+      var r = rows[i];
+      var ok = (which.value === "" || r.getAttribute("data-metric") === which.value) &&
+               (direction.value === "" || r.getAttribute("data-direction") === direction.value);
+      r.hidden = !ok;
+      if (ok) { shown++; }
+    }
+    count.textContent = shown + " of " + rows.length + " flips shown";
+  }
+  which.addEventListener("change", apply);
+  direction.addEventListener("change", apply);
+  apply();
+})();
+"""
+
+
+def _flip_html(ident: str, flip: Flip) -> str:
+    old, new = parse_sample(flip.old, ident), parse_sample(flip.new, ident)
+    arrow = "right → wrong" if flip.direction == RIGHT_TO_WRONG else "wrong → right"
+    cls = "worse" if flip.direction == RIGHT_TO_WRONG else "better"
+    return (
+        f'<tr class="flip" data-metric="{_e(ident)}" data-direction="{_e(flip.direction)}" '
+        f'data-doc="{_e(flip.doc_id)}"><td>{_e(ident)}</td><td class="num">{_e(flip.doc_id)}</td>'
+        f'<td class="{cls}">{_e(arrow)}</td><td><code class="target">{_e(new.target)}</code></td>'
+        f'<td><code class="old-answer">{_e(old.answer)}</code> <span class="muted">'
+        f"({flip.before:g})</span></td>"
+        f'<td><code class="new-answer">{_e(new.answer)}</code> <span class="muted">'
+        f"({flip.after:g})</span></td>"
+        f"<td><details><summary>prompt</summary><pre>{_e(new.prompt)}</pre></details></td></tr>"
+    )
+
+
+def flips_section(sets: Sequence[FlipSet], old_name: str, new_name: str) -> str:
+    """The flips view: per metric the paired counts, then each flipped document with both
+    answers side by side and its prompt, filtered by metric and by direction."""
+    if not sets:
+        return ""
+    counts, rows, idents = [], [], []
+    for fs in sets:
+        ident = f"{fs.key} {fs.label}"
+        if fs.pairing is None:
+            counts.append(
+                f'<tr data-metric="{_e(ident)}"><td>{_e(ident)}</td>'
+                f'<td colspan="4" class="muted">not paired: {_e(fs.reason)}</td></tr>'
+            )
+            continue
+        t = fs.pairing.test
+        idents.append(ident)
+        counts.append(
+            f'<tr data-metric="{_e(ident)}"><td>{_e(ident)}</td><td class="num">{t.n}</td>'
+            f'<td class="num worse right-to-wrong">{t.right_to_wrong}</td>'
+            f'<td class="num better wrong-to-right">{t.wrong_to_right}</td>'
+            f'<td class="num">{_e(t.method)} p={t.p_value:.3g}</td></tr>'
+        )
+        ordered = sorted(fs.pairing.flips, key=lambda f: f.direction != RIGHT_TO_WRONG)
+        rows += [_flip_html(ident, f) for f in ordered[:MAX_SAMPLES]]
+    options = '<option value="">all metrics</option>' + "".join(
+        f'<option value="{_e(i)}">{_e(i)}</option>' for i in idents
+    )
+    controls = (
+        '<div class="controls">'
+        f'<label>metric <select id="flip-metric">{options}</select></label>'
+        '<label>direction <select id="flip-direction"><option value="">both</option>'
+        f'<option value="{RIGHT_TO_WRONG}">right → wrong</option>'
+        f'<option value="{WRONG_TO_RIGHT}">wrong → right</option></select></label>'
+        '<span id="flip-count"></span></div>'
+    )
+    head = (
+        "<tr><th>metric</th><th>doc</th><th>flip</th><th>target</th>"
+        f"<th>{_e(old_name)} answer</th><th>{_e(new_name)} answer</th><th>prompt</th></tr>"
+    )
+    return (
+        f"<h2>Flips: {_e(new_name)} against {_e(old_name)}</h2>"
+        '<p class="muted">Documents scored by both runs, paired by doc_id (prompts checked by '
+        "their hash); a flip is a document whose score changed.</p>"
+        '<table id="flip-counts"><tr><th>metric</th><th>paired</th><th>right → wrong</th>'
+        f"<th>wrong → right</th><th>paired test (one-sided, of a drop)</th></tr>{''.join(counts)}"
+        f'</table>{controls}<table id="flips">{head}{"".join(rows)}</table>'
+    )
+
+
+def _baseline_flips(summary: dict[str, Any], run_dir: Path) -> str:
+    """The flips view of a run gated against a baseline (when the baseline is still there)."""
+    path = (summary.get("gate") or {}).get("baseline")
+    if not path or not Path(path).is_file():
+        return ""
+    try:
+        base = load_run(Path(path))
+    except UsageProblem:
+        return ""
+    sets = flip_sets(summary, run_dir, base.summary, base.folder)
+    return flips_section(sets, f"baseline {base.run_id}", "this run")
+
+
 def render_report(summary: dict[str, Any], run_dir: Path, *, max_samples: int = MAX_SAMPLES) -> str:
     """The run's report page."""
     run_dir = Path(run_dir)
@@ -595,9 +745,10 @@ def render_report(summary: dict[str, Any], run_dir: Path, *, max_samples: int = 
         _header(summary, run_dir)
         + _items_table(summary, run_dir, confidence)
         + _scores_chart(summary, confidence)
+        + _baseline_flips(summary, run_dir)
         + _samples_section(summary, run_dir, max_samples)
     )
-    return _page(f"Evalchemy run {summary.get('run_id')}", body, _SAMPLES_JS)
+    return _page(f"Evalchemy run {summary.get('run_id')}", body, _SAMPLES_JS + _FLIPS_JS)
 
 
 def write_report(summary: dict[str, Any], run_dir: Path, path: Path | None = None) -> Path:
@@ -843,7 +994,12 @@ def render_comparison(
         + f'<h2>Metrics</h2><table id="metrics">{head}{"".join(body)}</table>'
         + f'<h2>Over the runs</h2><div class="charts" id="trends">{"".join(charts)}</div>'
     )
-    return _page(f"Evalchemy: {len(runs)} runs compared", page)
+    if len(runs) == 2:
+        # Two runs of the same questions: which documents flipped is what a reader wants.
+        old, new = runs
+        sets = flip_sets(new.summary, new.folder, old.summary, old.folder)
+        page += flips_section(sets, old.run_id, new.run_id)
+    return _page(f"Evalchemy: {len(runs)} runs compared", page, _FLIPS_JS)
 
 
 def write_comparison(

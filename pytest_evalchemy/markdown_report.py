@@ -6,8 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 _BAD = ("failed", "error", "timeout", "crashed", "interrupted")
-_HEADER = ("Item", "Status", "Metric", "Value", "Stderr", "Threshold", "Baseline", "Δ", "Verdict")
-_ALIGN = ("---", "---", "---", "---:", "---:", "---", "---:", "---:", "---")
+_HEADER = (
+    "Item",
+    "Status",
+    "Metric",
+    "Value",
+    "Interval",
+    "Threshold",
+    "Baseline",
+    "Δ",
+    "Flips (right→wrong / wrong→right)",
+    "Verdict",
+)
+_ALIGN = ("---", "---", "---", "---:", "---", "---", "---:", "---:", "---", "---")
 
 
 def _cell(text: Any) -> str:
@@ -29,6 +40,24 @@ def _verdict(checks: list[dict[str, Any]]) -> str:
         return "❌ FAIL: " + "; ".join(c.get("message") or c["bound"] for c in failed)
     notes = "; ".join(c["message"] for c in checks if c.get("message"))
     return "✅ pass" + (f" ({notes})" if notes else "")
+
+
+def _interval(record: dict[str, Any], task: str, metric: str, stderr: Any) -> str:
+    """``[0.1078, 0.6032] wilson``, or ``± stderr`` for a record without intervals."""
+    iv = ((record.get("intervals") or {}).get(task) or {}).get(metric)
+    if isinstance(iv, dict):
+        return f"[{iv['low']:.4f}, {iv['high']:.4f}] {iv['method']}"
+    return f"± {_num(stderr)}" if _num(stderr) != "-" else "-"
+
+
+def _flips(base: dict[str, Any] | None) -> str:
+    pairing = (base or {}).get("pairing")
+    if not pairing:
+        return "-"
+    return (
+        f"{pairing['right_to_wrong']} / {pairing['wrong_to_right']} of {pairing['n']} "
+        f"({pairing['method']} p={pairing['p_value']:.3g})"
+    )
 
 
 def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -53,10 +82,11 @@ def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
                     status,
                     label,
                     _num(value),
-                    _num(values.get(f"{name}_stderr,{flt}")),
+                    _interval(record, lm_task, metric, values.get(f"{name}_stderr,{flt}")),
                     ", ".join(bounds) or "-",
                     _num(base["baseline"]) if base else "-",
                     _num(base["delta"], signed=True) if base else "-",
+                    _flips(base),
                     _verdict(checks),
                 )
             )
@@ -64,10 +94,10 @@ def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
     for (lm_task, metric), checks in by_metric.items():
         bounds = ", ".join(c["bound"] for c in checks)
         rows.append(
-            (key, status, f"{lm_task}:{metric}", "-", "-", bounds, "-", "-", _verdict(checks))
+            (key, status, f"{lm_task}:{metric}", "-", "-", bounds, "-", "-", "-", _verdict(checks))
         )
     if not rows:
-        rows.append((key, status, "-", "-", "-", "-", "-", "-", record.get("message") or ""))
+        rows.append((key, status, "-", "-", "-", "-", "-", "-", "-", record.get("message") or ""))
     return rows
 
 

@@ -248,6 +248,13 @@ def add_options(parser: pytest.Parser) -> None:
         help="Run tasks whose YAML says `unsafe_code: true` (lm-eval's confirm_run_unsafe_code)",
     )
     group.addoption(
+        "--evalchemy-log-samples",
+        action="store_true",
+        default=False,
+        help="Log every item's samples (on by itself with --evalchemy-baseline): make a run "
+        "meant as a baseline with it, so later runs are paired with it document by document",
+    )
+    group.addoption(
         "--evalchemy-resume",
         metavar="RUN_ID",
         default=None,
@@ -314,6 +321,7 @@ class Options:
     wait_for_endpoint: float | None = None
     outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     strict_context: bool = False
+    log_samples: bool = False
 
     @property
     def verify(self) -> bool | str:
@@ -497,6 +505,7 @@ def resolve_options(config: pytest.Config) -> Options:
         wait_for_endpoint=_number(config, "wait_for_endpoint", float, 0),
         outage_timeout=_or(_number(config, "outage_timeout", float, 0), DEFAULT_OUTAGE_TIMEOUT),
         strict_context=_strict_context(config),
+        log_samples=bool(config.getoption("evalchemy_log_samples")),
     )
 
 

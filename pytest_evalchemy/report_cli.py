@@ -16,6 +16,7 @@ from .html_report import (
     REFERENCES,
     REPORT_NAME,
     RunInfo,
+    flip_sets,
     history,
     load_run,
     write_comparison,
@@ -67,7 +68,8 @@ def build_parser(prog: str = "evalchemy report") -> argparse.ArgumentParser:
         prog=prog,
         description="Write the HTML report of a run, or a page comparing several runs: each "
         "metric by run, its delta and whether the delta is significant (two-sample z-test on "
-        "the standard errors), and a chart per metric over the runs.",
+        "the standard errors), and a chart per metric over the runs; for two runs, the documents "
+        "whose score flipped (paired by doc_id, with McNemar's exact test).",
     )
     p.add_argument(
         "runs", nargs="*", metavar="RUN_DIR", help="run folders (or their summary files), in order"
@@ -109,6 +111,19 @@ def make_report(
         print(f"evalchemy report: error: {exc}", file=stderr)
         return EXIT_USAGE_ERROR
     print(f"comparison of {len(found)} runs: {path}", file=stdout)
+    if len(found) == 2:
+        old, new = found
+        print(f"flips of {new.run_id} against {old.run_id}:", file=stdout)
+        for fs in flip_sets(new.summary, new.folder, old.summary, old.folder):
+            if fs.pairing is None:
+                print(f"  {fs.key} {fs.label}: not paired: {fs.reason}", file=stdout)
+                continue
+            t = fs.pairing.test
+            print(
+                f"  {fs.key} {fs.label}: {t.right_to_wrong} right→wrong, {t.wrong_to_right} "
+                f"wrong→right of {t.n} ({t.method} p={t.p_value:.4g})",
+                file=stdout,
+            )
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ from .results import (
     atomic_write_text,
 )
 from .state import FINISHED, RECORD_PROPERTY, EvalchemyState
-from .summary import RunRecorder, format_table, table_rows
+from .summary import RunRecorder, format_table, interval_legend, table_rows
 
 
 class EvalchemyReporter:
@@ -217,6 +217,9 @@ class EvalchemyReporter:
         terminalreporter.write_sep("=", "evalchemy scores")
         for line in format_table(table_rows(ordered, metrics)):
             terminalreporter.write_line(line)
+        legend = interval_legend(ordered)
+        if legend:
+            terminalreporter.write_line(legend)
         gate = recorder.header.get("gate", {})
         if gate.get("mode") == "ci" or gate.get("baseline"):
             line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"

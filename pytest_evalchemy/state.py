@@ -86,6 +86,8 @@ class EvalchemyState:
             strict_context=o.strict_context,
             extra_thresholds=o.thresholds,
             gate=o.gate,
+            # Pairing with a baseline needs this run's samples (and the baseline's).
+            log_samples=o.log_samples or o.gate.baseline is not None,
         )
 
     def identity(self) -> dict[str, Any]:

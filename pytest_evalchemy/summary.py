@@ -140,7 +140,8 @@ def _fmt(value: Any) -> str:
 def table_rows(
     tasks: dict[str, dict[str, Any]], metric_filter: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, ...]]:
-    """Rows of the score table: benchmark, task, metric, value ± stderr, status, time."""
+    """Rows of the score table: benchmark, task, metric, value with its interval (the
+    record's: Wilson for a 0/1 metric) or ± stderr, status, time."""
     rows = []
     for key, rec in tasks.items():
         wanted = metric_filter.get(key, ())
@@ -153,7 +154,11 @@ def table_rows(
                 if wanted and name not in wanted and metric not in wanted:
                     continue
                 stderr = values.get(f"{name}_stderr,{flt}")
-                cell = _fmt(value) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
+                interval = ((rec.get("intervals") or {}).get(lm_task) or {}).get(metric)
+                if isinstance(interval, dict) and isinstance(value, (int, float)):
+                    cell = f"{_fmt(value)} [{interval['low']:.4f}, {interval['high']:.4f}]"
+                else:
+                    cell = _fmt(value) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
                 label = metric if lm_task == rec["task"] else f"{lm_task}:{metric}"
                 rows.append(
                     (
@@ -178,6 +183,24 @@ def table_rows(
                 )
             )
     return rows
+
+
+def interval_legend(tasks: dict[str, dict[str, Any]]) -> str:
+    """What the table's intervals are: ``95% intervals: wilson (0/1 scores), normal``."""
+    methods: dict[str, float] = {}
+    for rec in tasks.values():
+        for by_metric in (rec.get("intervals") or {}).values():
+            for iv in by_metric.values():
+                methods.setdefault(iv["method"], iv["confidence"])
+    if not methods:
+        return ""
+    what = {
+        "wilson": "wilson (a mean of 0/1 scores)",
+        "normal": "normal (value ± z·stderr)",
+        "bootstrap": "bootstrap (of the logged samples)",
+    }
+    confidences = sorted({f"{c * 100:g}%" for c in methods.values()})
+    return f"{'/'.join(confidences)} intervals: " + ", ".join(what.get(m, m) for m in methods)
 
 
 def format_table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -76,6 +76,7 @@ def _lm_eval_warm(answer_key: list[AnswerEntry], tmp_path_factory: pytest.TempPa
     a second load. Importing everything lm-eval needs up front keeps them loaded.
     """
     import lm_eval
+    import scipy.stats  # noqa: F401  (the gate's statistics: C extensions, loaded once)
     from lm_eval.tasks import TaskManager
 
     cwd = os.getcwd()

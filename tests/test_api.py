@@ -17,6 +17,9 @@ def test_arc_beats_baseline(evalchemy):
     assert r.metric("acc") > 0.6
     assert r.metric("acc") == r.metric("acc,none") == r.metrics["mini_arc"]["acc,none"]
     assert r.stderr("acc") > 0
+    # 6 of 8 right: the Wilson interval (closed form), at the gate's confidence and another.
+    assert r.interval("acc") == pytest.approx((0.409275, 0.928521), abs=1e-6)
+    assert r.interval("acc", confidence=0.5) == pytest.approx((0.635208, 0.837888), abs=1e-6)
     assert (r.path / "samples_mini_arc.jsonl").is_file()
     assert r.path.parent.parent.parent == evalchemy.results_dir
 
@@ -48,7 +51,7 @@ def test_run_from_a_test_beside_config_items(
     result.stdout.fnmatch_lines(
         [
             "*evalchemy.run(): tasks.mini_arc.num_fewshot: expected integer or null*",
-            "*test_arc_beats_baseline*mini_arc*acc,none*0.7500 ± 0.*passed*",
+            "*test_arc_beats_baseline*mini_arc*acc,none*0.7500 [[]0.*, 0.*[]]*passed*",
             "report: *report.html",
         ]
     )

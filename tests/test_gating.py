@@ -79,7 +79,9 @@ def test_point_fails_where_the_interval_reaches_the_threshold() -> None:
     th = Threshold("acc,none", min=0.9)
     point = judge_threshold("mini_arc", "acc,none", 0.75, 0.0993, th, POINT, n=20)
     assert not point.passed
-    assert point.message == ("0.7500 misses >= 0.9 (stderr 0.0993, 95% CI [0.5554, 0.9446], n=20)")
+    assert point.message == (
+        "0.7500 misses >= 0.9 (stderr 0.0993, 95% normal CI [0.5554, 0.9446], n=20)"
+    )
     ci = judge_threshold("mini_arc", "acc,none", 0.75, 0.0993, th, CI, n=20)
     assert ci.passed
     assert ci.mode == "ci"
@@ -95,7 +97,7 @@ def test_ci_fails_when_the_whole_interval_misses() -> None:
     # value, stderr, interval, threshold and sample count, all in one message
     assert check.message == (
         "0.7500 misses >= 0.96, and so does the whole interval "
-        "(stderr 0.0993, 95% CI [0.5554, 0.9446], n=20)"
+        "(stderr 0.0993, 95% normal CI [0.5554, 0.9446], n=20)"
     )
     assert check.verdict == "FAIL " + check.message
 
@@ -176,7 +178,7 @@ def test_drop_point_and_z_test() -> None:
     assert not big.passed
     assert big.p_value == pytest.approx(0.004782, abs=1e-6)
     assert big.message == (
-        "dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 (z=2.59, p=0.00478, n=48 vs 48)"
+        "dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 (two-sample z=2.59, p=0.00478, n=48 vs 48)"
     )
     assert big.delta == pytest.approx(-0.25)
     assert big.bound == "0.7500 - 0.02"
@@ -214,7 +216,13 @@ def test_baseline_compares_listed_metrics_with_per_metric_max_drop() -> None:
     item = _item(metrics=("acc",), max_drop=(("acc,none", 0.1),))
     checks, notes = check_baseline(item, new, base, POINT)
     assert [(c.metric, c.passed, c.bound) for c in checks] == [("acc,none", True, "0.7500 - 0.1")]
-    assert notes == []
+    # Without samples the drop is judged unpaired, and the note says so.
+    assert notes == [
+        "bench/mini_arc: this run and the baseline logged no samples, so drops are judged by "
+        "the two-sample z-test on the stderrs, not paired by document (make the baseline run "
+        "with --evalchemy-log-samples)"
+    ]
+    assert checks[0].pairing is None
     # Nothing listed: every metric both runs report, with the run's max drop.
     checks, _ = check_baseline(_item(), new, base, POINT)
     assert [(c.metric, c.passed) for c in checks] == [("acc,none", False), ("acc_norm,none", False)]
@@ -233,7 +241,8 @@ def test_gate_item_notes_what_is_not_like_for_like(tmp_path: Path) -> None:
         "bench/mini_arc: not like for like with the baseline (r1): limit 8 -> 20; "
         "mini_arc version 1.0 -> 2.0"
     ]
-    assert result.notes[1:] == ["bench/mini_arc: mini_arc:acc_norm,none is not in the baseline"]
+    assert result.notes[2] == "bench/mini_arc: mini_arc:acc_norm,none is not in the baseline"
+    assert result.notes[1].startswith("bench/mini_arc: this run and the baseline logged no samples")
     assert [(c.kind, c.metric, c.passed) for c in result.checks] == [("baseline", "acc,none", True)]
     assert comparability_problems(new, new) == []
 
@@ -296,7 +305,7 @@ def test_format_checks_and_properties() -> None:
         "task      metric    value   stderr  threshold / baseline  verdict",
         "mini_arc  acc,none  0.7500  0.0993  >= 0.9                FAIL",
         "mini_arc  acc,none  0.7500  0.0993  0.7600 - 0.02         pass",
-        "mini_arc:acc,none threshold: 0.7500 misses >= 0.9 (stderr 0.0993, 95% CI [0.5554, 0.9446], n=20)",
+        "mini_arc:acc,none threshold: 0.7500 misses >= 0.9 (stderr 0.0993, 95% normal CI [0.5554, 0.9446], n=20)",
     ]
     stored = json.loads(json.dumps([c.to_dict() for c in checks]))
     assert Check.from_dict(stored[0]) == checks[0]
@@ -341,11 +350,13 @@ def test_markdown_report() -> None:
         "",
         "model `m` · 1 failed, 1 skipped · gate `ci` at 95% confidence · baseline `r1` (max drop 0.02)",
         "",
-        "| Item | Status | Metric | Value | Stderr | Threshold | Baseline | Δ | Verdict |",
-        "|---|---|---|---:|---:|---|---:|---:|---|",
-        "| mini_arc/mini_arc | failed | acc,none | 0.5000 | 0.0729 | >= 0.4 | 0.7500 | -0.2500 "
-        "| ❌ FAIL: dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 (z=2.59, p=0.00478, n=48 vs 48) |",
-        "| b/off | skipped | - | - | - | - | - | - | disabled in config |",
+        "| Item | Status | Metric | Value | Interval | Threshold | Baseline | Δ "
+        "| Flips (right→wrong / wrong→right) | Verdict |",
+        "|---|---|---|---:|---|---|---:|---:|---|---|",
+        "| mini_arc/mini_arc | failed | acc,none | 0.5000 | ± 0.0729 | >= 0.4 | 0.7500 | -0.2500 "
+        "| - | ❌ FAIL: dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 (two-sample z=2.59, "
+        "p=0.00478, n=48 vs 48) |",
+        "| b/off | skipped | - | - | - | - | - | - | - | disabled in config |",
         "",
         "### Notes",
         "",

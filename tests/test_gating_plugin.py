@@ -53,13 +53,24 @@ def _se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1))
 
 
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval in closed form (not through scipy, as the plugin does)."""
+    z = z_for(confidence)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
     pytester: pytest.Pytester, server: EvalchemyTestServer, answer_key: list[AnswerEntry]
 ) -> None:
     tasks = {"mini_arc": offline_task("mini_arc", limit=8, thresholds={"acc": {"min": 0.9}})}
     acc = expected(answer_key, "mini_arc", 8)
-    lo, hi = acc - z_for(0.95) * _se(acc, 8), acc + z_for(0.95) * _se(acc, 8)
-    assert (acc, round(lo, 4), round(hi, 4)) == (0.75, 0.4292, 1.0708)
+    # 6 of 8 right: a mean of 0/1 scores, so the Wilson interval (value ± z·stderr would
+    # be [0.4292, 1.0708], past 1).
+    lo, hi = wilson(6, 8)
+    assert (acc, round(lo, 4), round(hi, 4)) == (0.75, 0.4093, 0.9285)
 
     point = _run(pytester, server, tasks, "--evalchemy-run-id=point", "--junitxml=point.xml")
     point.assert_outcomes(failed=1)
@@ -67,7 +78,7 @@ def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
         [
             "mini_arc*acc,none*0.7500*0.1637*>= 0.9*FAIL",
             "mini_arc:acc,none threshold: 0.7500 misses >= 0.9 "
-            f"(stderr 0.1637, 95% CI [[]{lo:.4f}, {hi:.4f}[]], n=8)",
+            f"(stderr 0.1637, 95% wilson CI [[]{lo:.4f}, {hi:.4f}[]], n=8)",
         ]
     )
     point.stdout.no_fnmatch_line("*Traceback*")
@@ -90,11 +101,25 @@ def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
         "max_drop": 0.02,
         "baseline": None,
         "baseline_run_id": None,
-        "notes": [],
+        # The gate says it cannot do its job on 8 samples (closed form in test_statistics).
+        "notes": [
+            "mini_arc/mini_arc: mini_arc:acc,none threshold: 8 samples cannot fail a model "
+            "0.02 beyond >= 0.9 at 95% confidence with 80% power: that needs 2073 samples "
+            "(evalchemy plan)"
+        ],
     }
     (check,) = summary["tasks"]["mini_arc/mini_arc"]["checks"]
     assert (check["passed"], check["mode"], check["n"]) == (True, "ci", 8)
     assert check["interval"] == pytest.approx([lo, hi])
+    assert check["interval_method"] == "wilson"
+    # No samples were logged: the aggregation (a mean whose stderr is that of 0/1 scores)
+    # told the plugin it is a proportion.
+    assert summary["tasks"]["mini_arc/mini_arc"]["intervals"]["mini_arc"]["acc,none"] == {
+        "low": pytest.approx(lo),
+        "high": pytest.approx(hi),
+        "method": "wilson",
+        "confidence": 0.95,
+    }
 
     def properties(name: str) -> dict[str, str]:
         root = ET.parse(pytester.path / name).getroot()
@@ -106,7 +131,8 @@ def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
     )
     assert properties("point.xml")["mini_arc:acc,none"] == "0.75"
 
-    # A lower confidence narrows the interval below 0.9: [0.64, 0.86] at 50%.
+    # A lower confidence narrows the interval below 0.9: [0.64, 0.84] at 50%.
+    assert wilson(6, 8, 0.5)[1] == pytest.approx(0.8379, abs=1e-4)
     _run(
         pytester, server, tasks, "--evalchemy-gate=ci", "--evalchemy-confidence=0.5"
     ).assert_outcomes(failed=1)
@@ -168,7 +194,7 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
             "task*metric*value*stderr*threshold / baseline*verdict",
             "mini_arc*acc,none*0.5000*0.0729*0.7500 - 0.02*FAIL",
             "mini_arc:acc,none baseline: dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 "
-            "(z=2.59, p=0.00478, n=48 vs 48)",
+            "(two-sample z=2.59, p=0.00478, n=48 vs 48)",
         ]
     )
     statuses = {
@@ -199,19 +225,26 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
         "checks"
     ]
     assert [c["passed"] for c in hellaswag] == [True, True]
-    assert "but not significant at 95% (z=1.00, p=0.159, n=8 vs 8)" in hellaswag[0]["message"]
+    assert (
+        "but not significant at 95% (two-sample z=1.00, p=0.159, n=8 vs 8)"
+        in hellaswag[0]["message"]
+    )
+    # The baseline logged no samples: nothing to pair, and the check says it was unpaired.
+    assert hellaswag[0]["pairing"] is None
 
     markdown = (pytester.path / "report.md").read_text(encoding="utf-8")
     lines = markdown.splitlines()
     assert lines[0] == "## Evalchemy run `ci`: ❌ 1 of 3 item(s) not passed"
     assert lines[2].endswith("gate `ci` at 95% confidence · baseline `base` (max drop 0.02)")
     assert (
-        "| mini_arc/mini_arc | failed | acc,none | 0.5000 | 0.0729 | - | 0.7500 | -0.2500 | "
-        "❌ FAIL: dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 (z=2.59, p=0.00478, n=48 vs 48) |"
+        "| mini_arc/mini_arc | failed | acc,none | 0.5000 | [0.3639, 0.6361] wilson | - | 0.7500 "
+        "| -0.2500 | - | ❌ FAIL: dropped 0.2500 from 0.7500 to 0.5000, more than 0.02 "
+        "(two-sample z=2.59, p=0.00478, n=48 vs 48) |"
     ) in lines
     assert any(
         line.startswith(
-            "| mini_mmlu/mini_mmlu | passed | acc,none | 0.5000 | 0.1890 | - | 0.7500 | -0.2500 | ✅ pass"
+            "| mini_mmlu/mini_mmlu | passed | acc,none | 0.5000 | [0.2152, 0.7848] wilson | - "
+            "| 0.7500 | -0.2500 | - | ✅ pass"
         )
         for line in lines
     )
@@ -248,8 +281,17 @@ def test_items_in_one_run_only_and_changed_fewshot_are_reported_not_failed(
     )
     summary = _summary(pytester, "now")
     assert summary["gate"]["baseline"] == str(baseline)
+    power = (
+        "baseline: 4 samples cannot tell a drop of 0.02 from luck at 95% confidence with 80% "
+        "power: that needs 5945 per run unpaired (evalchemy plan)"
+    )
     assert summary["gate"]["notes"] == [
         "mini_arc/mini_arc: not like for like with the baseline (base): num_fewshot 1 -> 2",
+        "mini_arc/mini_arc: the baseline logged no samples, so drops are judged by the "
+        "two-sample z-test on the stderrs, not paired by document (make the baseline run with "
+        "--evalchemy-log-samples)",
+        f"mini_arc/mini_arc: mini_arc:acc,none {power}",
+        f"mini_arc/mini_arc: mini_arc:acc_norm,none {power}",
         "mini_mmlu/mini_mmlu: in the baseline only (not in this run)",
         "mini_gsm8k/mini_gsm8k: not in the baseline; nothing to compare",
     ]
@@ -282,7 +324,9 @@ def test_parallel_workers_each_load_the_baseline(
         "mini_arc": offline_task("mini_arc", limit=8),
         "mini_mmlu": offline_task("mini_mmlu", limit=8),
     }
-    _run(pytester, server, tasks, "--evalchemy-run-id=base").assert_outcomes(passed=2)
+    _run(
+        pytester, server, tasks, "--evalchemy-run-id=base", "--evalchemy-log-samples"
+    ).assert_outcomes(passed=2)
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={worse_server.completions_url}",
         f"--evalchemy-config={pytester.path / 'eval.json'}",
@@ -299,6 +343,17 @@ def test_parallel_workers_each_load_the_baseline(
     )
     junit = (pytester.path / "par.xml").read_text(encoding="utf-8")
     assert '<property name="check:mini_mmlu:acc,none:baseline" value="FAIL dropped 0.2500' in junit
-    assert {v["status"] for v in _summary(pytester, "par", "candidate")["tasks"].values()} == {
-        "failed"
-    }
+    tasks_out = _summary(pytester, "par", "candidate")["tasks"]
+    assert {v["status"] for v in tasks_out.values()} == {"failed"}
+    # Each worker paired its item with the baseline's samples: of the first 8 documents the
+    # usual model knows 0-2 and 4-6, the worse one 0, 2, 4, 6, so 1 and 5 flipped.
+    for record in tasks_out.values():
+        (check,) = [c for c in record["checks"] if c["metric"] == "acc,none"]
+        assert check["pairing"] == {
+            "n": 8,
+            "right_to_wrong": 2,
+            "wrong_to_right": 0,
+            "p_value": 0.25,
+            "method": "mcnemar-exact",
+        }
+        assert [f["doc_id"] for f in check["flips"]] == [1, 5]

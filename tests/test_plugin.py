@@ -36,8 +36,9 @@ def test_offline_config_passes_with_exact_scores(
         [
             "*evalchemy scores*",
             "benchmark*task*metric*value*status*time",
-            "mini_arc*mini_arc*acc,none*0.7500 ± 0.*passed*",
-            "mini_gsm8k*mini_gsm8k*exact_match,strict-match*0.8000 ± 0.*passed*",
+            "mini_arc*mini_arc*acc,none*0.7500 [[]0.5313, 0.8881[]]*passed*",
+            "mini_gsm8k*mini_gsm8k*exact_match,strict-match*0.8000 [[]0.4902, 0.9433[]]*passed*",
+            "95% intervals: wilson (a mean of 0/1 scores)",
             "summary: *r1/evalchemy_summary_r1.json",
         ]
     )

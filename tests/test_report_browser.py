@@ -304,3 +304,71 @@ def test_comparison_of_three_runs(pytester: pytest.Pytester, browser: Any) -> No
     ]
     assert ids == ["run-model-a", "run-model-b", "run-model-c"]
     assert _problems(browser) == []
+
+
+def _visible_flips(driver: Any) -> list[list[str]]:
+    return driver.execute_script(
+        "return Array.prototype.slice.call(document.querySelectorAll('#flips tr.flip'))"
+        ".filter(function (e) { return e.getClientRects().length > 0; })"
+        ".map(function (e) { return [e.dataset.doc, e.dataset.direction]; })"
+    )
+
+
+def test_flips_view_of_a_run_gated_against_its_baseline(
+    pytester: pytest.Pytester, server: EvalchemyTestServer, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    config = write_config(
+        pytester.path / "eval.json",
+        {"tasks": {"mini_arc": offline_task("mini_arc", limit=24, metrics=["acc"])}},
+    )
+
+    def run(endpoint: str, run_id: str, *args: str) -> None:
+        pytester.runpytest(
+            f"--evalchemy-endpoint={endpoint}",
+            f"--evalchemy-config={config}",
+            f"--evalchemy-run-id={run_id}",
+            "-p",
+            "no:cacheprovider",
+            *args,
+        )
+
+    run(server.completions_url, "base", "--evalchemy-log-samples")
+    key = load_answer_key(REPO / "benchmarks")
+    # Docs 0, 1, 2 were right and are now wrong; doc 3 was wrong and is now right.
+    with EvalchemyTestServer(key, flip=["mini_arc:0,mini_arc:1,mini_arc:2,mini_arc:3"]) as other:
+        run(other.completions_url, "new", f"--evalchemy-baseline={pytester.path / 'results/base'}")
+    page = pytester.path / "results" / "new" / "report.html"
+    _open(browser, page)
+    assert _problems(browser) == []
+    _assert_offline(browser, page)
+    counts = browser.find_element(
+        By.CSS_SELECTOR, '#flip-counts tr[data-metric="mini_arc/mini_arc acc,none"]'
+    )
+    assert counts.find_element(By.CSS_SELECTOR, ".right-to-wrong").text == "3"
+    assert counts.find_element(By.CSS_SELECTOR, ".wrong-to-right").text == "1"
+    assert "mcnemar-exact p=0.312" in counts.text
+    # Both metrics (acc, acc_norm) flip on the same four documents.
+    assert len(_visible_flips(browser)) == 8
+    _select(browser, "flip-metric", "mini_arc/mini_arc acc,none")
+    assert _visible_flips(browser) == [
+        ["0", "right_to_wrong"],
+        ["1", "right_to_wrong"],
+        ["2", "right_to_wrong"],
+        ["3", "wrong_to_right"],
+    ]
+    _select(browser, "flip-direction", "right_to_wrong")
+    assert [d for d, _ in _visible_flips(browser)] == ["0", "1", "2"]
+    assert browser.find_element(By.ID, "flip-count").text == "3 of 8 flips shown"
+    _select(browser, "flip-direction", "wrong_to_right")
+    (row,) = [
+        r for r in browser.find_elements(By.CSS_SELECTOR, "#flips tr.flip") if r.is_displayed()
+    ]
+    # Both answers side by side: the baseline's was wrong, this run's is the target.
+    old = row.find_element(By.CSS_SELECTOR, "code.old-answer").text
+    new = row.find_element(By.CSS_SELECTOR, "code.new-answer").text
+    assert old != new == row.find_element(By.CSS_SELECTOR, "code.target").text
+    row.find_element(By.TAG_NAME, "summary").click()
+    assert "Question:" in row.find_element(By.TAG_NAME, "pre").text
+    assert _problems(browser) == []

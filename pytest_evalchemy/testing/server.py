@@ -43,6 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,18 @@ class APIError(Exception):
         }
 
 
+def parse_flips(specs: Sequence[str]) -> set[tuple[str, int]]:
+    """``{(task, doc_id)}`` from ``["mini_arc:0", "mini_arc:3,mini_mmlu:1"]``."""
+    out = set()
+    for spec in specs:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            task, _, doc = part.rpartition(":")
+            if not task or not doc.isdigit():
+                raise ValueError(f"--flip {part!r}: expected TASK:DOC_ID, e.g. mini_arc:3")
+            out.add((task, int(doc)))
+    return out
+
+
 def _bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 
@@ -170,7 +183,8 @@ class EvalchemyTestServer:
     requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
-    ``no_tokenizer_endpoints``, ``chat_only``. The ``*_first`` faults take turns, in the order reset, fail,
+    ``no_tokenizer_endpoints``, ``chat_only``; ``flip`` ("TASK:DOC_ID" strings) inverts the answer
+    of those documents. The ``*_first`` faults take turns, in the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
 
@@ -213,8 +227,15 @@ class EvalchemyTestServer:
         first_answers: Sequence[str] = (),
         away_after: int | None = None,
         away_for: float = 0.0,
+        flip: Sequence[str] = (),
     ) -> None:
-        self.entries = list(entries)
+        # A second model that differs from the first on known documents: "TASK:DOC_ID" entries
+        # whose answer is inverted (right becomes wrong and wrong right).
+        self.flipped = parse_flips(flip)
+        self.entries = [
+            replace(e, known=not e.known) if (e.task, e.index) in self.flipped else e
+            for e in entries
+        ]
         self.host = host
         self.port = port
         self.model = model
@@ -1061,7 +1082,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--away-after", type=int, help="after N completion requests, go away (see --away-for)"
     )
     g.add_argument("--away-for", type=float, default=0.0, help="seconds away before serving again")
-    return p.parse_args(argv)
+    g.add_argument(
+        "--flip",
+        action="append",
+        default=[],
+        metavar="TASK:DOC_ID[,...]",
+        help="invert the answer of these documents (a second model that differs on them)",
+    )
+    args = p.parse_args(argv)
+    try:
+        parse_flips(args.flip)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1095,6 +1128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_answers=[k for k in args.first_answers.split(",") if k],
         away_after=args.away_after,
         away_for=args.away_for,
+        flip=args.flip,
     )
     done = threading.Event()
 

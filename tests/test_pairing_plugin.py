@@ -1,0 +1,276 @@
+"""Drops paired with the baseline, end to end: real pytest runs (pytester), real lm-eval, and
+test servers whose simulated models differ from the usual one on known documents, so every
+flip, count and p-value is known in advance."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_evalchemy.report_cli import make_report
+from pytest_evalchemy.testing.answer_key import AnswerEntry
+from pytest_evalchemy.testing.server import EvalchemyTestServer
+
+from .conftest import offline_task, write_config
+
+# The usual model answers documents 3, 7, 11, ... wrong (36 of mini_arc's 48 right).
+# DROP: six documents it had right are now wrong (30 of 48).
+DROP = ["mini_arc:0,mini_arc:1,mini_arc:2,mini_arc:4,mini_arc:5,mini_arc:6"]
+# MIXED: three right ones wrong, one wrong one (doc 3) right (34 of 48).
+MIXED = ["mini_arc:0,mini_arc:1,mini_arc:2,mini_arc:3"]
+TASKS = {"mini_arc": offline_task("mini_arc", limit=None, metrics=["acc"])}
+
+
+@pytest.fixture(scope="module")
+def drop_server(answer_key: list[AnswerEntry]) -> Iterator[EvalchemyTestServer]:
+    with EvalchemyTestServer(answer_key, flip=DROP) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def mixed_server(answer_key: list[AnswerEntry]) -> Iterator[EvalchemyTestServer]:
+    with EvalchemyTestServer(answer_key, flip=MIXED) as srv:
+        yield srv
+
+
+def _run(
+    pytester: pytest.Pytester,
+    server: EvalchemyTestServer,
+    run_id: str,
+    *args: str,
+    tasks: dict[str, Any] = TASKS,
+) -> pytest.RunResult:
+    config = write_config(pytester.path / "eval.json", {"tasks": tasks})
+    return pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}",
+        f"--evalchemy-config={config}",
+        f"--evalchemy-run-id={run_id}",
+        "-p",
+        "no:cacheprovider",
+        *args,
+    )
+
+
+def _record(pytester: pytest.Pytester, run_id: str) -> dict[str, Any]:
+    path = pytester.path / "results" / run_id / f"evalchemy_summary_{run_id}.json"
+    return json.loads(path.read_text(encoding="utf-8"))["tasks"]["mini_arc/mini_arc"]
+
+
+def _se(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / (n - 1))
+
+
+def _two_sample_p(base: float, now: float, n: int) -> float:
+    from statistics import NormalDist
+
+    return 1 - NormalDist().cdf((base - now) / math.hypot(_se(base, n), _se(now, n)))
+
+
+def _baseline_check(record: dict[str, Any]) -> dict[str, Any]:
+    (check,) = [c for c in record["checks"] if c["kind"] == "baseline"]
+    return check
+
+
+def test_paired_test_finds_the_drop_the_two_sample_test_misses(
+    pytester: pytest.Pytester, server: EvalchemyTestServer, drop_server: EvalchemyTestServer
+) -> None:
+    # Two baselines of the same model: one logged its samples, one did not.
+    _run(pytester, server, "base", "--evalchemy-log-samples").assert_outcomes(passed=1)
+    _run(pytester, server, "base_plain").assert_outcomes(passed=1)
+    base_dir = pytester.path / "results" / "base"
+    assert (base_dir / "items/mini_arc/mini_arc/samples_mini_arc.jsonl").is_file()
+    assert not list(
+        (pytester.path / "results/base_plain/items/mini_arc/mini_arc").glob("samples_*")
+    )
+    unpaired_p = _two_sample_p(0.75, 0.625, 48)
+    assert round(unpaired_p, 4) == 0.0935  # z = 1.32: not significant at 95%
+
+    paired = _run(
+        pytester,
+        drop_server,
+        "paired",
+        "--evalchemy-gate=ci",
+        f"--evalchemy-baseline={base_dir}",
+        "--evalchemy-markdown=paired.md",
+    )
+    paired.assert_outcomes(failed=1)
+    paired.stdout.fnmatch_lines(
+        [
+            "mini_arc:acc,none baseline: dropped 0.1250 from 0.7500 to 0.6250, more than 0.02 "
+            "(paired: 6 right→wrong, 0 wrong→right of 48, mcnemar-exact p=0.0156, "
+            "two-sample z=1.32, p=0.0935, n=48 vs 48)",
+            "  paired on 48 documents: 6 right→wrong, 0 wrong→right, mcnemar-exact p=0.01562",
+            "    doc 0 (right→wrong): target 'water vapor in the surrounding air', was 'water "
+            "vapor in the surrounding air', now 'the counter under the can'",
+            "    doc 1 (right→wrong): *",
+            "    doc 2 (right→wrong): *",
+            "    doc 4 (right→wrong): *",
+            "    doc 5 (right→wrong): *",
+            "mini_arc:acc,none baseline: warning: 48 samples cannot tell a drop of 0.02 from luck "
+            "at 95% confidence with 80% power: that needs 1930 paired at this discordance 0.125, "
+            "5945 unpaired (evalchemy plan)",
+        ]
+    )
+    record = _record(pytester, "paired")
+    # The baseline was given: this run logged its samples without being asked.
+    assert (
+        pytester.path / "results/paired/items/mini_arc/mini_arc/samples_mini_arc.jsonl"
+    ).is_file()
+    check = _baseline_check(record)
+    assert check["pairing"] == {
+        "n": 48,
+        "right_to_wrong": 6,
+        "wrong_to_right": 0,
+        "p_value": 1 / 64,
+        "method": "mcnemar-exact",
+    }
+    assert (check["passed"], check["mode"], check["p_value"]) == (False, "ci", 1 / 64)
+    assert check["unpaired_p_value"] == pytest.approx(unpaired_p, abs=1e-12)
+    assert [f["doc_id"] for f in check["flips"]] == [0, 1, 2, 4, 5]
+    for flip in check["flips"]:
+        assert flip["old_answer"] == flip["target"] != flip["new_answer"]
+    markdown = (pytester.path / "paired.md").read_text(encoding="utf-8")
+    assert "| 6 / 0 of 48 (mcnemar-exact p=0.0156) |" in markdown
+    report = (pytester.path / "results/paired/report.html").read_text(encoding="utf-8")
+    flips = re.findall(
+        r'<tr class="flip" data-metric="([^"]+)" data-direction="(\w+)" data-doc="(\d+)"', report
+    )
+    # Every metric both runs report (acc and acc_norm), each with its six flipped documents.
+    assert flips == [
+        (f"mini_arc/mini_arc {metric}", "right_to_wrong", str(d))
+        for metric in ("acc,none", "acc_norm,none")
+        for d in (0, 1, 2, 4, 5, 6)
+    ]
+
+    # The same run against the baseline without samples: the two-sample test misses the drop.
+    unpaired = _run(
+        pytester,
+        drop_server,
+        "unpaired",
+        "--evalchemy-gate=ci",
+        f"--evalchemy-baseline={pytester.path / 'results' / 'base_plain'}",
+    )
+    unpaired.assert_outcomes(passed=1)
+    check = _baseline_check(_record(pytester, "unpaired"))
+    assert check["pairing"] is None
+    assert (check["passed"], check["p_value"]) == (True, pytest.approx(unpaired_p, abs=1e-12))
+    assert "but not significant at 95% (two-sample z=1.32, p=0.0935" in check["message"]
+    unpaired.stdout.fnmatch_lines(
+        [
+            "note: mini_arc/mini_arc: the baseline logged no samples, so drops are judged by the "
+            "two-sample z-test on the stderrs, not paired by document (make the baseline run with "
+            "--evalchemy-log-samples)"
+        ]
+    )
+
+    # evalchemy report RUN_A RUN_B: the flips of the two runs, on stdout and in the page.
+    out, err = io.StringIO(), io.StringIO()
+    page = pytester.path / "compare.html"
+    runs = [str(base_dir), str(pytester.path / "results" / "paired")]
+    assert make_report(runs, None, str(page), stdout=out, stderr=err) == 0
+    assert out.getvalue().splitlines()[1:] == [
+        "flips of paired against base:",
+        "  mini_arc/mini_arc acc,none: 6 right→wrong, 0 wrong→right of 48 (mcnemar-exact "
+        "p=0.01562)",
+        "  mini_arc/mini_arc acc_norm,none: 6 right→wrong, 0 wrong→right of 48 (mcnemar-exact "
+        "p=0.01562)",
+    ]
+    html = page.read_text(encoding="utf-8")
+    assert "<h2>Flips: paired against base</h2>" in html
+    assert html.count('<tr class="flip" ') == 12  # six documents, two metrics
+
+
+def test_a_small_drop_with_flips_both_ways_is_luck_under_ci(
+    pytester: pytest.Pytester, server: EvalchemyTestServer, mixed_server: EvalchemyTestServer
+) -> None:
+    _run(pytester, server, "base", "--evalchemy-log-samples").assert_outcomes(passed=1)
+    baseline = f"--evalchemy-baseline={pytester.path / 'results' / 'base'}"
+    # 36 -> 34 right of 48: a drop of 0.0417, more than 0.02.
+    _run(pytester, mixed_server, "point", baseline).assert_outcomes(failed=1)
+    point = _baseline_check(_record(pytester, "point"))
+    ci = _run(pytester, mixed_server, "ci", baseline, "--evalchemy-gate=ci")
+    ci.assert_outcomes(passed=1)
+    check = _baseline_check(_record(pytester, "ci"))
+    # P(X >= 3) for X ~ Binomial(4, 1/2) = 5/16.
+    expected = {
+        "n": 48,
+        "right_to_wrong": 3,
+        "wrong_to_right": 1,
+        "p_value": 5 / 16,
+        "method": "mcnemar-exact",
+    }
+    assert point["pairing"] == check["pairing"] == expected
+    assert (point["passed"], check["passed"]) == (False, True)
+    assert check["delta"] == pytest.approx(34 / 48 - 0.75)
+    assert [(f["doc_id"], f["direction"]) for f in check["flips"]] == [
+        (0, "right_to_wrong"),
+        (1, "right_to_wrong"),
+        (2, "right_to_wrong"),
+        (3, "wrong_to_right"),
+    ]
+    assert "but not significant at 95% (paired: 3 right→wrong, 1 wrong→right" in check["message"]
+
+
+def test_pairing_is_refused_when_the_prompts_differ(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    _run(pytester, server, "base", "--evalchemy-log-samples").assert_outcomes(passed=1)
+    zero_shot = {"mini_arc": offline_task("mini_arc", limit=None, metrics=["acc"], num_fewshot=0)}
+    result = _run(
+        pytester,
+        server,
+        "now",
+        "--evalchemy-gate=ci",
+        f"--evalchemy-baseline={pytester.path / 'results' / 'base'}",
+        tasks=zero_shot,
+    )
+    result.assert_outcomes(passed=1, warnings=1)
+    note = (
+        "mini_arc/mini_arc: mini_arc:acc,none not paired with the baseline: the prompts differ "
+        "on 48 of 48 documents (first: doc 0): a changed template, description or few-shot set; "
+        "judged by the two-sample z-test"
+    )
+    result.stdout.fnmatch_lines([f"note: {note}"])
+    record = _record(pytester, "now")
+    assert note in record["gate_notes"]
+    check = _baseline_check(record)
+    assert check["pairing"] is None
+    assert check["flips"] is None
+    assert check["p_value"] == check["unpaired_p_value"]
+
+
+def test_intervals_in_the_summary(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
+    tasks = {
+        "mini_arc": offline_task("mini_arc", limit=10, log_samples=True),
+        "mini_gsm8k": offline_task("mini_gsm8k", limit=10),
+    }
+    _run(pytester, server, "r", tasks=tasks).assert_outcomes(passed=2)
+    path = pytester.path / "results/r/evalchemy_summary_r.json"
+    tasks_out = json.loads(path.read_text(encoding="utf-8"))["tasks"]
+    # Logged samples (mini_arc) and the aggregation alone (mini_gsm8k) both give Wilson:
+    # 8 of 10 right on each (docs 3 and 7 wrong).
+    for key, task, metrics in (
+        ("mini_arc/mini_arc", "mini_arc", ("acc,none", "acc_norm,none")),
+        ("mini_gsm8k/mini_gsm8k", "mini_gsm8k", ("exact_match,strict-match",)),
+    ):
+        intervals = tasks_out[key]["intervals"][task]
+        for metric in metrics:
+            iv = intervals[metric]
+            assert set(iv) == {"low", "high", "method", "confidence"}
+            assert (iv["method"], iv["confidence"]) == ("wilson", 0.95)
+            assert (round(iv["low"], 4), round(iv["high"], 4)) == (0.4902, 0.9433)
+
+
+def test_report_without_its_baseline_has_no_flips(tmp_path: Path) -> None:
+    # The flips view of a run whose baseline folder is gone: no section, no error.
+    from pytest_evalchemy.html_report import render_report
+
+    summary = {"run_id": "x", "gate": {"baseline": str(tmp_path / "gone.json")}, "tasks": {}}
+    assert "Flips" not in render_report(summary, tmp_path)
