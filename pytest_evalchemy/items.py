@@ -155,7 +155,7 @@ class TimeoutHooks:
         message = PYTEST_FAILURE_MESSAGE % settings.timeout
 
         def _on_timeout(signum: int, frame: Any) -> None:
-            if not settings.disable_debugger_detection and is_debugging():
+            if not getattr(settings, "disable_debugger_detection", False) and is_debugging():
                 return  # a debugger is stopped in the item: no timeout, as pytest-timeout does
             raise ItemTimeout(message)
 

@@ -36,8 +36,14 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise ``RunInUse`` without writing anything."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageProblem(
+                f"cannot lock the run folder {str(self.path.parent)!r} ({exc.strerror}); pass "
+                "--evalchemy-output with a writable folder"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -164,6 +164,24 @@ def test_the_lock_of_a_killed_run_is_no_obstacle(
     result.assert_outcomes(passed=1)
 
 
+def test_a_run_folder_that_cannot_be_locked_is_a_usage_error(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    (pytester.path / "results").mkdir()
+    (pytester.path / "results" / "taken").write_text("a file where the run folder would be")
+    result = pytester.runpytest(
+        f"--evalchemy-endpoint={server.completions_url}",
+        _cfg(pytester.path, MMLU),
+        "--evalchemy-run-id=taken",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: evalchemy: cannot lock the run folder '*taken' (File exists); pass --evalchemy-output*"
+        ]
+    )
+
+
 def test_collect_only_creates_no_run_folder(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
