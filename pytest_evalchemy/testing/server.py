@@ -976,6 +976,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Run one completion request through the fault switches, the concurrency cap and the model."""
         app = self.server.app
         seq = app._begin_completion()
+        ended = False
         try:
             fault = app._fault_for(seq)
             if fault == "hang":
@@ -1009,10 +1010,15 @@ class _Handler(BaseHTTPRequestHandler):
             with app._slot():
                 payload = answer(self._json_body(raw))
             self._send_json(200, payload)
+            # No longer in flight once answered: end before the answer leaves, or the
+            # client's next request could start while this one still counts.
+            app._end_completion()
+            ended = True
             self.wfile.flush()  # raises when the client or a stopping server cut us off
             app._record_answer(raw)
         finally:
-            app._end_completion()
+            if not ended:
+                app._end_completion()
 
 
 _ANSWER_FAULTS = ("reset", "truncated", "invalid_json")
