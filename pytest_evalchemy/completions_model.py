@@ -39,6 +39,8 @@ from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from .chat_model import ReasoningPayload, ServerChatTemplate
+
 MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
 # read (lm-eval keeps its own copies), while keeping every worker busy.
@@ -233,8 +235,9 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
         yield from _pair_strings(context, continuation)
 
 
-class EvalchemyCompletions(LocalCompletionsAPI):
-    """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time."""
+class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletionsAPI):
+    """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
+    (and which renders the server's chat template and sends reasoning payloads)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import harness
+from .chat_settings import ChatOptions, ItemChat, item_chat
 from .config import PlannedItem, Threshold
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
@@ -47,6 +48,7 @@ class RunSettings:
     gate: GateSettings = field(default_factory=GateSettings)
     verify: bool | str = True  # TLS: True, False (--evalchemy-insecure) or a CA bundle path
     allow_unsafe_code: bool = False  # lm-eval's confirm_run_unsafe_code
+    chat: ChatOptions = field(default_factory=ChatOptions)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -63,9 +65,52 @@ def item_timeout(item: PlannedItem, settings_default: float | None) -> float | N
     return item.task.timeout if item.task.timeout is not None else settings_default
 
 
+def chat_of(item: PlannedItem, settings: RunSettings) -> ItemChat:
+    """The item's chat and reasoning settings on the run's endpoint."""
+    return item_chat(
+        item.task,
+        settings.chat,
+        chat_url=settings.endpoint.chat_url,
+        reasoning_detected=settings.endpoint.reasoning,
+        include_paths=settings.include_paths,
+    )
+
+
+def chat_note(item: PlannedItem, settings: RunSettings) -> str:
+    """The item's chat and reasoning settings in words (empty for a plain item), for the
+    dry run."""
+    chat = chat_of(item, settings)
+    parts = []
+    if chat.chat_url is not None:
+        parts.append("generation through /v1/chat/completions")
+    elif chat.apply_chat_template is not False:
+        name = chat.apply_chat_template
+        parts.append(
+            "the server's chat template"
+            + (f" {name!r}" if isinstance(name, str) else "")
+            + " on /v1/completions"
+        )
+    if chat.templated:
+        multiturn = chat.fewshot_as_multiturn is not False
+        parts.append("few-shot as turns" if multiturn else "few-shot in one turn")
+    if chat.system_instruction is not None:
+        parts.append(f"system instruction {chat.system_instruction!r}")
+    if chat.reasoning_setting == "auto":
+        parts.append("reasoning: auto (the endpoint check decides; shown as off)")
+    elif chat.reasoning:
+        parts.append(
+            f"reasoning: no stop strings sent, thinking up to {chat.think_end_token!r} taken "
+            f"off, thinking budget {chat.thinking_budget} tokens"
+        )
+    if not chat.templated and chat.reasoning_setting == "auto":
+        return ""
+    return "; ".join(parts)
+
+
 def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRequest:
     """The lm-eval request of ``item`` under ``settings``."""
     task = item.task
+    chat = chat_of(item, settings)
     timeout = item_timeout(item, settings.default_timeout)
     request_timeout = DEFAULT_REQUEST_TIMEOUT
     if timeout is not None:
@@ -90,6 +135,14 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         verify_certificate=settings.verify is not False,
         ca_cert_path=settings.verify if isinstance(settings.verify, str) else None,
         confirm_run_unsafe_code=settings.allow_unsafe_code,
+        chat_url=chat.chat_url,
+        apply_chat_template=chat.apply_chat_template,
+        system_instruction=chat.system_instruction,
+        fewshot_as_multiturn=chat.fewshot_as_multiturn,
+        gen_kwargs=task.gen_kwargs,
+        reasoning=chat.reasoning,
+        think_end_token=chat.think_end_token,
+        thinking_budget=chat.thinking_budget,
     )
 
 
@@ -104,15 +157,21 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
     from importlib import metadata
 
     tokenizer = settings.tokenizer or ("remote" if settings.endpoint.remote_tokenizer else "none")
-    key = json.dumps(
-        [
-            settings.paths.run_id,
-            settings.endpoint.model,
-            max_length,
-            tokenizer,
-            metadata.version("lm_eval"),
-        ]
-    )
+    parts: list[Any] = [
+        settings.paths.run_id,
+        settings.endpoint.model,
+        max_length,
+        tokenizer,
+        metadata.version("lm_eval"),
+    ]
+    chat = chat_of(item, settings)
+    if chat.templated or chat.reasoning or item.task.gen_kwargs:
+        # lm-eval's cache key holds the prompt, not how the answer was asked for (a chat
+        # endpoint, no stop strings) or read (the thinking): a change must not reuse answers.
+        parts.append(
+            [chat.chat_url, chat.apply_chat_template, chat.reasoning, chat.thinking_budget]
+        )
+    key = json.dumps(parts)
     namespace = hashlib.sha256(key.encode()).hexdigest()[:16]
     return str(settings.cache_root / namespace / item.benchmark / item.task.key / "requests")
 
@@ -235,6 +294,15 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
         "batch_size": request.batch_size,
         "max_length": request.max_length,
         "num_concurrent": request.num_concurrent,
+        # Chat and reasoning: a changed one makes a baseline comparison not like for like.
+        "apply_chat_template": request.apply_chat_template or request.chat_url is not None,
+        "system_instruction": request.system_instruction,
+        "fewshot_as_multiturn": request.multiturn,
+        "chat_endpoint": request.chat_url is not None,
+        "gen_kwargs": dict(request.gen_kwargs) or None,
+        "reasoning": request.reasoning,
+        "think_end_token": request.think_end_token if request.reasoning else None,
+        "thinking_budget": request.thinking_budget if request.reasoning else None,
     }
 
 
@@ -273,6 +341,9 @@ def run_item(
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
     results = scrub_results(results, settings.secrets)
+    thinking = results.pop(harness.THINKING_KEY, None)
+    if thinking is not None:
+        record["thinking"] = thinking
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

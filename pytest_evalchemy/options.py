@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .baseline import load_baseline
+from .chat_settings import ChatOptions
 from .config import Threshold, normalize_metric
 from .errors import EvalchemyError
 from .gating import (
@@ -18,6 +19,7 @@ from .gating import (
     GATE_MODES,
     GateSettings,
 )
+from .reasoning import parse_reasoning
 from .results import (
     DEFAULT_CONFIG,
     DEFAULT_OUTPUT,
@@ -159,6 +161,42 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         float,
     ),
     (
+        "--evalchemy-chat-template",
+        "chat_template",
+        "Format every task's prompts with the served model's chat template: true, false, or the name of one of the server's templates (lm-eval --apply_chat_template). Default: each task's apply_chat_template",
+        str,
+    ),
+    (
+        "--evalchemy-system-instruction",
+        "system_instruction",
+        "System message before every task's prompt (lm-eval --system_instruction)",
+        str,
+    ),
+    (
+        "--evalchemy-fewshot-as-multiturn",
+        "fewshot_as_multiturn",
+        "Few-shot examples as user/assistant turns: true or false (lm-eval --fewshot_as_multiturn). Default: true with a chat template",
+        str,
+    ),
+    (
+        "--evalchemy-reasoning",
+        "reasoning",
+        "Reasoning model: true, false or auto (the endpoint check looks for thinking). Default: each task's reasoning, else auto. Env: EVALCHEMY_REASONING",
+        str,
+    ),
+    (
+        "--evalchemy-think-end-token",
+        "think_end_token",
+        "Text that ends a reasoning model's thinking. Default: </think>",
+        str,
+    ),
+    (
+        "--evalchemy-thinking-budget",
+        "thinking_budget",
+        "Tokens a reasoning model may think, on top of max_gen_toks for the answer. Default: 2048",
+        int,
+    ),
+    (
         "--evalchemy-markdown",
         "markdown",
         "Write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set). Env: EVALCHEMY_MARKDOWN",
@@ -174,6 +212,7 @@ _ENV = {
     "baseline": "EVALCHEMY_BASELINE",
     "markdown": "EVALCHEMY_MARKDOWN",
     "vllm_python": "EVALCHEMY_VLLM_PYTHON",
+    "reasoning": "EVALCHEMY_REASONING",
 }
 
 
@@ -271,6 +310,7 @@ class Options:
     ca_bundle: Path | None = None
     insecure: bool = False
     allow_unsafe_code: bool = False
+    chat: ChatOptions = field(default_factory=ChatOptions)
 
     @property
     def verify(self) -> bool | str:
@@ -278,6 +318,86 @@ class Options:
         if self.insecure:
             return False
         return str(self.ca_bundle) if self.ca_bundle else True
+
+
+def setting_source(config: pytest.Config, name: str) -> str:
+    """Where a setting's value came from, for an error message: the flag, the environment
+    variable or the ini file."""
+    flag = f"--evalchemy-{name.replace('_', '-')}"
+    if config.getoption(f"evalchemy_{name}") is not None:
+        return flag
+    env = _ENV.get(name)
+    if env and os.environ.get(env):
+        return f"{env} (environment)"
+    ini = config.inipath.name if config.inipath else "the ini file"
+    return f"evalchemy_{name} in {ini} (ini twin of {flag})"
+
+
+def _boolean(value: str) -> bool | None:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    return None
+
+
+def _chat_options(config: pytest.Config) -> ChatOptions:
+    """--evalchemy-chat-template, -system-instruction, -fewshot-as-multiturn, -reasoning,
+    -think-end-token and -thinking-budget, each refused with the place it came from."""
+    template, _ = setting_value(config, "chat_template")
+    chat_template: bool | str | None = None
+    if template is not None:
+        if not template.strip():
+            raise pytest.UsageError(
+                f"{setting_source(config, 'chat_template')}: expected true, false or a template "
+                "name, got an empty value"
+            )
+        flag = _boolean(template)
+        chat_template = template.strip() if flag is None else flag
+    multiturn_value, _ = setting_value(config, "fewshot_as_multiturn")
+    multiturn = None
+    if multiturn_value is not None:
+        multiturn = _boolean(multiturn_value)
+        if multiturn is None:
+            raise pytest.UsageError(
+                f"{setting_source(config, 'fewshot_as_multiturn')}: expected true or false, "
+                f"got {multiturn_value!r}"
+            )
+    reasoning_value, _ = setting_value(config, "reasoning")
+    reasoning = None
+    if reasoning_value is not None:
+        try:
+            parsed = parse_reasoning(reasoning_value)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{setting_source(config, 'reasoning')}: {exc}") from None
+        reasoning = "auto" if parsed is None else str(parsed).lower()
+    end_token, _ = setting_value(config, "think_end_token")
+    if end_token is not None and not end_token.strip():
+        raise pytest.UsageError(
+            f"{setting_source(config, 'think_end_token')}: expected the text that ends the "
+            "thinking, e.g. </think>; got an empty value"
+        )
+    budget_value, _ = setting_value(config, "thinking_budget")
+    budget = None
+    if budget_value is not None:
+        try:
+            budget = int(budget_value)
+        except ValueError:
+            budget = -1
+        if budget < 0:
+            raise pytest.UsageError(
+                f"{setting_source(config, 'thinking_budget')}: expected a whole number of "
+                f"tokens (0 or more), got {budget_value!r}"
+            )
+    return ChatOptions(
+        chat_template=chat_template,
+        system_instruction=setting_value(config, "system_instruction")[0],
+        fewshot_as_multiturn=multiturn,
+        reasoning=reasoning,
+        think_end_token=end_token,
+        thinking_budget=budget,
+    )
 
 
 def setting_value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -417,6 +537,7 @@ def resolve_options(config: pytest.Config) -> Options:
         ca_bundle=_ca_bundle(config),
         insecure=bool(config.getoption("evalchemy_insecure")),
         allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
+        chat=_chat_options(config),
     )
 
 

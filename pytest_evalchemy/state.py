@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from .chat_check import endpoint_findings
 from .config import EvalConfig, PlannedItem
 from .endpoint import (
     DEFAULT_MAX_LENGTH,
@@ -75,6 +76,7 @@ class EvalchemyState:
             allow_unsafe_code=o.allow_unsafe_code,
             extra_thresholds=o.thresholds,
             gate=o.gate,
+            chat=o.chat,
         )
 
     def header(self) -> dict[str, Any]:
@@ -104,7 +106,9 @@ class EvalchemyState:
                 "tokenizer": self.options.tokenizer
                 or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,
+                "chat": self.options.chat.to_dict(),
             },
+            **({"endpoint_check": endpoint_findings(endpoint)} if endpoint else {}),
         }
 
 

@@ -198,7 +198,8 @@ class EvalchemyTestServer:
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
     ``no_tokenizer_endpoints``, ``chat_only``. Model switches: ``chat_template`` (None: no template),
-    ``reasoning`` (None, ``"content"`` or ``"field"``). The ``*_first`` faults take turns, in the order reset, fail,
+    ``reasoning`` (None, ``"content"`` or ``"field"``); ``record_prompts`` keeps every prompt in
+    ``prompts``. The ``*_first`` faults take turns, in the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
     """
@@ -224,6 +225,7 @@ class EvalchemyTestServer:
         chat_only: bool = False,
         chat_template: str | None = CHAT_TEMPLATE,
         reasoning: str | None = None,
+        record_prompts: bool = False,
         hang_after: int | None = None,
         reset_first: int = 0,
         invalid_json_first: int = 0,
@@ -250,6 +252,9 @@ class EvalchemyTestServer:
                 f"reasoning must be one of {REASONING_MODES} or None, got {reasoning!r}"
             )
         self.reasoning = reasoning
+        # Every prompt answered, as (endpoint, token ids or rendered chat text), to compare
+        # what two clients sent.
+        self.prompts: list[tuple[str, Any]] | None = [] if record_prompts else None
         self.hang_after = hang_after
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
@@ -440,6 +445,11 @@ class EvalchemyTestServer:
             return f"{THINK_START}{THINKING}{THINK_END}{answer}"
         return answer
 
+    def _record(self, endpoint: str, prompt: Any) -> None:
+        if self.prompts is not None:
+            with self._lock:
+                self.prompts.append((endpoint, prompt))
+
     def render_chat(self, messages: object, add_generation_prompt: bool = True) -> str:
         """The prompt text of a chat request: the messages rendered with the chat template."""
         if self.chat_template is None:
@@ -577,6 +587,7 @@ class EvalchemyTestServer:
             )
             n_prompt_total += len(ids)
             n_completion_total += n_generated
+            self._record("completions", tuple(ids))
             prompt_text = original if original is not None else text
             choice: dict[str, Any] = {
                 "index": index,
@@ -642,6 +653,7 @@ class EvalchemyTestServer:
         """Answer a ``/v1/chat/completions`` request body."""
         self._check_model(body)
         text = self.render_chat(body.get("messages"))
+        self._record("chat", text)
         n_prompt = len(encode(text))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
