@@ -246,6 +246,13 @@ def _schema_message(error: Any) -> tuple[str, str]:
             f"invalid limit {json.dumps(error.instance)}: use a whole number of samples (>= 1), "
             "a fraction between 0 and 1, or null for the whole data set"
         )
+    if validator == "oneOf" and where.endswith(".until"):
+        return where, (
+            f"invalid stop strings {json.dumps(error.instance)}: use a string or a list of "
+            'non-empty strings, e.g. ["Question:", "\\n\\n"]'
+        )
+    if validator == "minLength":
+        return where, "must not be empty"
     if validator == "pattern":
         return where, _bad_name(error.instance)
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import harness
-from .chat_settings import ChatOptions, ItemChat, item_chat
+from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
 from .config import PlannedItem, Threshold
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
@@ -95,14 +95,17 @@ def chat_note(item: PlannedItem, settings: RunSettings) -> str:
         parts.append("few-shot as turns" if multiturn else "few-shot in one turn")
     if chat.system_instruction is not None:
         parts.append(f"system instruction {chat.system_instruction!r}")
-    if chat.reasoning_setting == "auto":
+    generation = generation_only(item.task, settings.include_paths)
+    if not generation:
+        pass  # reasoning changes nothing for loglikelihood requests
+    elif chat.reasoning_setting == "auto":
         parts.append("reasoning: auto (the endpoint check decides; shown as off)")
     elif chat.reasoning:
         parts.append(
             f"reasoning: no stop strings sent, thinking up to {chat.think_end_token!r} taken "
             f"off, thinking budget {chat.thinking_budget} tokens"
         )
-    if not chat.templated and chat.reasoning_setting == "auto":
+    if not chat.templated and (chat.reasoning_setting == "auto" or not generation):
         return ""
     return "; ".join(parts)
 

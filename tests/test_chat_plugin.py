@@ -346,3 +346,18 @@ def test_chat_template_on_a_server_without_one_fails_before_the_run(
     assert srv.stats()["prompts"] == 1  # the endpoint check's logprob probe, nothing else
     summary = read_summary(pytester.path / "results")
     assert summary["tasks"]["arc/arc"]["status"] == "error"
+
+
+def test_what_the_check_found_reaches_xdist_workers(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    srv = make_server(reasoning="field")
+    tasks = {"one": offline_task(GSM), "two": offline_task(GSM, limit=4)}
+    result = _run(pytester, srv.chat_completions_url, tasks, "-n", "2")
+    result.assert_outcomes(passed=2)
+    records = _records(pytester)
+    assert records["one/one"]["metrics"][GSM]["exact_match,strict-match"] == 0.75
+    assert records["two/two"]["metrics"][GSM]["exact_match,strict-match"] == 0.75
+    summary = read_summary(pytester.path / "results")
+    assert summary["endpoint_check"]["reasoning_how"] == "reasoning field"
+    assert summary["endpoint_check"]["chat_template"] is True
