@@ -189,3 +189,29 @@ def test_template_selection_and_special_tokens() -> None:
         "pad_token": None,
     }
     assert chat_template.special_tokens(info) == {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+def test_tiny_model_template_renders_as_transformers_and_not_as_lm_eval_remote() -> None:
+    """The vLLM tier's template relies on trim_blocks/lstrip_blocks: the plugin's rendering
+    is transformers'; lm-eval's remote renderer (its own Jinja environment, no bos_token)
+    gives another prompt, hence other scores."""
+    import jinja2
+    from lm_eval.utils import env
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from pytest_evalchemy.testing.tiny_model import CHAT_TEMPLATE as TINY
+
+    chat = CHATS["multiturn"][1:]
+    tokens = {"bos_token": "<s>", "eos_token": "</s>"}
+    (expected,), _ = render_jinja_template(
+        conversations=[chat], chat_template=TINY, add_generation_prompt=True, **tokens
+    )
+    assert chat_template.render(TINY, chat, tokens=tokens) == expected
+    assert expected.startswith("<s><|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    compiled = env.from_string(TINY)
+    # As lm-eval's RemoteTokenizer.apply_chat_template calls it: no special tokens passed.
+    with pytest.raises(jinja2.exceptions.UndefinedError, match="'bos_token' is undefined"):
+        compiled.render(messages=chat, add_generation_prompt=True)
+    lm_eval_remote = compiled.render(messages=chat, add_generation_prompt=True, **tokens)
+    assert lm_eval_remote != expected
+    assert "\n    \n" in lm_eval_remote  # no lstrip_blocks/trim_blocks
