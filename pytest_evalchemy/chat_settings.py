@@ -65,6 +65,17 @@ class ItemChat:
         return self.chat_url is not None or self.apply_chat_template is not False
 
 
+def _template(task: TaskConfig, options: ChatOptions, *, chat_endpoint: bool) -> bool | str:
+    """The item's apply_chat_template: the run option, else the task key; behind a chat
+    endpoint on by default (the model is served for chat: its loglikelihood prompts are too),
+    unless the run option turns it off."""
+    if options.chat_template is not None:
+        return options.chat_template
+    if chat_endpoint and task.apply_chat_template is False:
+        return True
+    return task.apply_chat_template
+
+
 def generation_only(task: TaskConfig, include_paths: Iterable[Path]) -> bool:
     """Whether every lm-eval task of the item is known to be a generation task."""
     index = catalog.known_tasks(include_paths)
@@ -85,12 +96,8 @@ def item_chat(
 ) -> ItemChat:
     """The item's chat settings. With a chat endpoint, generation items go through it and the
     others through the same server's completions endpoint with the chat template applied."""
-    template: bool | str = (
-        options.chat_template if options.chat_template is not None else task.apply_chat_template
-    )
+    template = _template(task, options, chat_endpoint=chat_url is not None)
     use_chat = chat_url is not None and generation_only(task, include_paths)
-    if chat_url is not None and not use_chat and template is False:
-        template = True  # the model is served for chat: its loglikelihood prompts are too
     setting = reasoning_setting(task, options)
     return ItemChat(
         chat_url=chat_url if use_chat else None,
@@ -118,11 +125,8 @@ def needs_server_template(
     with a template on the completions endpoint, unless a local tokenizer renders it."""
     if local_tokenizer:
         return []
-    keys = []
-    for task in tasks:
-        template = (
-            options.chat_template if options.chat_template is not None else task.apply_chat_template
-        )
-        if template is not False or chat_endpoint:
-            keys.append(task.key)
-    return keys
+    return [
+        task.key
+        for task in tasks
+        if _template(task, options, chat_endpoint=chat_endpoint) is not False
+    ]
