@@ -70,11 +70,23 @@ def _lm_eval_cli(record: dict[str, Any], out: Path) -> tuple[dict[str, Any], Pat
     return json.loads(results_file.read_text())["results"], out
 
 
+def _prompts(path: Path) -> dict[int, str]:
+    """doc id -> the context of its first request, from a samples JSONL."""
+    out = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        args = row["arguments"]
+        # lm-eval's tracker writes {"gen_args_0": {"arg_0": ...}}; its results hold lists.
+        first = args["gen_args_0"]["arg_0"] if isinstance(args, dict) else args[0][0]
+        out[row["doc_id"]] = first
+    return out
+
+
 def test_chat_templated_multiple_choice_equals_lm_eval_with_the_local_tokenizer(
     vllm_server: VllmServer, tiny_model: Path, tmp_path: Path
 ) -> None:
     tasks = {
-        name: {"tasks": [name], **CHOICE, "apply_chat_template": True}
+        name: {"tasks": [name], **CHOICE, "apply_chat_template": True, "log_samples": True}
         for name in ("mini_arc", "mini_mmlu")
     }
     result = _pytest(
@@ -92,10 +104,16 @@ def test_chat_templated_multiple_choice_equals_lm_eval_with_the_local_tokenizer(
         # The command the issue names: lm-eval renders the template with the model's tokenizer.
         assert f"tokenizer_backend=huggingface tokenizer={tiny_model}" in command
         assert "--apply_chat_template" in command
-        cli, _ = _lm_eval_cli(record, tmp_path / f"cli-{name}")
+        cli, out = _lm_eval_cli(record, tmp_path / f"cli-{name}")
         ours = record["metrics"][name]
         assert {k: v for k, v in cli[name].items() if k in ours} == ours, name
         print(f"{name}: plugin {ours} | lm-eval {cli[name]}")
+        # The rendered prompts themselves: transformers' rendering of the local tokenizer's
+        # template equals the plugin's rendering of the one /tokenizer_info serves.
+        (theirs,) = out.rglob(f"samples_{name}_*.jsonl")
+        mine = next((tmp_path / "results" / "tpl").rglob(f"samples_{name}.jsonl"))
+        assert _prompts(mine) == _prompts(theirs)
+        assert all(p.startswith("<s><|im_start|>system\n") for p in _prompts(mine).values())
     # Without the template the same tasks score differently (the prompts differ).
     plain = {name: {"tasks": [name], **CHOICE} for name in ("mini_arc", "mini_mmlu")}
     result = _pytest(
