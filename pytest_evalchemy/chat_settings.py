@@ -20,8 +20,10 @@ LIKE_FOR_LIKE_DEFAULTS: dict[str, Any] = {
     "system_instruction": None,
     "fewshot_as_multiturn": False,
     "chat_endpoint": False,
+    "gen_kwargs": None,
     "reasoning": False,
     "think_end_token": None,
+    "thinking_budget": None,
 }
 
 

@@ -168,7 +168,7 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
         metadata.version("lm_eval"),
     ]
     chat = chat_of(item, settings)
-    if chat.templated or chat.reasoning or item.task.gen_kwargs:
+    if chat.templated or chat.reasoning:
         # lm-eval's cache key holds the prompt, not how the answer was asked for (a chat
         # endpoint, no stop strings) or read (the thinking): a change must not reuse answers.
         parts.append(
