@@ -148,6 +148,7 @@ def test_generation_through_chat_completions_equals_local_chat_completions(
     cli, out = _lm_eval_cli(record, tmp_path / "cli")
     ours = record["metrics"]["mini_gsm8k"]
     assert {k: v for k, v in cli["mini_gsm8k"].items() if k in ours} == ours
+    print(f"mini_gsm8k via chat: plugin {ours} | lm-eval {cli['mini_gsm8k']}")
     # The generations themselves, document by document.
     (cli_samples,) = out.rglob("samples_mini_gsm8k_*.jsonl")
     ours_samples = next((tmp_path / "results" / "chat").rglob("samples_mini_gsm8k.jsonl"))
