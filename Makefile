@@ -25,12 +25,13 @@ test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
 	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs
 
-# The main job on the built-in tiny model: vLLM on the CPU, the offline benchmarks, 2 workers.
+# The main job on the built-in tiny model: vLLM on the CPU, the offline benchmarks (and mini_arc
+# with the model's chat template), 2 workers.
 demo: $(VENV)/.installed $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=$(abspath .cache/hf) \
 		$(BIN)/python -m pytest --evalchemy-serve=$(abspath $(TINY_MODEL)) \
 		--evalchemy-vllm-python=$(abspath $(VLLM_PY)) \
-		--evalchemy-config=configs/offline_config.json -n 2 -rs
+		--evalchemy-config=configs/demo_config.json -n 2 -rs
 
 # The performance figures, written to perf/RESULTS.md (~10-15 min; not part of `make test`). The
 # real-vLLM row uses what `make test` built (or EVALCHEMY_VLLM_PYTHON / EVALCHEMY_TINY_MODEL)

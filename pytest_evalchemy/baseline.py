@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chat_settings import LIKE_FOR_LIKE_DEFAULTS
 from .errors import UsageProblem
 from .per_sample import item_samples
 
@@ -88,6 +89,11 @@ def comparability_problems(record: dict[str, Any], base: dict[str, Any]) -> list
     for name in LIKE_FOR_LIKE_SETTINGS:
         if now.get(name) != then.get(name):
             problems.append(f"{name} {_show(then.get(name))} -> {_show(now.get(name))}")
+    # Chat and reasoning settings; a record from before they existed had the defaults.
+    for name, default in LIKE_FOR_LIKE_DEFAULTS.items():
+        old, new = then.get(name, default), now.get(name, default)
+        if old != new:
+            problems.append(f"{name} {_show(old)} -> {_show(new)}")
     new_versions, old_versions = record.get("versions", {}), base.get("versions", {})
     for task in sorted(set(new_versions) & set(old_versions)):
         if new_versions[task] != old_versions[task]:

@@ -21,9 +21,16 @@ from typing import NoReturn, TextIO
 
 from . import catalog, plan_cli, report_cli
 from .config import EvalConfig, load_config, plan_items
-from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, normalize_endpoint, redact_url
+from .endpoint import (
+    DEFAULT_MAX_LENGTH,
+    EndpointInfo,
+    completions_url_of,
+    is_chat_url,
+    normalize_endpoint,
+    redact_url,
+)
 from .errors import ConfigError, EvalchemyError, Problem
-from .evaluation import RunSettings, build_request
+from .evaluation import RunSettings, build_request, chat_note
 from .results import DEFAULT_CONFIG, DEFAULT_OUTPUT, RunPaths, default_run_id, validate_run_id
 from .task_index import lm_eval_tasks_dir
 from .task_index import scan as _scan
@@ -536,12 +543,15 @@ def _dry_run_settings(opts: CliOptions, config: EvalConfig) -> RunSettings:
         url = "<server started by --serve>/v1/completions"
     else:
         url = "<--endpoint URL>"
+    shown = redact_url(url) if opts.endpoint else url
     return RunSettings(
         endpoint=EndpointInfo(
-            url=redact_url(url) if opts.endpoint else url,
+            url=completions_url_of(shown),
             model=opts.model or (opts.serve if opts.serve else MODEL_PLACEHOLDER),
             max_model_len=None,
             remote_tokenizer=True,
+            # A chat URL: generation items would go there (the check would confirm it).
+            chat_url=shown if is_chat_url(shown) else None,
         ),
         paths=RunPaths.create(opts.output, opts.run_id),
         batch_size=opts.batch_size,
@@ -575,6 +585,9 @@ def dry_run(opts: CliOptions, out: TextIO, err: TextIO) -> int:
             print(f"\n# {item.key}: skipped ({item.reason})", file=out)
             continue
         print(f"\n# {item.key}", file=out)
+        note = chat_note(item, settings)
+        if note:
+            print(f"# {note}", file=out)
         print(key_prefix + build_request(item, settings).cli_string(), file=out)
     print("\n# the run (pytest's -k/-m after -- may select fewer items):", file=out)
     print(_shown(pytest_command(opts)), file=out)

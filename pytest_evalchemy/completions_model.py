@@ -42,6 +42,7 @@ from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from .chat_model import ReasoningPayload, ServerChatTemplate
 from .context_check import ContextCheck
 from .patience import (
     TRANSIENT_STATUSES,
@@ -322,8 +323,9 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
         yield from _pair_strings(context, continuation)
 
 
-class EvalchemyCompletions(LocalCompletionsAPI):
-    """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time."""
+class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletionsAPI):
+    """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
+    (and which renders the server's chat template and sends reasoning payloads)."""
 
     policy: ItemPolicy | None = None  # set by item_policy() while an item runs
 

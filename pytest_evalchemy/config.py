@@ -53,6 +53,14 @@ class TaskConfig:
     # Largest allowed drop against a baseline run, per metric key ("acc,none", "arc_easy:acc,none").
     max_drop: tuple[tuple[str, float], ...] = ()
     configured: bool = True  # False: a benchmark named it without a task entry (lm-eval defaults)
+    # Chat and reasoning models (lm-eval's meanings; the run-wide options override them).
+    apply_chat_template: bool | str = False  # a string names one of the server's templates
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # None: on with a chat template, as in lm-eval
+    gen_kwargs: tuple[tuple[str, Any], ...] = ()
+    reasoning: str | None = None  # "true", "false", "auto"; None: the run's (default auto)
+    think_end_token: str | None = None
+    thinking_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,13 @@ def _schema_message(error: Any) -> tuple[str, str]:
             f"invalid limit {json.dumps(error.instance)}: use a whole number of samples (>= 1), "
             "a fraction between 0 and 1, or null for the whole data set"
         )
+    if validator == "oneOf" and where.endswith(".until"):
+        return where, (
+            f"invalid stop strings {json.dumps(error.instance)}: use a string or a list of "
+            'non-empty strings, e.g. ["Question:", "\\n\\n"]'
+        )
+    if validator == "minLength":
+        return where, "must not be empty"
     if validator == "pattern":
         return where, _bad_name(error.instance)
     if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -397,6 +412,13 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
             (normalize_metric(metric), float(drop))
             for metric, drop in raw.get("max_drop", {}).items()
         ),
+        apply_chat_template=raw.get("apply_chat_template", False),
+        system_instruction=raw.get("system_instruction"),
+        fewshot_as_multiturn=raw.get("fewshot_as_multiturn"),
+        gen_kwargs=tuple((raw.get("gen_kwargs") or {}).items()),
+        reasoning=None if "reasoning" not in raw else str(raw["reasoning"]).lower(),
+        think_end_token=raw.get("think_end_token"),
+        thinking_budget=raw.get("thinking_budget"),
     )
 
 

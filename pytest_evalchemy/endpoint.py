@@ -11,7 +11,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -36,23 +36,41 @@ class EndpointInfo:
     model: str
     max_model_len: int | None
     remote_tokenizer: bool
+    # What chat_check found (None: not looked at). chat_url: the user gave a chat endpoint;
+    # generation tasks go there.
+    chat_url: str | None = None
+    chat_template: bool | None = None  # /tokenizer_info has a template
+    chat_reachable: bool | None = None  # /v1/chat/completions answered
+    reasoning: bool = False  # thinking seen in the probe's chat answer
+    reasoning_how: str | None = None  # "reasoning field", "<think> in the content"
+    completions: bool = True  # False: /v1/completions is not served (a chat-only server)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "model": self.model,
-            "max_model_len": self.max_model_len,
-            "remote_tokenizer": self.remote_tokenizer,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointInfo:
         return cls(**data)
 
 
+def is_chat_url(url: str) -> bool:
+    """Whether ``url`` is a chat-completions endpoint."""
+    return urlsplit(url).path.rstrip("/").endswith("/chat/completions")
+
+
+def completions_url_of(url: str) -> str:
+    """The completions URL of the server behind a chat URL (or the URL itself)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        path = path.removesuffix("/chat/completions") + "/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
 def normalize_endpoint(url: str) -> str:
     """The completions URL for what a user typed: a server root or ``/v1`` gets
-    ``/v1/completions`` added; a chat URL is refused (lm-eval's loglikelihood needs completions)."""
+    ``/v1/completions`` added; a chat URL stays as it is (generation tasks go there,
+    loglikelihood tasks to the same server's ``/v1/completions``)."""
     url = url.strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -60,11 +78,6 @@ def normalize_endpoint(url: str) -> str:
             f"endpoint {url!r} is not an http(s) URL; expected e.g. http://localhost:8000/v1/completions"
         )
     path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        raise EndpointError(
-            f"endpoint {redact_url(url)} is a chat endpoint; loglikelihood tasks need the "
-            "completions endpoint: use .../v1/completions"
-        )
     if not path.endswith("/completions"):
         path = f"{path}/completions" if path.endswith("/v1") else f"{path}/v1/completions"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
@@ -334,14 +347,18 @@ def check_endpoint(
     need_tokenizer: bool = True,
     timeout: float = 30.0,
     verify: bool | str = True,
+    need_logprobs: bool = True,
     wait_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
 ) -> EndpointInfo:
     """Check that ``url`` serves ``model`` (default: the first it lists) with prompt logprobs
-    and, when ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
+    (unless not ``need_logprobs``: a chat run without loglikelihood tasks) and, when
+    ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
     ``verify``: requests' TLS setting (False, or a CA bundle path). Transient failures are
     asked again for up to ``wait_s`` seconds (default ``CHECK_PATIENCE_S``), and ``on_wait``
     hears a line of progress while the check waits."""
+    chat_url = url if is_chat_url(url) else None
+    url = completions_url_of(url)
     session = _Session()
     session.headers.update(_headers(api_key))
     session.verify = verify
@@ -355,7 +372,8 @@ def check_endpoint(
             f"model {model!r} is not served by {redact_url(url)}; it serves: {', '.join(served)}. "
             "Pass one of them with --evalchemy-model, or leave the option out to take the first"
         )
-    _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
+    if need_logprobs:
+        _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
     remote = False
     if local_tokenizer is None:
         remote = _check_remote_tokenizer(session, server_root(url), timeout, outage)
@@ -366,7 +384,13 @@ def check_endpoint(
                 "with --enable-tokenizer-info-endpoint, or pass --evalchemy-tokenizer with the "
                 "model's tokenizer folder or name"
             )
-    return EndpointInfo(url=url, model=model, max_model_len=served[model], remote_tokenizer=remote)
+    return EndpointInfo(
+        url=url,
+        model=model,
+        max_model_len=served[model],
+        remote_tokenizer=remote,
+        chat_url=chat_url,
+    )
 
 
 def split_endpoints(value: str | None) -> tuple[str, ...]:

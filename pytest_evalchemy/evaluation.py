@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import harness
+from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
 from .config import PlannedItem, Threshold
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
@@ -54,6 +55,7 @@ class RunSettings:
     strict_context: bool = False  # prompts cut to fit the context fail the item
     # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
     log_samples: bool = False
+    chat: ChatOptions = field(default_factory=ChatOptions)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -70,9 +72,55 @@ def item_timeout(item: PlannedItem, settings_default: float | None) -> float | N
     return item.task.timeout if item.task.timeout is not None else settings_default
 
 
+def chat_of(item: PlannedItem, settings: RunSettings) -> ItemChat:
+    """The item's chat and reasoning settings on the run's endpoint."""
+    return item_chat(
+        item.task,
+        settings.chat,
+        chat_url=settings.endpoint.chat_url,
+        reasoning_detected=settings.endpoint.reasoning,
+        include_paths=settings.include_paths,
+    )
+
+
+def chat_note(item: PlannedItem, settings: RunSettings) -> str:
+    """The item's chat and reasoning settings in words (empty for a plain item), for the
+    dry run."""
+    chat = chat_of(item, settings)
+    parts = []
+    if chat.chat_url is not None:
+        parts.append("generation through /v1/chat/completions")
+    elif chat.apply_chat_template is not False:
+        name = chat.apply_chat_template
+        parts.append(
+            "the server's chat template"
+            + (f" {name!r}" if isinstance(name, str) else "")
+            + " on /v1/completions"
+        )
+    if chat.templated:
+        multiturn = chat.fewshot_as_multiturn is not False
+        parts.append("few-shot as turns" if multiturn else "few-shot in one turn")
+    if chat.system_instruction is not None:
+        parts.append(f"system instruction {chat.system_instruction!r}")
+    generation = generation_only(item.task, settings.include_paths)
+    if not generation:
+        pass  # reasoning changes nothing for loglikelihood requests
+    elif chat.reasoning_setting == "auto":
+        parts.append("reasoning: auto (the endpoint check decides; shown as off)")
+    elif chat.reasoning:
+        parts.append(
+            f"reasoning: no stop strings sent, thinking up to {chat.think_end_token!r} taken "
+            f"off, thinking budget {chat.thinking_budget} tokens"
+        )
+    if not chat.templated and (chat.reasoning_setting == "auto" or not generation):
+        return ""
+    return "; ".join(parts)
+
+
 def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRequest:
     """The lm-eval request of ``item`` under ``settings``."""
     task = item.task
+    chat = chat_of(item, settings)
     timeout = item_timeout(item, settings.default_timeout)
     request_timeout = DEFAULT_REQUEST_TIMEOUT
     if timeout is not None:
@@ -99,6 +147,14 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         confirm_run_unsafe_code=settings.allow_unsafe_code,
         outage_timeout=settings.outage_timeout,
         strict_context=settings.strict_context,
+        chat_url=chat.chat_url,
+        apply_chat_template=chat.apply_chat_template,
+        system_instruction=chat.system_instruction,
+        fewshot_as_multiturn=chat.fewshot_as_multiturn,
+        gen_kwargs=task.gen_kwargs,
+        reasoning=chat.reasoning,
+        think_end_token=chat.think_end_token,
+        thinking_budget=chat.thinking_budget,
     )
 
 
@@ -113,15 +169,21 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
     from importlib import metadata
 
     tokenizer = settings.tokenizer or ("remote" if settings.endpoint.remote_tokenizer else "none")
-    key = json.dumps(
-        [
-            settings.paths.run_id,
-            settings.endpoint.model,
-            max_length,
-            tokenizer,
-            metadata.version("lm_eval"),
-        ]
-    )
+    parts: list[Any] = [
+        settings.paths.run_id,
+        settings.endpoint.model,
+        max_length,
+        tokenizer,
+        metadata.version("lm_eval"),
+    ]
+    chat = chat_of(item, settings)
+    if chat.templated or chat.reasoning:
+        # lm-eval's cache key holds the prompt, not how the answer was asked for (a chat
+        # endpoint, no stop strings) or read (the thinking): a change must not reuse answers.
+        parts.append(
+            [chat.chat_url, chat.apply_chat_template, chat.reasoning, chat.thinking_budget]
+        )
+    key = json.dumps(parts)
     namespace = hashlib.sha256(key.encode()).hexdigest()[:16]
     return str(settings.cache_root / namespace / item.benchmark / item.task.key / "requests")
 
@@ -246,6 +308,15 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
         "batch_size": request.batch_size,
         "max_length": request.max_length,
         "num_concurrent": request.num_concurrent,
+        # Chat and reasoning: a changed one makes a baseline comparison not like for like.
+        "apply_chat_template": request.apply_chat_template or request.chat_url is not None,
+        "system_instruction": request.system_instruction,
+        "fewshot_as_multiturn": request.multiturn,
+        "chat_endpoint": request.chat_url is not None,
+        "gen_kwargs": dict(request.gen_kwargs) or None,
+        "reasoning": request.reasoning,
+        "think_end_token": request.think_end_token if request.reasoning else None,
+        "thinking_budget": request.thinking_budget if request.reasoning else None,
     }
 
 
@@ -293,6 +364,9 @@ def run_item(
     if context.found:
         warnings.warn(ContextWarning(f"{item.key}: {context.message()}"), stacklevel=2)
     results = scrub_results(results, settings.secrets)
+    thinking = results.pop(harness.THINKING_KEY, None)
+    if thinking is not None:
+        record["thinking"] = thinking
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

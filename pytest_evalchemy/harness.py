@@ -22,6 +22,7 @@ from . import task_index
 from .context_check import ContextCheck
 from .endpoint import redact_url
 from .patience import outage_for
+from .reasoning import DEFAULT_THINK_END, DEFAULT_THINKING_BUDGET
 
 # lm-eval's own defaults (evaluator.simple_evaluate), recorded in every result so a run can be
 # reproduced with `lm-eval run --seed 0,1234,1234,1234`.
@@ -59,10 +60,33 @@ class HarnessRequest:
     # The project's model, not lm-eval's model_args: a server away is waited for this long.
     outage_timeout: float = 0.0
     strict_context: bool = False  # prompts cut to fit the context fail the item
+    # Chat and reasoning (lm-eval's meanings). chat_url: generation through
+    # /v1/chat/completions (local-chat-completions), which implies the chat template.
+    chat_url: str | None = None
+    apply_chat_template: bool | str = False  # a string names one of the server's templates
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # None: lm-eval's default (on with a template)
+    gen_kwargs: tuple[tuple[str, Any], ...] = ()
+    reasoning: bool = False
+    think_end_token: str = DEFAULT_THINK_END
+    thinking_budget: int = DEFAULT_THINKING_BUDGET
+
+    @property
+    def chat_templated(self) -> bool:
+        return self.chat_url is not None or self.apply_chat_template is not False
+
+    @property
+    def multiturn(self) -> bool:
+        """lm-eval's fewshot_as_multiturn as it will run."""
+        if self.fewshot_as_multiturn is None:
+            return self.chat_templated
+        return self.fewshot_as_multiturn and self.chat_templated
 
     def model_args(self) -> dict[str, Any]:
         """``model_args`` of lm-eval's ``local-completions`` model (no credentials: lm-eval
         reads the key from OPENAI_API_KEY, so it never lands in lm-eval's results)."""
+        if self.chat_url is not None:
+            return self._chat_model_args()
         args: dict[str, Any] = {"model": self.model, "base_url": self.base_url}
         if self.tokenizer is not None:
             args |= {"tokenizer_backend": "huggingface", "tokenizer": self.tokenizer}
@@ -85,6 +109,35 @@ class HarnessRequest:
             args["ca_cert_path"] = self.ca_cert_path
         return args
 
+    def cli_model_args(self) -> dict[str, Any]:
+        """``model_args`` of the equivalent command. lm-eval renders a chat template on the
+        completions endpoint only with a local tokenizer (with the remote one it hands the
+        message list on): the command names the model's tokenizer, which is what the plugin's
+        rendering of the server's template equals."""
+        args = self.model_args()
+        if self.chat_url is None and self.apply_chat_template and self.tokenizer is None:
+            args["tokenizer_backend"] = "huggingface"
+            args = {**dict(list(args.items())[:3]), "tokenizer": self.model, **args}
+        return args
+
+    def _chat_model_args(self) -> dict[str, Any]:
+        """``local-chat-completions``: no tokenizer (the server renders the messages)."""
+        args: dict[str, Any] = {
+            "model": self.model,
+            "base_url": self.chat_url,
+            "num_concurrent": self.num_concurrent,
+            "max_retries": self.max_retries,
+            "timeout": self.request_timeout,
+        }
+        if self.reasoning:
+            # The nearest lm-eval has: it drops the thinking, but still sends the stop strings.
+            args["think_end_token"] = self.think_end_token
+        if not self.verify_certificate:
+            args["verify_certificate"] = False
+        if self.ca_cert_path:
+            args["ca_cert_path"] = self.ca_cert_path
+        return args
+
     def lm_eval_model_args(self) -> dict[str, Any]:
         """``model_args`` as handed to lm-eval: its concurrent client (aiohttp) ignores
         ``ca_cert_path`` and takes ``verify_certificate`` as its ``ssl``, so the CA goes
@@ -94,14 +147,34 @@ class HarnessRequest:
             import ssl
 
             args["verify_certificate"] = ssl.create_default_context(cafile=self.ca_cert_path)
+        args.pop("think_end_token", None)  # the filter takes the thinking off, not lm-eval
+        if self.reasoning:
+            args |= {
+                "evalchemy_reasoning": True,
+                "evalchemy_thinking_budget": self.thinking_budget,
+                "evalchemy_think_end_token": self.think_end_token,
+            }
+        if isinstance(self.apply_chat_template, str) and self.chat_url is None:
+            args["evalchemy_chat_template"] = self.apply_chat_template
         return args
+
+    def lm_eval_chat_args(self) -> dict[str, Any]:
+        """``simple_evaluate``'s chat arguments."""
+        return {
+            "apply_chat_template": self.apply_chat_template or self.chat_url is not None,
+            "system_instruction": self.system_instruction,
+            "fewshot_as_multiturn": self.multiturn,
+            "gen_kwargs": dict(self.gen_kwargs) or None,
+        }
 
     def cli_command(self, output_path: str | None = None) -> list[str]:
         """The equivalent ``lm-eval run`` command line."""
-        cmd = ["lm-eval", "run", "--model", "local-completions", "--model_args"]
+        model = "local-chat-completions" if self.chat_url is not None else "local-completions"
+        cmd = ["lm-eval", "run", "--model", model, "--model_args"]
         # The URL lm-eval posts to may carry credentials; the command is shown and written.
         cmd += [
-            f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in self.model_args().items()
+            f"{k}={redact_url(v) if k == 'base_url' else v}"
+            for k, v in self.cli_model_args().items()
         ]
         cmd += ["--tasks", *self.tasks]
         if self.num_fewshot is not None:
@@ -115,11 +188,27 @@ class HarnessRequest:
             cmd += ["--use_cache", self.cache_prefix]
         if self.confirm_run_unsafe_code:
             cmd.append("--confirm_run_unsafe_code")
+        cmd += self._chat_cli_args()
         if output_path:
             cmd += ["--output_path", output_path]
             if self.log_samples:
                 cmd.append("--log_samples")
         cmd += ["--seed", ",".join(str(SEEDS[k]) for k in SEEDS)]
+        return cmd
+
+    def _chat_cli_args(self) -> list[str]:
+        cmd: list[str] = []
+        if self.chat_templated:
+            cmd.append("--apply_chat_template")
+            if isinstance(self.apply_chat_template, str):
+                cmd.append(self.apply_chat_template)
+            if not self.multiturn:
+                cmd += ["--fewshot_as_multiturn", "false"]
+        if self.system_instruction is not None:
+            cmd += ["--system_instruction", self.system_instruction]
+        if self.gen_kwargs:
+            # lm-eval reads each value with ast.literal_eval.
+            cmd += ["--gen_kwargs", *(f"{k}={v!r}" for k, v in self.gen_kwargs)]
         return cmd
 
     def cli_string(self, output_path: str | None = None) -> str:
@@ -209,6 +298,17 @@ def run(
     # and scores (cli_command stays local-completions), without ~2 ms per string up front.
     from .completions_model import MODEL_NAME, ItemPolicy, item_policy
 
+    model = MODEL_NAME
+    if request.chat_url is not None:
+        from .chat_model import CHAT_MODEL_NAME
+
+        model = CHAT_MODEL_NAME
+    log = None
+    if request.reasoning:
+        from .reasoning import ThinkingLog
+
+        log = ThinkingLog()
+        tm = _ThinkingTasks(tm, log, request.think_end_token)
     if context is None:
         context = ContextCheck()
     context.strict = request.strict_context
@@ -218,9 +318,15 @@ def run(
     outage = outage_for((run_key, request.base_url), request.outage_timeout)
     policy = ItemPolicy(outage=outage, context=context)
     with item_policy(policy):
-        results = _evaluate(request, tm, MODEL_NAME)
+        results = _evaluate(request, tm, model)
     if results is None:
         raise HarnessError("lm-eval returned no results")
+    if log is not None:
+        from .reasoning import samples_with_thinking
+
+        for rows in (results.get("samples") or {}).values():
+            samples_with_thinking(rows, request.think_end_token)
+        results[THINKING_KEY] = log.summary()
     # numpy floats and other objects become plain JSON values, the way lm-eval writes them.
     return json.loads(json.dumps(results, default=handle_non_serializable))
 
@@ -239,8 +345,46 @@ def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
         use_cache=request.cache_prefix,
         task_manager=tm,
         confirm_run_unsafe_code=request.confirm_run_unsafe_code,
+        **request.lm_eval_chat_args(),
         **SEEDS,
     )
+
+
+# The item's thinking statistics travel in the results under this key (taken out before the
+# results are written).
+THINKING_KEY = "evalchemy_thinking"
+
+
+class _ThinkingTasks:
+    """The run's TaskManager, whose loaded generation tasks get ``reasoning.ThinkingFilter``
+    in front of each of their filter pipelines: lm-eval's filters, and so its metrics, see
+    the answer only."""
+
+    def __init__(self, inner: Any, log: Any, end_token: str) -> None:
+        self._inner = inner
+        self._log = log
+        self._end_token = end_token
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        from .reasoning import ThinkingFilter
+
+        loaded = self._inner.load(*args, **kwargs)
+        for name, task in loaded["tasks"].items():
+            if task.get_config("output_type") != "generate_until":
+                continue
+
+            def stops(task: Any = task) -> Any:
+                return (task.config.generation_kwargs or {}).get("until")
+
+            def make(name: str = name, stops: Any = stops) -> ThinkingFilter:
+                return ThinkingFilter(name, stops, self._log, self._end_token)
+
+            for ensemble in getattr(task, "_filters", []):
+                ensemble.filters = [make, *ensemble.filters]
+        return loaded
 
 
 # ---------------------------------------------------------------- reading results

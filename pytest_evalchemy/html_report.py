@@ -133,6 +133,24 @@ def _arguments(row: dict[str, Any]) -> list[list[Any]]:
     return [a if isinstance(a, list) else [a] for a in args]
 
 
+def _prompt_text(value: Any) -> str:
+    """The prompt as a reader wants it: a chat endpoint's messages (logged as their JSON)
+    one turn after another, a rendered chat template or a plain prompt as it is."""
+    while isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    text = "" if value is None else str(value)
+    if text.startswith("[{"):
+        try:
+            messages = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(messages, list) and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
+            return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+    return text
+
+
 def _first_text(value: Any) -> str:
     while isinstance(value, (list, tuple)) and value:
         value = value[0]
@@ -164,7 +182,7 @@ def parse_sample(row: dict[str, Any], task: str) -> Sample:
     """A row of lm-eval's samples JSONL (``doc``, ``target``, ``arguments``, ``resps``,
     ``filtered_resps``, ``filter``, ``metrics`` and the metrics' values)."""
     args = _arguments(row)
-    prompt = str(args[0][0]) if args and args[0] else ""
+    prompt = _prompt_text(args[0][0]) if args and args[0] else ""
     filtered = row.get("filtered_resps")
     choices: tuple[str, ...] = ()
     chosen = None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from .baseline import load_baseline
+from .chat_settings import ChatOptions
 from .config import Threshold, normalize_metric
 from .errors import EvalchemyError
 from .gating import (
@@ -19,6 +20,7 @@ from .gating import (
     GATE_MODES,
     GateSettings,
 )
+from .reasoning import parse_reasoning
 from .results import (
     DEFAULT_CONFIG,
     DEFAULT_OUTPUT,
@@ -175,6 +177,42 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         float,
     ),
     (
+        "--evalchemy-chat-template",
+        "chat_template",
+        "Format every task's prompts with the served model's chat template: true, false, or the name of one of the server's templates (lm-eval --apply_chat_template). Default: each task's apply_chat_template",
+        str,
+    ),
+    (
+        "--evalchemy-system-instruction",
+        "system_instruction",
+        "System message before every task's prompt (lm-eval --system_instruction)",
+        str,
+    ),
+    (
+        "--evalchemy-fewshot-as-multiturn",
+        "fewshot_as_multiturn",
+        "Few-shot examples as user/assistant turns: true or false (lm-eval --fewshot_as_multiturn). Default: true with a chat template",
+        str,
+    ),
+    (
+        "--evalchemy-reasoning",
+        "reasoning",
+        "Reasoning model: true, false or auto (the endpoint check looks for thinking). Default: each task's reasoning, else auto. Env: EVALCHEMY_REASONING",
+        str,
+    ),
+    (
+        "--evalchemy-think-end-token",
+        "think_end_token",
+        "Text that ends a reasoning model's thinking. Default: </think>",
+        str,
+    ),
+    (
+        "--evalchemy-thinking-budget",
+        "thinking_budget",
+        "Tokens a reasoning model may think, on top of max_gen_toks for the answer. Default: 2048",
+        int,
+    ),
+    (
         "--evalchemy-markdown",
         "markdown",
         "Write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set). Env: EVALCHEMY_MARKDOWN",
@@ -192,6 +230,7 @@ _ENV = {
     "vllm_python": "EVALCHEMY_VLLM_PYTHON",
     "wait_for_endpoint": "EVALCHEMY_WAIT_FOR_ENDPOINT",
     "outage_timeout": "EVALCHEMY_OUTAGE_TIMEOUT",
+    "reasoning": "EVALCHEMY_REASONING",
 }
 DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
 
@@ -322,6 +361,7 @@ class Options:
     outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     strict_context: bool = False
     log_samples: bool = False
+    chat: ChatOptions = field(default_factory=ChatOptions)
 
     @property
     def verify(self) -> bool | str:
@@ -329,6 +369,73 @@ class Options:
         if self.insecure:
             return False
         return str(self.ca_bundle) if self.ca_bundle else True
+
+
+def _boolean(value: str) -> bool | None:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    return None
+
+
+def _chat_options(config: pytest.Config) -> ChatOptions:
+    """--evalchemy-chat-template, -system-instruction, -fewshot-as-multiturn, -reasoning,
+    -think-end-token and -thinking-budget, each refused with the place it came from."""
+    template, _ = setting_value(config, "chat_template")
+    chat_template: bool | str | None = None
+    if template is not None:
+        if not template.strip():
+            raise pytest.UsageError(
+                f"{setting_source(config, 'chat_template')}: expected true, false or a template "
+                "name, got an empty value"
+            )
+        flag = _boolean(template)
+        chat_template = template.strip() if flag is None else flag
+    multiturn_value, _ = setting_value(config, "fewshot_as_multiturn")
+    multiturn = None
+    if multiturn_value is not None:
+        multiturn = _boolean(multiturn_value)
+        if multiturn is None:
+            raise pytest.UsageError(
+                f"{setting_source(config, 'fewshot_as_multiturn')}: expected true or false, "
+                f"got {multiturn_value!r}"
+            )
+    reasoning_value, _ = setting_value(config, "reasoning")
+    reasoning = None
+    if reasoning_value is not None:
+        try:
+            parsed = parse_reasoning(reasoning_value)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{setting_source(config, 'reasoning')}: {exc}") from None
+        reasoning = "auto" if parsed is None else str(parsed).lower()
+    end_token, _ = setting_value(config, "think_end_token")
+    if end_token is not None and not end_token.strip():
+        raise pytest.UsageError(
+            f"{setting_source(config, 'think_end_token')}: expected the text that ends the "
+            "thinking, e.g. </think>; got an empty value"
+        )
+    budget_value, _ = setting_value(config, "thinking_budget")
+    budget = None
+    if budget_value is not None:
+        try:
+            budget = int(budget_value)
+        except ValueError:
+            budget = -1
+        if budget < 0:
+            raise pytest.UsageError(
+                f"{setting_source(config, 'thinking_budget')}: expected a whole number of "
+                f"tokens (0 or more), got {budget_value!r}"
+            )
+    return ChatOptions(
+        chat_template=chat_template,
+        system_instruction=setting_value(config, "system_instruction")[0],
+        fewshot_as_multiturn=multiturn,
+        reasoning=reasoning,
+        think_end_token=end_token,
+        thinking_budget=budget,
+    )
 
 
 def setting_value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
@@ -506,6 +613,7 @@ def resolve_options(config: pytest.Config) -> Options:
         outage_timeout=_or(_number(config, "outage_timeout", float, 0), DEFAULT_OUTAGE_TIMEOUT),
         strict_context=_strict_context(config),
         log_samples=bool(config.getoption("evalchemy_log_samples")),
+        chat=_chat_options(config),
     )
 
 

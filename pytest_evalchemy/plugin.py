@@ -16,10 +16,14 @@ import pytest
 
 from . import catalog
 from .api import Evalchemy
+from .chat_check import describe as describe_chat
+from .chat_check import inspect_chat, refuse_unusable
+from .chat_settings import generation_only, needs_server_template, reasoning_setting
 from .config import load_config, plan_items
 from .endpoint import (
     EndpointInfo,
     check_endpoints,
+    is_chat_url,
     redact_url,
     split_endpoints,
 )
@@ -27,6 +31,7 @@ from .errors import ConfigError, EndpointError, EvalchemyError
 from .identity import differences, refusal
 from .items import EvalConfigFile, TimeoutHooks, execute_item, request_hook
 from .options import Options, add_options, resolve_options, setting_value
+from .reasoning import DEFAULT_THINK_END
 from .reporter import EvalchemyReporter, XdistHooks
 from .results import (
     check_writable,
@@ -241,9 +246,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             local_tokenizer=options.tokenizer,
             need_tokenizer=catalog.needs_tokenizer(names, state.eval_config.lm_eval_include_paths),
             verify=options.verify,
+            need_logprobs=chat_check_needs_logprobs(state, selected),
             wait_s=options.wait_for_endpoint,
             on_wait=_progress_line(config),
         )
+        infos = check_chat(state, selected, infos)
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
         if reporter is not None:
@@ -300,6 +307,52 @@ def _progress_line(config: pytest.Config) -> Any:
             terminal.write_line(f"evalchemy: {line}", yellow=True)
 
     return say
+
+
+def chat_check_needs_logprobs(state: EvalchemyState, enabled: list[Any]) -> bool:
+    """The completions check runs on completions URLs; behind a chat URL ``check_chat``
+    looks for the completions endpoint first (a chat-only server has none)."""
+    return not all(is_chat_url(u) for u in state.options.endpoints)
+
+
+def check_chat(
+    state: EvalchemyState, enabled: list[Any], infos: list[EndpointInfo]
+) -> list[EndpointInfo]:
+    """The chat part of the endpoint check (template, chat endpoint, reasoning) and the
+    refusals it leads to."""
+    options, paths = state.options, state.eval_config.lm_eval_include_paths
+    generation = {item.key for item in enabled if generation_only(item.task, paths)}
+    probe = any(
+        reasoning_setting(item.task, options.chat) == "auto"
+        for item in enabled
+        if item.key in generation
+    )
+    checked = []
+    for info in infos:
+        info = inspect_chat(
+            info,
+            probe_chat=probe,
+            api_key=options.api_key,
+            verify=options.verify,
+            think_end_token=options.chat.think_end_token or DEFAULT_THINK_END,
+            loglikelihood=any(item.key not in generation for item in enabled),
+        )
+        # With a chat URL, generation items go to the chat endpoint and need no template here.
+        on_completions = [
+            item.task for item in enabled if info.chat_url is None or item.key not in generation
+        ]
+        refuse_unusable(
+            info,
+            template_keys=needs_server_template(
+                on_completions,
+                options.chat,
+                chat_endpoint=info.chat_url is not None,
+                local_tokenizer=options.tokenizer is not None,
+            ),
+            loglikelihood_keys=[item.key for item in enabled if item.key not in generation],
+        )
+        checked.append(info)
+    return checked
 
 
 def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
@@ -363,6 +416,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         lines.append(
             f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}"
         )
+        found = describe_chat(e)
+        if found:
+            lines.append(f"evalchemy: {found}")
     lines.extend(f"evalchemy: note: {note}" for note in state.config_notes)
     return lines
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from .chat_check import endpoint_findings
 from .config import EvalConfig, PlannedItem
 from .endpoint import (
     DEFAULT_MAX_LENGTH,
@@ -88,6 +89,7 @@ class EvalchemyState:
             gate=o.gate,
             # Pairing with a baseline needs this run's samples (and the baseline's).
             log_samples=o.log_samples or o.gate.baseline is not None,
+            chat=o.chat,
         )
 
     def identity(self) -> dict[str, Any]:
@@ -112,7 +114,7 @@ class EvalchemyState:
             "tokenizer": o.tokenizer
             or ("remote" if endpoint and endpoint.remote_tokenizer else None),
             "lm_eval": versions()["lm_eval"],
-            "chat": None,  # the chat settings, once the plugin has chat models
+            "chat": o.chat.to_dict(),
         }
 
     def header(self) -> dict[str, Any]:
@@ -148,7 +150,9 @@ class EvalchemyState:
                 "max_retries": self.options.max_retries,
                 "outage_timeout": self.options.outage_timeout,
                 "strict_context": self.options.strict_context,
+                "chat": self.options.chat.to_dict(),
             },
+            **({"endpoint_check": endpoint_findings(endpoint)} if endpoint else {}),
             "identity": self.identity(),
             "resumes": resumes,
         }

@@ -170,7 +170,6 @@ def test_gpu_warning_printed_without_serve(capsys: pytest.CaptureFixture[str]) -
         ),
         (("--endpoint", "http://h:1", "--run-id", "a b"), "not a safe folder name"),
         (("--endpoint", "ftp://h"), "--endpoint: endpoint 'ftp://h' is not an http(s) URL"),
-        (("--endpoint", "http://h:1/v1/chat/completions"), "is a chat endpoint"),
         (("--endpoint", "http://h:1", "-k", "arc"), "pytest options go after --"),
         (("--list-benchmarks", "--dry-run"), "not allowed with argument"),
         (("--log-level", "LOUD"), "expected one of DEBUG, INFO, WARNING, ERROR"),

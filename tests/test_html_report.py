@@ -95,6 +95,21 @@ def test_generation_sample() -> None:
     assert parse_sample(row, "x").prompt == "Question: 3 + 4?\nAnswer:"
 
 
+def test_chat_prompts_are_shown_turn_by_turn() -> None:
+    # A chat endpoint's sample logs its messages as JSON (lm-eval's JsonChatStr).
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Question: 3 + 4?\nAnswer:"},
+    ]
+    row = {**GEN_ROW, "arguments": [[[json.dumps(messages)], {"until": ["Question:"]}]]}
+    prompt = parse_sample(row, "x").prompt
+    assert prompt == "[system]\nBe brief.\n\n[user]\nQuestion: 3 + 4?\nAnswer:"
+    # A chat template rendered on the completions endpoint is shown as rendered.
+    rendered = "<s><|user|>\nQuestion: 3 + 4?\nAnswer:</s>\n<|assistant|>\n"
+    row = {**GEN_ROW, "arguments": [[rendered, {}]]}
+    assert parse_sample(row, "x").prompt == rendered
+
+
 def test_report_escapes_text_and_loads_nothing_from_elsewhere(tmp_path: Path) -> None:
     item = tmp_path / "items" / "mini_arc" / "mini_arc"
     item.mkdir(parents=True)

@@ -19,6 +19,16 @@ Generation: a ``generate`` document yields ``correct`` when known, else ``wrong`
 ``" I do not know.\\n\\n"``. Stop strings are honoured the way vLLM does (cut, ``finish_reason: "stop"``,
 ``stop_reason``), then ``max_tokens`` (bytes).
 
+Chat: ``/tokenizer_info`` carries ``chat_template`` (``CHAT_TEMPLATE`` unless ``chat_template=None``),
+``/tokenize`` takes ``messages`` and renders them with it, and ``/v1/chat/completions`` renders the messages
+and answers like a completion of the rendered text (400 without a template, as vLLM answers).
+
+Reasoning (``reasoning="content"`` or ``"field"``): every generation starts with thinking,
+``<think>THINKING</think>``, that holds ``REASONING_STOP`` (the offline gsm8k's stop string) and a wrong
+answer (``#### -999``); the answer after it is the plain model's. Stop strings and ``max_tokens`` apply to
+the whole output, thinking included, as on a real server. ``"field"`` moves the thinking of a chat answer
+into ``message.reasoning`` (vLLM's ``--reasoning-parser``); ``"content"`` leaves it in the text.
+
 Fault switches (all off by default) simulate slow, overloaded, flaky or misconfigured servers; ``GET /stats``
 reports request counts and the peak number of concurrent completion requests.
 
@@ -74,6 +84,23 @@ LP_AGREE = -0.05  # the prompt ends the way the model believes (and every genera
 LP_DISAGREE = -3.0  # the prompt ends the other way
 LP_UNKNOWN_DOC = -2.0  # no answer-key marker in the prompt
 FALLBACK_GENERATION = " I do not know.\n\n"
+
+# A small chat template in the style of Hugging Face models: BOS, one turn per message, each
+# closed by EOS. Its special tokens are the tokenizer's own strings.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+THINK_START, THINK_END = "<think>", "</think>"
+REASONING_STOP = "Question:"
+# The simulated reasoning model's thinking: a stop string of the offline gsm8k and a wrong answer
+# (both of its filters would take -999), before it settles on the plain model's answer.
+THINKING = (
+    "\nA first guess. Question: is the answer -999?\n#### -999\n"
+    "That cannot be right; work it out properly.\n"
+)
+REASONING_MODES = ("content", "field")
 
 
 def encode(text: str, add_special_tokens: bool = False) -> list[int]:
@@ -185,6 +212,9 @@ class EvalchemyTestServer:
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
     ``no_tokenizer_endpoints``, ``chat_only``; ``flip`` ("TASK:DOC_ID" strings) inverts the answer
     of those documents. The ``*_first`` faults take turns, in the order reset, fail,
+    ``no_tokenizer_endpoints``, ``chat_only``. Model switches: ``chat_template`` (None: no template),
+    ``reasoning`` (None, ``"content"`` or ``"field"``); ``record_prompts`` keeps every prompt in
+    ``prompts``. The ``*_first`` faults take turns, in the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
 
@@ -219,6 +249,9 @@ class EvalchemyTestServer:
         null_logprobs: bool = False,
         no_tokenizer_endpoints: bool = False,
         chat_only: bool = False,
+        chat_template: str | None = CHAT_TEMPLATE,
+        reasoning: str | None = None,
+        record_prompts: bool = False,
         hang_after: int | None = None,
         reset_first: int = 0,
         invalid_json_first: int = 0,
@@ -249,6 +282,15 @@ class EvalchemyTestServer:
         self.null_logprobs = null_logprobs
         self.no_tokenizer_endpoints = no_tokenizer_endpoints
         self.chat_only = chat_only
+        self.chat_template = chat_template
+        if reasoning is not None and reasoning not in REASONING_MODES:
+            raise ValueError(
+                f"reasoning must be one of {REASONING_MODES} or None, got {reasoning!r}"
+            )
+        self.reasoning = reasoning
+        # Every prompt answered, as (endpoint, token ids or rendered chat text), to compare
+        # what two clients sent.
+        self.prompts: list[tuple[str, Any]] | None = [] if record_prompts else None
         self.hang_after = hang_after
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
@@ -503,14 +545,51 @@ class EvalchemyTestServer:
         entry = self.current_entry(text)
         if entry is None or entry.kind != "choice":
             return LP_UNKNOWN_DOC
-        return LP_AGREE if text.endswith(entry.correct) == entry.known else LP_DISAGREE
+        return LP_AGREE if _ends_with_choice(text, entry.correct) == entry.known else LP_DISAGREE
 
     def generation(self, text: str) -> str:
         """The full text the model would generate after ``text``, before stop strings and max_tokens."""
         entry = self.current_entry(text)
         if entry is None or entry.kind != "generate":
-            return FALLBACK_GENERATION
-        return entry.correct if entry.known else entry.wrong
+            answer = FALLBACK_GENERATION
+        else:
+            answer = entry.correct if entry.known else entry.wrong
+        if self.reasoning is not None:
+            return f"{THINK_START}{THINKING}{THINK_END}{answer}"
+        return answer
+
+    def _record(self, endpoint: str, prompt: Any) -> None:
+        if self.prompts is not None:
+            with self._lock:
+                self.prompts.append((endpoint, prompt))
+
+    def render_chat(self, messages: object, add_generation_prompt: bool = True) -> str:
+        """The prompt text of a chat request: the messages rendered with the chat template."""
+        if self.chat_template is None:
+            # vLLM's answer when the tokenizer has no template.
+            raise _bad_request(
+                "As of transformers v4.44, default chat template is no longer allowed, so you must "
+                "provide a chat template if the tokenizer does not define one."
+            )
+        if not isinstance(messages, list) or not messages:
+            raise _bad_request("'messages' must be a non-empty list", "messages")
+        chat = []
+        for msg in messages:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, list):  # content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str) or not isinstance(msg.get("role"), str):
+                raise _bad_request("each message needs a string 'role' and 'content'", "messages")
+            chat.append({"role": msg["role"], "content": content})
+        # Imported here: only chat requests need jinja2 (lm-eval's dependency).
+        from pytest_evalchemy.chat_template import render, special_tokens
+
+        return render(
+            self.chat_template,
+            chat,
+            add_generation_prompt=add_generation_prompt,
+            tokens=special_tokens(self.tokenizer_info_payload()),
+        )
 
     # -- endpoint logic ----------------------------------------------------------------------------------------
 
@@ -541,13 +620,22 @@ class EvalchemyTestServer:
             "add_bos_token": True,
             "vocab_size": VOCAB_SIZE,
             "model_max_length": self.max_model_len,
+            **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
         }
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise _bad_request("'prompt' must be a string", "prompt")
-        ids = encode(prompt, add_special_tokens=bool(body.get("add_special_tokens", True)))
+        if "messages" in body:
+            # vLLM's chat form: render the template; add_special_tokens defaults to False there.
+            prompt = self.render_chat(
+                body["messages"], bool(body.get("add_generation_prompt", True))
+            )
+            add_special = bool(body.get("add_special_tokens", False))
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise _bad_request("'prompt' must be a string", "prompt")
+            add_special = bool(body.get("add_special_tokens", True))
+        ids = encode(prompt, add_special_tokens=add_special)
         token_strs = [TOKEN_STRS[t] for t in ids] if body.get("return_token_strs") else None
         return {
             "count": len(ids),
@@ -612,6 +700,7 @@ class EvalchemyTestServer:
             )
             n_prompt_total += len(ids)
             n_completion_total += n_generated
+            self._record("completions", tuple(ids))
             prompt_text = original if original is not None else text
             choice: dict[str, Any] = {
                 "index": index,
@@ -674,21 +763,11 @@ class EvalchemyTestServer:
         }
 
     def chat_complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Answer a ``/v1/chat/completions`` request body (only served with ``chat_only``)."""
+        """Answer a ``/v1/chat/completions`` request body."""
         self._check_model(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _bad_request("'messages' must be a non-empty list", "messages")
-        parts = []
-        for msg in messages:
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            if not isinstance(content, str):
-                raise _bad_request("each message needs a string 'content'", "messages")
-            parts.append(content)
-        text = "\n".join(parts)
-        n_prompt = len(encode(text, add_special_tokens=True))
+        text = self.render_chat(body.get("messages"))
+        self._record("chat", text)
+        n_prompt = len(encode(text))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
             max_tokens = self.max_model_len - n_prompt
@@ -698,6 +777,12 @@ class EvalchemyTestServer:
         gen_text, _, n_generated, finish, stop_reason = _apply_limits(
             self.generation(text), _parse_stop(body.get("stop")), max_tokens, False
         )
+        message: dict[str, Any] = {"role": "assistant", "content": gen_text}
+        if self.reasoning == "field":
+            # vLLM's reasoning parser: the thinking in `reasoning`, the rest (if any) in content.
+            inner = gen_text.removeprefix(THINK_START)
+            thinking, end, rest = inner.partition(THINK_END)
+            message = {"role": "assistant", "content": rest if end else None, "reasoning": thinking}
         with self._lock:
             self._prompts += 1
         return {
@@ -708,7 +793,7 @@ class EvalchemyTestServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": gen_text},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish,
                     "stop_reason": stop_reason,
@@ -720,6 +805,16 @@ class EvalchemyTestServer:
                 "completion_tokens": n_generated,
             },
         }
+
+
+def _ends_with_choice(text: str, choice: str) -> bool:
+    """Whether ``text`` ends with the choice continuation ``choice`` (" Paris"). Under a chat
+    template lm-eval drops the delimiter (the choice follows the template's assistant header),
+    so the choice without its leading space also counts, after any whitespace."""
+    if text.endswith(choice):
+        return True
+    bare = choice.lstrip()
+    return bare != choice and text.endswith(bare) and text[: -len(bare)][-1:].isspace()
 
 
 def _is_id_list(value: object) -> bool:
@@ -934,12 +1029,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "POST",
                 lambda raw: self._send_json(200, app.detokenize(self._json_body(raw))),
             )
-        if app.chat_only:
-            routes["/v1/chat/completions"] = (
-                "POST",
-                lambda raw: self._completion(raw, app.chat_complete),
-            )
-        else:
+        routes["/v1/chat/completions"] = (
+            "POST",
+            lambda raw: self._completion(raw, app.chat_complete),
+        )
+        if not app.chat_only:
             routes["/v1/completions"] = ("POST", lambda raw: self._completion(raw, app.complete))
         return routes
 
@@ -1063,6 +1157,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--chat-only", action="store_true", help="serve /v1/chat/completions, 404 /v1/completions"
     )
+    g.add_argument("--no-chat-template", action="store_true", help="no chat template")
+    g.add_argument(
+        "--reasoning",
+        choices=REASONING_MODES,
+        help="think before answering: in the content (<think>...</think>) or in a reasoning field",
+    )
     g.add_argument(
         "--hang-after", type=int, help="completion requests after the first N hang until shutdown"
     )
@@ -1127,6 +1227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         null_logprobs=args.null_logprobs,
         no_tokenizer_endpoints=args.no_tokenizer_endpoints,
         chat_only=args.chat_only,
+        chat_template=None if args.no_chat_template else CHAT_TEMPLATE,
+        reasoning=args.reasoning,
         hang_after=args.hang_after,
         reset_first=args.reset_first,
         invalid_json_first=args.invalid_json_first,

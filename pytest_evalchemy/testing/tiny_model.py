@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 # Bump when anything below changes the files written: a stale build is then rebuilt.
-BUILDER_VERSION = "tiny-llama-1"
+BUILDER_VERSION = "tiny-llama-2"
 STAMP_NAME = ".stamp"
 
 VOCAB_SIZE = 2048
@@ -35,6 +35,19 @@ SEED = 1234
 CORPUS_FILES = 80
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2
 UNK, BOS, EOS = SPECIAL_TOKENS
+
+# A small ChatML-style chat template (in tokenizer_config.json, where transformers 4 and 5 and
+# vLLM read it). Its block tags rely on transformers' trim_blocks/lstrip_blocks: rendered any
+# other way, the prompt would differ.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}\n"
+    "    {% if loop.first and message['role'] != 'system' %}\n"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "    {% endif %}\n"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}\n"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
@@ -120,6 +133,7 @@ def build_tokenizer(out_dir: Path) -> None:
         "clean_up_tokenization_spaces": False,
         "model_max_length": MAX_POSITIONS,
         "model_input_names": ["input_ids", "attention_mask"],
+        "chat_template": CHAT_TEMPLATE,
     }
     _write_json(out_dir / "tokenizer_config.json", config)
     _write_json(

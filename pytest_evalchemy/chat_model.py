@@ -1,0 +1,146 @@
+"""lm-eval model pieces for instruct and reasoning models: the server's chat template on the
+completions endpoint, the chat-completions model, and reasoning payloads.
+
+- ``ServerChatTemplate``: with vLLM's remote tokenizer, lm-eval's ``local-completions`` hands a
+  chat template's message list on unrendered (usable only by a chat endpoint). This renders
+  the template the server serves in ``/tokenizer_info`` exactly as transformers renders a local
+  tokenizer's (``chat_template.render``): the rendered string, tokenized by the server, gives
+  the ids ``tokenizer_backend=huggingface`` gives.
+- ``ReasoningPayload``: a reasoning model gets no stop strings (the server would apply them to
+  the thinking) and ``max_gen_toks`` plus a thinking budget; ``reasoning.ThinkingFilter`` cuts
+  the answer afterwards.
+- ``EvalchemyChat``: lm-eval's ``local-chat-completions``, plus the above; vLLM's ``reasoning``
+  field is put back in front of the content (closed by the think-end token) so that the raw
+  responses keep the thinking and the filter takes it off again.
+
+The private ``evalchemy_*`` model args never reach lm-eval's own classes. Imports lm-eval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm_eval.api.registry import get_model, register_model
+from lm_eval.models.openai_completions import LocalChatCompletion
+
+from . import chat_template
+from .reasoning import DEFAULT_THINK_END, start_token
+
+CHAT_MODEL_NAME = "evalchemy-chat"
+
+
+class ReasoningPayload:
+    """Generation payloads for a reasoning model (model args ``evalchemy_reasoning``,
+    ``evalchemy_thinking_budget``, ``evalchemy_think_end_token``)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        evalchemy_reasoning: bool = False,
+        evalchemy_thinking_budget: int = 0,
+        evalchemy_think_end_token: str = DEFAULT_THINK_END,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.evalchemy_reasoning = bool(evalchemy_reasoning)
+        self.evalchemy_thinking_budget = int(evalchemy_thinking_budget)
+        self.evalchemy_think_end_token = evalchemy_think_end_token
+
+    def _create_payload(
+        self,
+        messages: Any,
+        generate: bool = False,
+        gen_kwargs: dict[str, Any] | None = None,
+        seed: int = 1234,
+        eos: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._create_payload(  # type: ignore[misc]
+            messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=eos, **kwargs
+        )
+        if generate and self.evalchemy_reasoning:
+            # A server cuts at a stop string wherever it appears, inside the thinking too.
+            payload.pop("stop", None)
+            payload["max_tokens"] = int(payload["max_tokens"]) + self.evalchemy_thinking_budget
+        return payload
+
+
+class ServerChatTemplate:
+    """``apply_chat_template`` from the server's template when the tokenizer is vLLM's remote
+    one (model arg ``evalchemy_chat_template``: a template name, as lm-eval's flag takes)."""
+
+    def __init__(self, *args: Any, evalchemy_chat_template: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.evalchemy_chat_template = evalchemy_chat_template
+
+    def _server_template(self) -> tuple[str, dict[str, Any]]:
+        info = self.tokenizer.tokenizer_info  # type: ignore[attr-defined]
+        name = self.evalchemy_chat_template or True
+        return chat_template.select_template(info.get("chat_template"), name), info
+
+    def _remote(self) -> bool:
+        return self.tokenizer_backend == "remote" and bool(self.tokenized_requests)  # type: ignore[attr-defined]
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> Any:
+        if not self._remote():
+            return super().apply_chat_template(chat_history, add_generation_prompt)  # type: ignore[misc]
+        template, info = self._server_template()
+        # The arguments lm-eval's huggingface path gives transformers.
+        return chat_template.render(
+            template,
+            chat_history,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+            tokens=chat_template.special_tokens(info),
+        )
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if not self._remote():
+            return super().chat_template(chat_template)  # type: ignore[misc]
+        return self._server_template()[0] if chat_template else None
+
+
+class EvalchemyChat(ReasoningPayload, LocalChatCompletion):
+    """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
+
+    def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
+        if not self.evalchemy_reasoning:
+            return super().parse_generations(outputs, **kwargs)
+        end = self.evalchemy_think_end_token
+        start = start_token(end) or ""
+        res: list[Any] = []
+        for out in outputs if isinstance(outputs, list) else [outputs]:
+            choices = out.get("choices") if isinstance(out, dict) else None
+            if not choices:
+                res.append("")  # lm-eval's answer to a blocked or empty generation
+                continue
+            texts: list[Any] = [None] * len(choices)
+            for position, choice in enumerate(choices):
+                message = choice.get("message") or {}
+                content = message.get("content")
+                thinking = message.get("reasoning") or message.get("reasoning_content")
+                if thinking:
+                    # Closed when an answer followed; left open when the output ended inside.
+                    closed = content is not None or choice.get("finish_reason") != "length"
+                    content = (
+                        f"{start}{thinking}{end}{content or ''}" if closed else start + thinking
+                    )
+                texts[choice.get("index", position)] = content
+            res.extend(texts)
+        return res
+
+
+def _register(name: str, cls: type) -> None:
+    try:
+        register_model(name)(cls)
+    except ValueError:
+        # Imported again (pytester restores sys.modules after an in-process run): the class
+        # an earlier import registered runs this same code; anything else is a real clash.
+        existing = get_model(name)
+        if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise
+
+
+_register(CHAT_MODEL_NAME, EvalchemyChat)
