@@ -16,6 +16,7 @@ from .evaluation import (
     base_record,
     describe_error,
     item_timeout,
+    log_tail,
     run_item,
 )
 from .gating import (
@@ -102,7 +103,10 @@ class TaskItem(pytest.Item):
             where = (
                 state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
             )
-            return f"{excinfo.value}\nlm-eval log: {where}"
+            tail = log_tail(where)
+            shown = "".join(f"\n  {line}" for line in tail)
+            head = "last warnings of lm-eval's log" if tail else "lm-eval log"
+            return f"{excinfo.value}\n{head}: {where}{shown}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -118,7 +122,9 @@ def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest
     """The ``pytest_evalchemy_item_request`` hook as the callback ``run_item`` takes."""
 
     def adjust(request: HarnessRequest) -> HarnessRequest:
-        changed = item.ihook.pytest_evalchemy_item_request(item=item, request=request)
+        # config.hook, not item.ihook: the item's path-scoped relay would skip a conftest
+        # that does not lie above the config file (--evalchemy-config=/elsewhere/cfg.json).
+        changed = item.config.hook.pytest_evalchemy_item_request(item=item, request=request)
         return request if changed is None else changed
 
     return adjust
@@ -151,5 +157,7 @@ def execute_item(
     except Exception as exc:
         record["status"] = "error"
         # The cause in words; an HTTP error quotes the URL, credentials and all.
-        record["message"] = scrub(describe_error(exc, settings.max_retries), settings.secrets)
+        record["message"] = scrub(
+            describe_error(exc, settings.max_retries, settings.include_paths), settings.secrets
+        )
         raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .results import (
     atomic_write_text,
 )
 from .state import FINISHED, RECORD_PROPERTY, EvalchemyState
-from .summary import RunRecorder, format_table, table_rows
+from .summary import RunRecorder, format_table, status_legend, table_rows
 
 
 class EvalchemyReporter:
@@ -39,6 +40,7 @@ class EvalchemyReporter:
         self.by_suffix = {f"::{p.benchmark}::{p.task.key}": p for p in state.plan}
         self._recorder: RunRecorder | None = None
         self.report_path: Path | None = None
+        self._started: dict[str, float] = {}  # item key -> when it started (monotonic)
         # A mistyped TASK: prefix would gate nothing; say so before the run, not after.
         names = {n for p in state.plan for n in (p.benchmark, p.task.key, p.key, *p.task.tasks)}
         self.run_notes = unmatched_overrides(state.options.thresholds, names)
@@ -90,6 +92,7 @@ class EvalchemyReporter:
         if planned is not None and planned.enabled and self.state.settings is not None:
             record = base_record(planned, self.state.settings)
             record["status"] = "running"
+            self._started[planned.key] = time.monotonic()
             previous = self.recorder.tasks.get(planned.key)
             if previous is None or previous.get("status") not in FINISHED:
                 self.recorder.tasks[planned.key] = record
@@ -121,7 +124,9 @@ class EvalchemyReporter:
                 record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[
                     report.outcome
                 ]
-            record["duration_s"] = round(report.duration, 3)
+            if not (record.get("resumed") and record["status"] in FINISHED):
+                # A finished item kept by a resumed run keeps the time it took when it ran.
+                record["duration_s"] = round(report.duration, 3)
         elif report.failed:
             crashed = report.when not in (
                 "setup",
@@ -133,9 +138,30 @@ class EvalchemyReporter:
             return
         self.recorder.update(planned.key, record, report.longreprtext if report.failed else "")
 
+    def _close_unfinished(self, session: pytest.Session) -> None:
+        """Items still running when the run ends (Ctrl-C, SIGTERM) never sent a report: their
+        record says how long they ran, and, when they ran in this process, what they sent."""
+        running = {
+            k: r for k, r in self.recorder.tasks.items() if r["status"] in ("running", "pending")
+        }
+        if not running:
+            return
+        for item in session.items:
+            props = dict(item.user_properties)
+            key = props.get("evalchemy_key")
+            if key in running and RECORD_PROPERTY in props:
+                record = json.loads(props[RECORD_PROPERTY])  # published however runtest ended
+                running[key].update(
+                    {k: record[k] for k in ("duration_s", "requests", "message") if k in record}
+                )
+        for key, record in running.items():
+            if key in self._started and not record.get("duration_s"):
+                record["duration_s"] = round(time.monotonic() - self._started[key], 3)
+
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._recorder is not None:
+            self._close_unfinished(session)
             self._recorder.header = self.state.header()
             self._recorder.header["gate"]["notes"] = self._gate_notes()
             self._recorder.finish(
@@ -183,6 +209,9 @@ class EvalchemyReporter:
         terminalreporter.write_sep("=", "evalchemy scores")
         for line in format_table(table_rows(ordered, metrics)):
             terminalreporter.write_line(line)
+        legend = status_legend(ordered)
+        if legend:
+            terminalreporter.write_line(legend)
         gate = recorder.header.get("gate", {})
         if gate.get("mode") == "ci" or gate.get("baseline"):
             line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"
