@@ -3,6 +3,7 @@ settings, run it, keep its files, and judge the outcome. Imports no pytest."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,9 @@ DEFAULT_REQUEST_TIMEOUT = 300
 # lm-eval's `lm-eval run --config FILE` for an item whose tasks need several include paths:
 # its --include_path takes one folder (repeated, the last wins; a joined list is one name).
 LM_EVAL_CONFIG = "lm_eval_config.yaml"
+# An item's time and requests so far, for the controller when the item never reports (Ctrl-C,
+# SIGTERM; under xdist too, where the record in its report is lost with the report).
+PROGRESS_FILE = "progress.json"
 # How many of the lm-eval log's last warnings a failed item's report shows.
 LOG_TAIL_LINES = 8
 # The datasets library's words for a data file it cannot find.
@@ -225,6 +229,24 @@ def describe_error(exc: BaseException, attempts: int, include_paths: tuple[Path,
     return f"{cause}, {attempts} attempt(s) per request: {text}"
 
 
+def _write_progress(item_dir: Path, record: dict[str, Any]) -> None:
+    # Only a finer summary of an interrupted item depends on it: never fail the item for it.
+    with contextlib.suppress(OSError):
+        atomic_write_json(
+            item_dir / PROGRESS_FILE,
+            {"duration_s": record["duration_s"], "requests": record["requests"]},
+        )
+
+
+def read_progress(item_dir: Path) -> dict[str, Any]:
+    """What ``run_item`` left in ``item_dir`` about its last run: ``duration_s``, ``requests``."""
+    try:
+        data = json.loads((item_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last warnings and errors of an item's lm-eval log (its INFO records and progress
     bars stay in the file), each shortened to one line."""
@@ -308,6 +330,7 @@ def run_item(
         record["settings"] = request_settings(request)
     item_dir = settings.paths.item_dir(item.benchmark, item.task.key)
     item_dir.mkdir(parents=True, exist_ok=True)
+    (item_dir / PROGRESS_FILE).unlink(missing_ok=True)  # an earlier run's (resume)
     if request.lm_eval_config is not None:
         # What lm_eval_command reads: every include path, in the order the run used.
         atomic_write_text(request.lm_eval_config, request.lm_eval_config_text())
@@ -328,6 +351,7 @@ def run_item(
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
+        _write_progress(item_dir, record)
     results = scrub_results(results, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})

@@ -16,6 +16,7 @@ from .baseline import presence_notes
 from .config import PlannedItem
 from .evaluation import (
     base_record,
+    read_progress,
 )
 from .gating import (
     unmatched_overrides,
@@ -138,30 +139,22 @@ class EvalchemyReporter:
             return
         self.recorder.update(planned.key, record, report.longreprtext if report.failed else "")
 
-    def _close_unfinished(self, session: pytest.Session) -> None:
+    def _close_unfinished(self) -> None:
         """Items still running when the run ends (Ctrl-C, SIGTERM) never sent a report: their
-        record says how long they ran, and, when they ran in this process, what they sent."""
-        running = {
-            k: r for k, r in self.recorder.tasks.items() if r["status"] in ("running", "pending")
-        }
-        if not running:
-            return
-        for item in session.items:
-            props = dict(item.user_properties)
-            key = props.get("evalchemy_key")
-            if key in running and RECORD_PROPERTY in props:
-                record = json.loads(props[RECORD_PROPERTY])  # published however runtest ended
-                running[key].update(
-                    {k: record[k] for k in ("duration_s", "requests", "message") if k in record}
-                )
-        for key, record in running.items():
+        record says how long they ran and what they sent (the item's progress file, written
+        by the process that ran it), else how long since they started."""
+        for key, record in self.recorder.tasks.items():
+            if record["status"] not in ("running", "pending"):
+                continue
+            done = read_progress(self.state.paths.item_dir(record["benchmark"], record["task"]))
+            record.update({k: done[k] for k in ("duration_s", "requests") if done.get(k)})
             if key in self._started and not record.get("duration_s"):
                 record["duration_s"] = round(time.monotonic() - self._started[key], 3)
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self._recorder is not None:
-            self._close_unfinished(session)
+            self._close_unfinished()
             self._recorder.header = self.state.header()
             self._recorder.header["gate"]["notes"] = self._gate_notes()
             self._recorder.finish(

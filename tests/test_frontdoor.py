@@ -406,14 +406,18 @@ def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- interrupted and resumed items
 
 
-def test_interrupted_item_records_its_time_and_requests(tmp_path: Path, make_server) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_interrupted_item_records_its_time_and_requests(
+    tmp_path: Path, make_server, workers: list[str]
+) -> None:
     server = make_server(latency=0.05)
     tasks = {"mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0)}
     proc = _start_run(
-        tmp_path, server.completions_url, _cfg(tmp_path, tasks), "--evalchemy-run-id=i"
+        tmp_path, server.completions_url, _cfg(tmp_path, tasks), "--evalchemy-run-id=i", *workers
     )
     _wait_for_requests(server, 20, proc)
-    os.kill(proc.pid, signal.SIGINT)
+    # Ctrl-C in a terminal reaches the whole process group (xdist's workers too).
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     record = read_summary(tmp_path / "results")["tasks"]["mini_arc/mini_arc"]
