@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from . import catalog, plan_cli, report_cli
+from . import catalog, plan_cli, report_cli, starter
 from .config import EvalConfig, load_config, plan_items
 from .endpoint import (
     DEFAULT_MAX_LENGTH,
@@ -43,6 +43,7 @@ EXIT_INTERRUPTED = 2
 EXIT_INTERNAL_ERROR = 3
 EXIT_USAGE_ERROR = 4
 EXIT_NO_TESTS = 5
+EXIT_BROKEN_PIPE = 128 + 13  # a shell's status of a tool killed by SIGPIPE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 API_KEY_ENVS = ("EVALCHEMY_API_KEY", "OPENAI_API_KEY")
@@ -50,6 +51,10 @@ MODEL_PLACEHOLDER = "<first model of /v1/models>"
 MIN_MAX_LENGTH = 16  # the plugin's lower bound for --evalchemy-max-length
 
 EPILOG = f"""\
+subcommands:
+  %(prog)s init [DIR]        write a starting config, conftest.py and CI workflow into DIR
+  %(prog)s report RUN_DIR... the HTML report of a run, or a page comparing several
+
 arguments after -- go to pytest unchanged, e.g.:
   %(prog)s --endpoint http://localhost:8000/v1/completions -- -k arc -n 4 --junitxml=report.xml
 
@@ -450,7 +455,7 @@ def _or_dash(value: object, none: str = "-") -> str:
 
 def _load(path: Path, err: TextIO) -> EvalConfig | None:
     try:
-        return load_config(path)
+        return load_config(path, flag="--config")
     except ConfigError as exc:
         count = len(exc.problems)
         print(f"config INVALID: {path}: {count} problem{'s' * (count != 1)}", file=err)
@@ -580,6 +585,13 @@ def dry_run(opts: CliOptions, out: TextIO, err: TextIO) -> int:
         )
     if not opts.endpoint and not opts.serve:
         print("note: no endpoint; a run needs --endpoint URL or $EVALCHEMY_ENDPOINT", file=out)
+    if len(config.lm_eval_include_paths) > 1:
+        folders = ", ".join(str(p) for p in config.lm_eval_include_paths)
+        print(
+            "note: lm-eval's --include_path takes one folder; each command reads the include "
+            f"paths ({folders}) from its --config file, which the run writes",
+            file=out,
+        )
     for item in plan:
         if not item.enabled:
             print(f"\n# {item.key}: skipped ({item.reason})", file=out)
@@ -608,6 +620,17 @@ def _run(opts: CliOptions, out: TextIO) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and list, validate, dry-run, or exec the pytest run."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `evalchemy --dry-run | head`: the reader left; end quietly, as Unix tools do.
+        # Python would complain once more when it flushes stdout at exit: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     pytest_args: list[str] = []
     if "--" in args:
@@ -618,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_cli.main(args[1:], f"{parser.prog} report")
     if args[:1] == ["plan"]:
         return plan_cli.main(args[1:], f"{parser.prog} plan")
+    if args[:1] == ["init"]:
+        return starter.main(args[1:], f"{parser.prog} init")
     ns = parser.parse_args(args)
     if ns.report is not None or ns.history:
         # Reads results folders only: none of the run's options apply.
@@ -642,4 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "no endpoint: pass --endpoint URL (e.g. http://localhost:8000/v1/completions), "
             "set EVALCHEMY_ENDPOINT, or start a server with --serve MODEL"
         )
+    # Its problems in this front end's words (--config), before pytest would word them.
+    if _load(opts.config, err) is None:
+        return EXIT_USAGE_ERROR
     _run(opts, out)

@@ -176,16 +176,22 @@ def _parse_text(path: Path, text: str) -> Any:
         ) from None
 
 
-def read_config_data(path: Path) -> Any:
+def missing_config_message(flag: str) -> str:
+    """What to do about a config file that is not there; ``flag`` is the front end's option."""
+    return (
+        f"config file not found; pass {flag} PATH, or run `evalchemy init` to write a "
+        f"starting config (schema: {schema_path()})"
+    )
+
+
+def read_config_data(path: Path, flag: str = "--evalchemy-config") -> Any:
     """The raw data of a config file, with syntax errors turned into ``ConfigError``."""
     try:
         with path.open("rb") as fh:
             # One byte past the limit tells a huge (or endless: /dev/zero) file without reading it.
             raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(
-            [Problem(path, "", "config file not found; pass --evalchemy-config PATH or create it")]
-        ) from None
+        raise ConfigError([Problem(path, "", missing_config_message(flag))]) from None
     except OSError as exc:
         raise ConfigError([Problem(path, "", f"cannot read config file: {exc.strerror}")]) from None
     if len(raw) > MAX_CONFIG_BYTES:
@@ -465,10 +471,11 @@ def parse_config(path: Path, data: Any, raw_bytes: bytes = b"") -> EvalConfig:
     )
 
 
-def load_config(path: Path) -> EvalConfig:
-    """Read, parse and validate a config file (JSON, or YAML by extension)."""
+def load_config(path: Path, flag: str = "--evalchemy-config") -> EvalConfig:
+    """Read, parse and validate a config file (JSON, or YAML by extension); ``flag`` is the
+    option a message tells the user to pass."""
     path = Path(path).absolute()
-    data = read_config_data(path)
+    data = read_config_data(path, flag)
     return parse_config(path, data, path.read_bytes())
 
 

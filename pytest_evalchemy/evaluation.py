@@ -3,9 +3,11 @@ settings, run it, keep its files, and judge the outcome. Imports no pytest."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -28,6 +30,16 @@ from .results import RunPaths, atomic_write_json, atomic_write_text
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
+# lm-eval's `lm-eval run --config FILE` for an item whose tasks need several include paths:
+# its --include_path takes one folder (repeated, the last wins; a joined list is one name).
+LM_EVAL_CONFIG = "lm_eval_config.yaml"
+# An item's time and requests so far, for the controller when the item never reports (Ctrl-C,
+# SIGTERM; under xdist too, where the record in its report is lost with the report).
+PROGRESS_FILE = "progress.json"
+# How many of the lm-eval log's last warnings a failed item's report shows.
+LOG_TAIL_LINES = 8
+# The datasets library's words for a data file it cannot find.
+_MISSING_DATA = re.compile(r"Unable to find '([^']+)'")
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,9 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
     if timeout is not None:
         request_timeout = max(1, min(DEFAULT_REQUEST_TIMEOUT, int(timeout * 0.8)))
     max_length = settings.max_length or settings.endpoint.max_model_len or DEFAULT_MAX_LENGTH
+    lm_eval_config = None
+    if len(settings.include_paths) > 1:
+        lm_eval_config = settings.paths.item_dir(item.benchmark, task.key) / LM_EVAL_CONFIG
     return harness.HarnessRequest(
         tasks=task.tasks,
         model=settings.endpoint.model,
@@ -141,6 +156,7 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         tokenizer=settings.tokenizer,
         remote_tokenizer=settings.endpoint.remote_tokenizer,
         include_paths=settings.include_paths,
+        lm_eval_config=lm_eval_config,
         cache_prefix=cache_prefix(item, settings, max_length),
         verify_certificate=settings.verify is not False,
         ca_cert_path=settings.verify if isinstance(settings.verify, str) else None,
@@ -218,7 +234,33 @@ def scrub_results(results: dict[str, Any], secrets: tuple[str, ...]) -> dict[str
     return results if clean == text else json.loads(clean)
 
 
-def describe_error(exc: BaseException, attempts: int) -> str:
+def data_path_hint(exc: BaseException, include_paths: tuple[Path, ...]) -> str | None:
+    """Why a task's data file was not found, when it is the usual reason: lm-eval (datasets)
+    reads a YAML's relative ``data_files`` from the working directory, not the YAML's folder."""
+    match = _MISSING_DATA.search(str(exc)) if isinstance(exc, FileNotFoundError) else None
+    if match is None:
+        return None
+    cwd = Path.cwd()
+    try:
+        relative = Path(match.group(1)).relative_to(cwd)
+    except ValueError:
+        return None  # an absolute path that is not there: the message says all there is
+    fix = (
+        "give data_files as an absolute path, or load the data with `custom_dataset: !function "
+        "module.function` (resolved next to the YAML, as the plugin's benchmarks/ do)"
+    )
+    for root in include_paths:
+        for yaml_path in sorted(Path(root).rglob("*.yaml")):
+            candidate = yaml_path.parent / relative
+            if candidate.is_file():
+                return (
+                    f"lm-eval reads a task's data_files from the working directory ({cwd}), not "
+                    f"from the task's folder; {candidate} exists next to {yaml_path}: {fix}"
+                )
+    return f"lm-eval reads a task's data_files from the working directory ({cwd}): {fix}"
+
+
+def describe_error(exc: BaseException, attempts: int, include_paths: tuple[Path, ...] = ()) -> str:
     """What an exception out of lm-eval means for the user; lm-eval re-raises the last error
     of a request once its ``attempts`` are used up."""
     import aiohttp  # lm-eval's client with --evalchemy-concurrency > 1
@@ -227,6 +269,9 @@ def describe_error(exc: BaseException, attempts: int) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, OutageGaveUp):
         return str(exc)  # says how long the server was away, and the last failure
+    hint = data_path_hint(exc, include_paths)
+    if hint:
+        return f"{text}. {hint}"
     if "marked as unsafe" in str(exc):
         return (
             f"{text}. The task's YAML says `unsafe_code: true` (it runs code); pass "
@@ -255,6 +300,36 @@ def describe_error(exc: BaseException, attempts: int) -> str:
     else:
         return text
     return f"{cause}, {attempts} attempt(s) per request: {text}"
+
+
+def _write_progress(item_dir: Path, record: dict[str, Any]) -> None:
+    # Only a finer summary of an interrupted item depends on it: never fail the item for it.
+    with contextlib.suppress(OSError):
+        atomic_write_json(
+            item_dir / PROGRESS_FILE,
+            {"duration_s": record["duration_s"], "requests": record["requests"]},
+        )
+
+
+def read_progress(item_dir: Path) -> dict[str, Any]:
+    """What ``run_item`` left in ``item_dir`` about its last run: ``duration_s``, ``requests``."""
+    try:
+        data = json.loads((item_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def log_warnings(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last warnings and errors of an item's lm-eval log (its INFO records and progress
+    bars stay in the file), each shortened to one line."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    levels = (" WARNING [", " ERROR [", " CRITICAL [")
+    picked = [line for line in text.splitlines() if any(level in line for level in levels)]
+    return [line if len(line) <= 300 else line[:297] + "..." for line in picked[-lines:]]
 
 
 def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str | None) -> None:
@@ -337,6 +412,10 @@ def run_item(
         record["settings"] = request_settings(request)
     item_dir = settings.paths.item_dir(item.benchmark, item.task.key)
     item_dir.mkdir(parents=True, exist_ok=True)
+    (item_dir / PROGRESS_FILE).unlink(missing_ok=True)  # an earlier run's (resume)
+    if request.lm_eval_config is not None:
+        # What lm_eval_command reads: every include path, in the order the run used.
+        atomic_write_text(request.lm_eval_config, request.lm_eval_config_text())
     record["status"] = "running"
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
@@ -361,6 +440,7 @@ def run_item(
         record["requests"] = progress.to_dict()
         if context.found:
             record["context"] = context.to_dict()
+        _write_progress(item_dir, record)
     if context.found:
         warnings.warn(ContextWarning(f"{item.key}: {context.message()}"), stacklevel=2)
     results = scrub_results(results, settings.secrets)

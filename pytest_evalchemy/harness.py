@@ -53,6 +53,8 @@ class HarnessRequest:
     tokenizer: str | None = None  # a local tokenizer; None: vLLM's remote tokenizer endpoints
     remote_tokenizer: bool = True  # False with no local tokenizer: string prompts, generation only
     include_paths: tuple[Path, ...] = ()
+    # With several include paths the command reads them from this file (`lm-eval run --config`).
+    lm_eval_config: Path | None = None
     cache_prefix: str | None = None
     verify_certificate: bool = True  # False: --evalchemy-insecure
     ca_cert_path: str | None = None  # a CA bundle the server's certificate is checked against
@@ -182,8 +184,10 @@ class HarnessRequest:
         cmd += ["--batch_size", str(self.batch_size)]
         if self.limit is not None:
             cmd += ["--limit", str(self.limit)]
-        for path in self.include_paths:
-            cmd += ["--include_path", str(path)]
+        if self.lm_eval_config is not None and len(self.include_paths) > 1:
+            cmd += ["--config", str(self.lm_eval_config)]
+        else:
+            cmd += [a for path in self.include_paths for a in ("--include_path", str(path))]
         if self.cache_prefix:
             cmd += ["--use_cache", self.cache_prefix]
         if self.confirm_run_unsafe_code:
@@ -214,6 +218,14 @@ class HarnessRequest:
     def cli_string(self, output_path: str | None = None) -> str:
         return shlex.join(self.cli_command(output_path))
 
+    def lm_eval_config_text(self) -> str:
+        """The file ``lm_eval_config`` names: lm-eval's ``include_path`` as a list (its
+        ``--include_path`` takes one folder; later folders override earlier ones, as here)."""
+        import yaml
+
+        header = "# lm-eval run --config: the include paths of this item's command\n"
+        return header + yaml.safe_dump({"include_path": [str(p) for p in self.include_paths]})
+
 
 class HarnessError(Exception):
     """lm-eval could not run the item; the message says why."""
@@ -223,6 +235,29 @@ def _quiet_env() -> None:
     # Progress bars would interleave with pytest's output; users can still turn them on.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # transformers says at import that it found no PyTorch; lm-eval's API models need none.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _quiet_git() -> None:
+    """lm-eval records the git hash of the working directory with ``git describe``, which
+    prints ``fatal: not a git repository`` to the terminal outside one; ask git the same with
+    its stderr closed (lm-eval's own fallback when git fails is kept)."""
+    import subprocess
+
+    import lm_eval.evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def git_commit_hash() -> str | None:
+        try:
+            out = subprocess.check_output(
+                ["git", "describe", "--always"], stderr=subprocess.DEVNULL
+            )
+            return out.strip().decode()
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())
+
+    lm_eval.evaluator.get_git_commit_hash = git_commit_hash
 
 
 def task_manager(include_paths: tuple[Path, ...], names: tuple[str, ...]) -> Any:
@@ -334,6 +369,7 @@ def run(
 def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
     import lm_eval
 
+    _quiet_git()
     return lm_eval.simple_evaluate(
         model=model,
         model_args=request.lm_eval_model_args(),

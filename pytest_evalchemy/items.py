@@ -21,6 +21,7 @@ from .evaluation import (
     base_record,
     describe_error,
     item_timeout,
+    log_warnings,
     run_item,
 )
 from .gating import (
@@ -105,9 +106,9 @@ class TaskItem(pytest.Item):
         state = self.config.stash[STATE]
         log = state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
         if isinstance(excinfo.value, (ItemFailed, ItemError)):
-            return f"{excinfo.value}\nlm-eval log: {log}"
+            return f"{excinfo.value}\n{_log_pointer(log)}"
         if isinstance(excinfo.value, ItemTimeout):
-            return f"{excinfo.value}\n{where_it_was(excinfo.tb)}\nlm-eval log: {log}"
+            return f"{excinfo.value}\n{where_it_was(excinfo.tb)}\n{_log_pointer(log)}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -125,6 +126,14 @@ class ItemTimeout(pytest.fail.Exception):
 
 # The frames a timed-out item reports, innermost last: enough to see where lm-eval was.
 WHERE_FRAMES = 20
+
+
+def _log_pointer(path: Path) -> str:
+    """Where an item's lm-eval log is, with its last warnings (not its INFO flood)."""
+    tail = log_warnings(path)
+    shown = "".join(f"\n  {line}" for line in tail)
+    head = "last warnings of lm-eval's log" if tail else "lm-eval log"
+    return f"{head}: {path}{shown}"
 
 
 def where_it_was(tb: TracebackType | None) -> str:
@@ -173,7 +182,9 @@ def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest
     """The ``pytest_evalchemy_item_request`` hook as the callback ``run_item`` takes."""
 
     def adjust(request: HarnessRequest) -> HarnessRequest:
-        changed = item.ihook.pytest_evalchemy_item_request(item=item, request=request)
+        # config.hook, not item.ihook: the item's path-scoped relay would skip a conftest
+        # that does not lie above the config file (--evalchemy-config=/elsewhere/cfg.json).
+        changed = item.config.hook.pytest_evalchemy_item_request(item=item, request=request)
         return request if changed is None else changed
 
     return adjust
@@ -206,5 +217,7 @@ def execute_item(
     except Exception as exc:
         record["status"] = "error"
         # The cause in words; an HTTP error quotes the URL, credentials and all.
-        record["message"] = scrub(describe_error(exc, settings.max_retries), settings.secrets)
+        record["message"] = scrub(
+            describe_error(exc, settings.max_retries, settings.include_paths), settings.secrets
+        )
         raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}") from exc

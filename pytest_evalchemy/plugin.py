@@ -29,10 +29,11 @@ from .endpoint import (
 )
 from .errors import ConfigError, EndpointError, EvalchemyError
 from .identity import differences, refusal
-from .items import EvalConfigFile, TimeoutHooks, execute_item, request_hook
+from .items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
 from .options import Options, add_options, resolve_options, setting_value
 from .reasoning import DEFAULT_THINK_END
 from .reporter import EvalchemyReporter, XdistHooks
+from .resources import missing_module
 from .results import (
     check_writable,
     default_run_id,
@@ -86,6 +87,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _active(config):
         return
     options = resolve_options(config)
+    if options.tokenizer and missing_module("transformers"):
+        # Before any request: otherwise every item fails with a ModuleNotFoundError.
+        raise pytest.UsageError(
+            f"--evalchemy-tokenizer {options.tokenizer}: a local tokenizer needs transformers, "
+            "which is not installed: pip install 'pytest-evalchemy[hf]' (or leave the option "
+            "out to use the server's /tokenize)"
+        )
     try:
         options = _with_endpoint(options)
         eval_config = load_config(options.config_path)
@@ -412,15 +420,26 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"evalchemy: config {state.eval_config.path} ({sum(i.enabled for i in state.plan)} of {len(state.plan)} items enabled)"
     ]
     if state.settings:
-        e = state.settings.endpoint
+        urls = ", ".join(redact_url(e.url) for e in state.endpoints or [state.settings.endpoint])
+        word = "endpoints" if len(state.endpoints) > 1 else "endpoint"
         lines.append(
-            f"evalchemy: endpoint {redact_url(e.url)}, model {e.model}, run {state.run_id}"
+            f"evalchemy: {word} {urls}, model {state.settings.endpoint.model}, run {state.run_id}"
         )
-        found = describe_chat(e)
+        found = describe_chat(state.settings.endpoint)
         if found:
             lines.append(f"evalchemy: {found}")
     lines.extend(f"evalchemy: note: {note}" for note in state.config_notes)
     return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if isinstance(item, TaskItem) and report.failed:
+        # lm-eval's output (INFO records, progress bars) is in the item's lm_eval.log; the
+        # report keeps the plugin's message and the log's last warnings (repr_failure).
+        report.sections = [s for s in report.sections if not s[0].startswith("Captured ")]
+    return report
 
 
 # ---------------------------------------------------------------- collection

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .baseline import presence_notes
 from .config import PlannedItem
 from .evaluation import (
     base_record,
+    read_progress,
 )
 from .gating import (
     unmatched_overrides,
@@ -30,7 +32,7 @@ from .results import (
     atomic_write_text,
 )
 from .state import FINISHED, RECORD_PROPERTY, EvalchemyState
-from .summary import RunRecorder, format_table, interval_legend, table_rows
+from .summary import RunRecorder, format_table, interval_legend, status_legend, table_rows
 
 
 class EvalchemyReporter:
@@ -44,6 +46,7 @@ class EvalchemyReporter:
         self._recorder: RunRecorder | None = None
         self.selected: dict[str, PlannedItem] = {}  # collected items, by key
         self.report_path: Path | None = None
+        self._started: dict[str, float] = {}  # item key -> when it started (monotonic)
         # A mistyped TASK: prefix would gate nothing; say so before the run, not after.
         names = {n for p in state.plan for n in (p.benchmark, p.task.key, p.key, *p.task.tasks)}
         self.run_notes = unmatched_overrides(state.options.thresholds, names)
@@ -98,6 +101,7 @@ class EvalchemyReporter:
         if planned is not None and planned.enabled and self.state.settings is not None:
             record = base_record(planned, self.state.settings)
             record["status"] = "running"
+            self._started[planned.key] = time.monotonic()
             previous = self.recorder.tasks.get(planned.key)
             if previous is None or previous.get("status") not in FINISHED:
                 self.recorder.tasks[planned.key] = record
@@ -129,7 +133,9 @@ class EvalchemyReporter:
                 record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[
                     report.outcome
                 ]
-            record["duration_s"] = round(report.duration, 3)
+            if not (record.get("resumed") and record["status"] in FINISHED):
+                # A finished item kept by a resumed run keeps the time it took when it ran.
+                record["duration_s"] = round(report.duration, 3)
         elif report.failed:
             crashed = report.when not in (
                 "setup",
@@ -140,6 +146,18 @@ class EvalchemyReporter:
         else:
             return
         self.recorder.update(planned.key, record, report.longreprtext if report.failed else "")
+
+    def _close_unfinished(self) -> None:
+        """Items still running when the run ends (Ctrl-C, SIGTERM) never sent a report: their
+        record says how long they ran and what they sent (the item's progress file, written
+        by the process that ran it), else how long since they started."""
+        for key, record in self.recorder.tasks.items():
+            if record["status"] not in ("running", "pending"):
+                continue
+            done = read_progress(self.state.paths.item_dir(record["benchmark"], record["task"]))
+            record.update({k: done[k] for k in ("duration_s", "requests") if done.get(k)})
+            if key in self._started and not record.get("duration_s"):
+                record["duration_s"] = round(time.monotonic() - self._started[key], 3)
 
     @pytest.hookimpl
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -169,6 +187,7 @@ class EvalchemyReporter:
         if self._recorder is not None:
             # From here on the run's record is final: a Ctrl-C must not change its outcome.
             _ignore_late_interrupts(self.config)
+            self._close_unfinished()
             self._not_started()
             self._recorder.header = self.state.header()
             self._recorder.header["gate"]["notes"] = self._gate_notes()
@@ -217,9 +236,9 @@ class EvalchemyReporter:
         terminalreporter.write_sep("=", "evalchemy scores")
         for line in format_table(table_rows(ordered, metrics)):
             terminalreporter.write_line(line)
-        legend = interval_legend(ordered)
-        if legend:
-            terminalreporter.write_line(legend)
+        for legend in (interval_legend(ordered), status_legend(ordered)):
+            if legend:
+                terminalreporter.write_line(legend)
         gate = recorder.header.get("gate", {})
         if gate.get("mode") == "ci" or gate.get("baseline"):
             line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"

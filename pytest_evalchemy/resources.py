@@ -23,3 +23,18 @@ def schema_path() -> Path:
 def benchmarks_dir() -> Path:
     """The project's offline benchmarks, always on lm-eval's include path."""
     return _find("benchmarks", "benchmarks")
+
+
+def missing_module(name: str) -> bool:
+    """Whether ``name`` cannot be imported (an optional extra is not installed); imports nothing."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def example_config(name: str) -> Path:
+    """One of the example configs (``eval_config.json``, ``offline_config.json``)."""
+    return _find(f"configs/{name}", f"configs/{name}")

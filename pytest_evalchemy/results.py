@@ -91,11 +91,28 @@ class RunPaths:
         return self.root / "items" / benchmark / task
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (a moment's race, at worst 0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the new one, never half of one."""
+    """Write ``text`` so that a reader sees the old file or the new one, never half of one.
+    The file gets the mode ``open()`` would give it (0666 less the umask), not the 0600 of a
+    temporary file: a CI artifact upload or a teammate must be able to read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)

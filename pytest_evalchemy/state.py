@@ -129,6 +129,9 @@ class EvalchemyState:
             if endpoint
             else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
+            # Every endpoint of the run (items record the one that served them).
+            "endpoints": [redact_url(e.url) for e in self.endpoints]
+            or [redact_url(u) for u in self.options.endpoints],
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
             "config_warnings": list(self.config_warnings),
             "gate": self.options.gate.to_dict(),

@@ -211,3 +211,23 @@ def format_table(rows: list[tuple[str, ...]]) -> list[str]:
     return [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in all_rows
     ]
+
+
+# How the statuses of the table that pytest counts as FAILED differ from a failed check.
+_LEGEND = {
+    "failed": "failed: a check missed (threshold, baseline, fewer samples)",
+    "error": "error: lm-eval or the endpoint failed",
+    "timeout": "timeout: the item's timeout ran out",
+    "crashed": "crashed: its worker died",
+    "interrupted": "interrupted: the run was stopped",
+}
+
+
+def status_legend(tasks: dict[str, dict[str, Any]]) -> str | None:
+    """One line saying what the table's statuses mean next to pytest's words, when the table
+    shows a status pytest spells differently (pytest shows F / FAILED for each of them)."""
+    shown = {rec.get("status") for rec in tasks.values()}
+    if not shown & (set(_LEGEND) - {"failed"}):
+        return None
+    words = "; ".join(text for status, text in _LEGEND.items() if status in shown)
+    return f"status: pytest counts these as failed (F): {words}"

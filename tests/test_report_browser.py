@@ -46,7 +46,10 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.fail("selenium is not installed: pip install -e '.[test]'", pytrace=False)
+        pytest.fail(
+            "selenium is not installed: pip install -e '.[test]' (or 'pytest-evalchemy[browser]')",
+            pytrace=False,
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for arg in (
