@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from .endpoint import (
+    CHECK_PATIENCE_S,
     EndpointInfo,
     _check_prompt_logprobs,
     _headers,
@@ -19,6 +20,7 @@ from .endpoint import (
     server_root,
 )
 from .errors import EndpointError
+from .patience import Outage
 from .reasoning import DEFAULT_THINK_END, reasoning_in_chat_answer
 
 # The reasoning probe: short, and enough tokens for a thinking model to open its thinking.
@@ -67,7 +69,8 @@ def inspect_chat(
         except requests.RequestException:
             found["completions"] = False
         if found["completions"] and loglikelihood:
-            _check_prompt_logprobs(session, info.url, info.model, timeout)
+            outage = Outage(CHECK_PATIENCE_S)
+            _check_prompt_logprobs(session, info.url, info.model, timeout, outage=outage)
     if probe_chat or info.chat_url is not None:
         body = {
             "model": info.model,

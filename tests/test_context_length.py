@@ -98,5 +98,9 @@ def test_strict_context_fails_the_items_before_their_requests(
     assert "): vLLM rejects them (HTTP 400). Serve a longer context" in gsm["message"]
     assert gsm["context"]["generation_over"] == 2
     result.stdout.fnmatch_lines(["*mini_arc/mini_arc: 16 loglikelihood request(s)*"])
-    assert srv.stats()["completions"] == 1  # the endpoint check's probe: nothing else was sent
+    # Only the endpoint check's requests: its logprobs probe and, with a generation item and
+    # reasoning "auto", one short chat request looking for thinking. No item request was sent.
+    stats = srv.stats()
+    assert stats["completions"] == 2
+    assert stats["requests"].get("/v1/chat/completions") == 1
     _no_traceback(result)

@@ -238,10 +238,9 @@ def test_relative_data_files_error_says_where_the_file_is_and_the_fix(
     (tasks / "data" / "x.jsonl").write_text(rows, encoding="utf-8")
     yaml_text = (REPO / "benchmarks" / "mini_arc.yaml").read_text(encoding="utf-8")
     (tasks / "rel_arc.yaml").write_text(
-        yaml_text.replace("task: mini_arc", "task: rel_arc").replace(
-            "custom_dataset: !function offline_data.mini_arc",
-            "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: data/x.jsonl",
-        ),
+        yaml_text.replace("task: mini_arc", "task: rel_arc")
+        .replace("custom_dataset: !function offline_data.mini_arc", "dataset_path: json")
+        .replace("test: data/mini_arc.jsonl", "test: data/x.jsonl"),
         encoding="utf-8",
     )
     cfg = write_config(

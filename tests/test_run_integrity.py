@@ -461,7 +461,9 @@ def test_timed_out_item_reports_its_own_stack_in_a_few_lines(
     out = result.stdout.lines
     assert not [line for line in out if "Stack of" in line]  # no thread dumps
     start = out.index("Timeout (>8.0s) from pytest-timeout.")
-    end = next(i for i, line in enumerate(out) if line.startswith("lm-eval log: "))
+    # The stack ends where the pointer to the item's lm-eval log (and its last warnings) begins.
+    log_pointer = ("lm-eval log: ", "last warnings of lm-eval's log: ")
+    end = next(i for i, line in enumerate(out) if line.startswith(log_pointer))
     report = out[start : end + 1]
     assert len(report) <= 25, "\n".join(report)
     assert report[1].startswith("where it was (innermost last")
