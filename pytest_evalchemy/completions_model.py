@@ -33,11 +33,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import requests
-from aiohttp import ClientSession, ClientTimeout, TCPConnector
+from aiohttp import ClientResponseError, ClientSession, ClientTimeout, TCPConnector
 from lm_eval.api.registry import get_model, register_model
 from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
+
+from . import concurrency
 
 MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
@@ -236,10 +238,45 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
 class EvalchemyCompletions(LocalCompletionsAPI):
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, adaptive_concurrency: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.tokenizer_backend == "remote" and self.tokenizer is not None:
             self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS)
+        # --evalchemy-concurrency auto: num_concurrent is the maximum (it sizes lm-eval's
+        # connection pool and picks its concurrent path); the endpoint's shared limit decides
+        # how many of those are in flight.
+        self._adaptive = (
+            concurrency.shared_limit(self.base_url, self._concurrent)
+            if adaptive_concurrency
+            else None
+        )
+
+    async def amodel_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
+        """lm-eval's request, holding a place of the adaptive limit instead of its semaphore,
+        and telling the limit how it went."""
+        if self._adaptive is None:
+            return await super().amodel_call(session, sem, messages, **kwargs)
+        attempt = 0
+        while True:
+            attempt += 1
+            permit = concurrency.Permit(self._adaptive, len(messages))
+            try:
+                answer = await super().amodel_call(session, permit, messages, **kwargs)
+            except ClientResponseError as exc:
+                if exc.status in (429, 503):
+                    if permit.overloaded() and attempt <= concurrency.MAX_REQUEUES:
+                        continue  # refused because of how many we sent: wait for a place again
+                else:
+                    permit.abandon()
+                raise
+            except TimeoutError:
+                permit.timed_out()
+                raise
+            except BaseException:
+                permit.abandon()
+                raise
+            permit.succeeded()
+            return answer
 
     def _prefetch(self, texts: Iterable[str]) -> None:
         if isinstance(self.tokenizer, PrefetchingTokenizer):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import harness
+from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
 from .config import PlannedItem, Threshold
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
@@ -35,7 +36,8 @@ class RunSettings:
     batch_size: int | None = None
     limit: int | float | None = None
     max_length: int | None = None
-    concurrency: int = 1
+    concurrency: int | str = AUTO  # a fixed number, or "auto" (the endpoint's adaptive limit)
+    max_concurrency: int = DEFAULT_MAX
     max_retries: int = 3
     tokenizer: str | None = None
     api_key: str | None = None
@@ -71,6 +73,7 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
     if timeout is not None:
         request_timeout = max(1, min(DEFAULT_REQUEST_TIMEOUT, int(timeout * 0.8)))
     max_length = settings.max_length or settings.endpoint.max_model_len or DEFAULT_MAX_LENGTH
+    adaptive = settings.concurrency == AUTO
     return harness.HarnessRequest(
         tasks=task.tasks,
         model=settings.endpoint.model,
@@ -80,7 +83,8 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         limit=settings.limit if settings.limit is not None else task.limit,
         log_samples=task.log_samples,
         max_length=max_length,
-        num_concurrent=settings.concurrency,
+        num_concurrent=settings.max_concurrency if adaptive else int(settings.concurrency),
+        adaptive_concurrency=adaptive,
         max_retries=settings.max_retries,
         request_timeout=request_timeout,
         tokenizer=settings.tokenizer,
@@ -234,7 +238,8 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
         "limit": request.limit,
         "batch_size": request.batch_size,
         "max_length": request.max_length,
-        "num_concurrent": request.num_concurrent,
+        "num_concurrent": AUTO if request.adaptive_concurrency else request.num_concurrent,
+        **({"max_concurrency": request.num_concurrent} if request.adaptive_concurrency else {}),
     }
 
 
@@ -258,7 +263,11 @@ def run_item(
     record["status"] = "running"
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
-    progress = RequestProgress(item.key)
+    limit: AdaptiveLimit | None = None
+    if request.adaptive_concurrency:
+        limit = shared_limit(request.base_url, request.num_concurrent)
+    before = limit.item_start() if limit else {}
+    progress = RequestProgress(item.key, concurrency=lambda: limit.limit if limit else None)
     try:
         with (
             harness.capture_log(
@@ -272,6 +281,10 @@ def run_item(
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
+        record["requests"]["concurrency"] = limit.limit if limit else request.num_concurrent
+        if limit:
+            # How it got there: the most in flight at once, and the server's overload answers.
+            record["requests"]["adaptive"] = limit.item_stats(before)
     results = scrub_results(results, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})

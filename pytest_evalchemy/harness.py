@@ -45,6 +45,9 @@ class HarnessRequest:
     log_samples: bool = False
     max_length: int = 2048
     num_concurrent: int = 1
+    # --evalchemy-concurrency auto: num_concurrent is the maximum and the endpoint's adaptive
+    # limit decides how many are in flight (the requests, and so the scores, are the same).
+    adaptive_concurrency: bool = False
     max_retries: int = 3
     request_timeout: int = 300
     tokenizer: str | None = None  # a local tokenizer; None: vLLM's remote tokenizer endpoints
@@ -89,6 +92,8 @@ class HarnessRequest:
             import ssl
 
             args["verify_certificate"] = ssl.create_default_context(cafile=self.ca_cert_path)
+        if self.adaptive_concurrency:
+            args["adaptive_concurrency"] = True  # the project's model only; not in cli_command
         return args
 
     def cli_command(self, output_path: str | None = None) -> list[str]:

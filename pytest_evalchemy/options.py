@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from .baseline import load_baseline
+from .concurrency import AUTO, parse_concurrency
+from .concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
 from .config import Threshold, normalize_metric
 from .errors import EvalchemyError
 from .gating import (
@@ -71,7 +73,13 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
     (
         "--evalchemy-concurrency",
         "concurrency",
-        "Concurrent requests per item (lm-eval num_concurrent). Default: 1",
+        "auto (adapt to the server) or a fixed number of concurrent requests per item (lm-eval num_concurrent). Default: auto. Env: EVALCHEMY_CONCURRENCY",
+        str,
+    ),
+    (
+        "--evalchemy-max-concurrency",
+        "max_concurrency",
+        f"Most prompts in flight per endpoint with --evalchemy-concurrency auto. Default: {DEFAULT_MAX_CONCURRENCY}",
         int,
     ),
     (
@@ -174,6 +182,7 @@ _ENV = {
     "baseline": "EVALCHEMY_BASELINE",
     "markdown": "EVALCHEMY_MARKDOWN",
     "vllm_python": "EVALCHEMY_VLLM_PYTHON",
+    "concurrency": "EVALCHEMY_CONCURRENCY",
 }
 
 
@@ -249,7 +258,7 @@ class Options:
     output: Path
     batch_size: int | None
     max_length: int | None
-    concurrency: int
+    concurrency: int | str  # a number, or "auto"
     tokenizer: str | None
     limit: int | float | None
     timeout: float | None
@@ -271,6 +280,7 @@ class Options:
     ca_bundle: Path | None = None
     insecure: bool = False
     allow_unsafe_code: bool = False
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
 
     @property
     def verify(self) -> bool | str:
@@ -295,6 +305,31 @@ def setting_value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
         base = config.inipath.parent if config.inipath else config.rootpath
         return str(value), base
     return None, config.invocation_params.dir
+
+
+def setting_source(config: pytest.Config, name: str) -> str:
+    """Where a setting's value comes from, for a message about it."""
+    flag = f"--evalchemy-{name.replace('_', '-')}"
+    if config.getoption(f"evalchemy_{name}") is not None:
+        return flag
+    env = _ENV.get(name)
+    if env and os.environ.get(env):
+        return f"{env} (environment)"
+    where = config.inipath or "the ini file"
+    return f"evalchemy_{name} in {where} (ini twin of {flag})"
+
+
+def _concurrency(config: pytest.Config) -> int | str:
+    value, _ = setting_value(config, "concurrency")
+    if value is None:
+        return AUTO
+    try:
+        return parse_concurrency(value)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{setting_source(config, 'concurrency')}: expected auto or a whole number of at "
+            f"least 1, got {value!r}"
+        ) from None
 
 
 def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any:
@@ -396,7 +431,8 @@ def resolve_options(config: pytest.Config) -> Options:
         output=(output_base / (output_value or DEFAULT_OUTPUT)).absolute(),
         batch_size=_number(config, "batch_size", int, 1),
         max_length=_number(config, "max_length", int, 16),
-        concurrency=_number(config, "concurrency", int, 1) or 1,
+        concurrency=_concurrency(config),
+        max_concurrency=_number(config, "max_concurrency", int, 1) or DEFAULT_MAX_CONCURRENCY,
         tokenizer=setting_value(config, "tokenizer")[0],
         limit=limit,
         timeout=_number(config, "timeout", float, 0.001),

@@ -258,7 +258,9 @@ def pytest_report_teststatus(
     if not requests.get("done"):
         return None
     word = report.outcome.upper()
-    detail = f"{word} ({requests['done']} requests, {requests['per_s']:.1f}/s)"
+    settled = requests.get("concurrency")
+    at = f", concurrency {settled}" if settled else ""
+    detail = f"{word} ({requests['done']} requests, {requests['per_s']:.1f}/s{at})"
     letter = {"passed": ".", "failed": "F", "skipped": "s"}[report.outcome]
     return report.outcome, letter, (detail, {"green": report.passed, "red": report.failed})
 

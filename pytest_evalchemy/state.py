@@ -64,6 +64,7 @@ class EvalchemyState:
             limit=o.limit,
             max_length=o.max_length,
             concurrency=o.concurrency,
+            max_concurrency=o.max_concurrency,
             max_retries=o.max_retries,
             tokenizer=o.tokenizer,
             api_key=o.api_key,
@@ -101,6 +102,7 @@ class EvalchemyState:
                 or (endpoint.max_model_len if endpoint else None)
                 or DEFAULT_MAX_LENGTH,
                 "concurrency": self.options.concurrency,
+                "max_concurrency": self.options.max_concurrency,
                 "tokenizer": self.options.tokenizer
                 or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,

@@ -247,7 +247,7 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     result.stdout.fnmatch_lines(
         [
             "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s",
-            "PASSED (16 requests, *.*/s)*",
+            "PASSED (16 requests, *.*/s, concurrency *)*",
         ]
     )
     summary = pytester.path / "results" / "one-at-a-time" / "evalchemy_summary_one-at-a-time.json"
@@ -262,7 +262,7 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
         "--evalchemy-concurrency=2",
         "--evalchemy-run-id=concurrent",
     )
-    result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s)*"])
+    result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s, concurrency 2)*"])
 
 
 def test_one_item_times_out_the_others_pass_and_the_worker_survives(
