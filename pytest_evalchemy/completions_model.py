@@ -251,6 +251,16 @@ class EvalchemyCompletions(LocalCompletionsAPI):
             else None
         )
 
+    @property
+    def header(self) -> dict[str, str]:
+        """lm-eval's headers, without its bearer token when the URL carries ``user:password``:
+        requests then sends basic auth over the header anyway, and aiohttp (the concurrent
+        path, so ``auto`` too) refuses the combination outright."""
+        header = dict(super().header)
+        if urllib.parse.urlsplit(self.base_url or "").password is not None:
+            header.pop("Authorization", None)
+        return header
+
     async def amodel_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
         """lm-eval's request, holding a place of the adaptive limit instead of its semaphore,
         and telling the limit how it went."""

@@ -125,6 +125,18 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         str,
     ),
     (
+        "--evalchemy-replicas",
+        "replicas",
+        "vLLM servers --evalchemy-serve starts (replica i on the i-th device of --evalchemy-gpu), behind vllm-router. Default: 1",
+        int,
+    ),
+    (
+        "--evalchemy-router",
+        "router",
+        "URL of a vllm-router you run in front of your replicas: every request goes through it",
+        str,
+    ),
+    (
         "--evalchemy-vllm-python",
         "vllm_python",
         "Python of the environment that has vLLM, for --evalchemy-serve. Env: EVALCHEMY_VLLM_PYTHON. Default: this Python",
@@ -281,6 +293,8 @@ class Options:
     insecure: bool = False
     allow_unsafe_code: bool = False
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    replicas: int = 1
+    router: str | None = None
 
     @property
     def verify(self) -> bool | str:
@@ -453,7 +467,35 @@ def resolve_options(config: pytest.Config) -> Options:
         ca_bundle=_ca_bundle(config),
         insecure=bool(config.getoption("evalchemy_insecure")),
         allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
+        **_fleet(config),
     )
+
+
+def _fleet(config: pytest.Config) -> dict[str, Any]:
+    """--evalchemy-replicas and --evalchemy-router, checked against --evalchemy-serve/-gpu."""
+    from .endpoint import normalize_endpoint
+    from .router import split_devices
+
+    replicas = _number(config, "replicas", int, 1) or 1
+    serve = setting_value(config, "serve")[0]
+    router = setting_value(config, "router")[0]
+    if replicas > 1 and not serve:
+        raise pytest.UsageError(
+            f"--evalchemy-replicas {replicas}: replicas are vLLM servers that --evalchemy-serve "
+            "MODEL starts; for servers you run, repeat --evalchemy-endpoint"
+        )
+    if router and serve:
+        raise pytest.UsageError(
+            "--evalchemy-router is a router you run in front of your own replicas; "
+            "--evalchemy-serve starts its servers (and a router for --evalchemy-replicas): give one"
+        )
+    try:
+        split_devices(setting_value(config, "gpu")[0], replicas)
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"--evalchemy-gpu: {exc}; give one device per replica, e.g. --evalchemy-gpu 0,1"
+        ) from None
+    return {"replicas": replicas, "router": normalize_endpoint(router) if router else None}
 
 
 def _ca_bundle(config: pytest.Config) -> Path | None:

@@ -40,6 +40,8 @@ class EvalchemyState:
     endpoints: list[EndpointInfo] = field(default_factory=list)
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # records of a resumed run
     worker_index: int | None = None
+    replicas: list[str] = field(default_factory=list)  # endpoints behind the router
+    router: str | None = None  # the completions URL of the router every request goes through
 
     def settings_for(self, planned: PlannedItem) -> RunSettings | None:
         """The run's settings with the endpoint that serves ``planned``."""
@@ -87,6 +89,14 @@ class EvalchemyState:
             if endpoint
             else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
+            **(
+                {
+                    "router": redact_url(self.router),
+                    "replicas": [redact_url(u) for u in self.replicas],
+                }
+                if self.router
+                else {}
+            ),
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
             "gate": self.options.gate.to_dict(),
             "seeds": {

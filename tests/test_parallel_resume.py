@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_evalchemy import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import offline_task, read_summary, write_config
@@ -54,10 +55,18 @@ def test_two_endpoints_comma_separated_under_xdist(pytester: pytest.Pytester, ma
     )
     result.assert_outcomes(passed=4)
     summary = read_summary(pytester.path / "results")
-    assert {r["endpoint"] for r in summary["tasks"].values()} == {
-        a.completions_url,
-        b.completions_url,
-    }
+    if router.find_binary() is None:
+        # Without vllm-router each worker keeps to one endpoint.
+        assert {r["endpoint"] for r in summary["tasks"].values()} == {
+            a.completions_url,
+            b.completions_url,
+        }
+    else:
+        # Every request of every item through the router, which spreads them over both.
+        assert summary["replicas"] == [a.completions_url, b.completions_url]
+        assert {r["endpoint"] for r in summary["tasks"].values()} == {summary["router"]}
+    assert a.stats()["completions"] > 1
+    assert b.stats()["completions"] > 1
 
 
 def test_endpoints_serving_different_models_are_refused(
@@ -154,8 +163,16 @@ def test_interrupted_run_resumes_without_asking_twice(
     clean = _clean_run_requests(tmp_path, make_server)
     server = make_server(latency=0.05)
     cfg = _cfg(tmp_path, SLOW_TASK)
+    # One request at a time, so that at most one is in flight when the run stops (under the
+    # default `auto`, what was in flight then is asked again: up to the settled concurrency).
     proc = _start_run(
-        tmp_path, server.completions_url, cfg, "--evalchemy-run-id=r", "-k", "mini_arc"
+        tmp_path,
+        server.completions_url,
+        cfg,
+        "--evalchemy-run-id=r",
+        "-k",
+        "mini_arc",
+        "--evalchemy-concurrency=1",
     )
     _wait_for_requests(server, 20, proc)
     if how == "sigint":
@@ -246,7 +263,7 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     # 4 documents x 4 choices, one request each at batch size 1.
     result.stdout.fnmatch_lines(
         [
-            "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s",
+            "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s, concurrency *",
             "PASSED (16 requests, *.*/s, concurrency *)*",
         ]
     )

@@ -305,6 +305,7 @@ class EvalchemyTestServer:
         self._active = 0
         self._max_active = 0
         self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0, "rejected": 0}
+        self._answered = 0  # completion requests answered 200 (the whole response written)
         self._admitted_now = 0
         self._max_admitted = 0  # completion requests in flight at once, the rejected not counted
 
@@ -314,6 +315,7 @@ class EvalchemyTestServer:
             return {
                 "requests": dict(self._requests),
                 "completions": self._completion_seq,
+                "answered": self._answered,
                 "prompts": self._prompts,
                 "in_flight": self._in_flight,
                 # completion requests received and not yet answered, at the peak (includes waiting ones)
@@ -890,6 +892,9 @@ class _Handler(BaseHTTPRequestHandler):
             with app._slot():
                 payload = answer(self._json_body(raw))
             self._send_json(200, payload)
+            self.wfile.flush()
+            with app._lock:
+                app._answered += 1
         finally:
             app._end_admitted()
             app._end_completion()
