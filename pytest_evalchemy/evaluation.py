@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +285,9 @@ def run_item(
         if limit:
             # How it got there: the most in flight at once, and the server's overload answers.
             record["requests"]["adaptive"] = limit.item_stats(before)
+            # The equivalent lm-eval command at the concurrency the server took.
+            settled = replace(request, shown_concurrency=limit.limit)
+            record["lm_eval_command"] = settled.cli_string()
     results = scrub_results(results, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})

@@ -48,6 +48,10 @@ class HarnessRequest:
     # --evalchemy-concurrency auto: num_concurrent is the maximum and the endpoint's adaptive
     # limit decides how many are in flight (the requests, and so the scores, are the same).
     adaptive_concurrency: bool = False
+    # What the lm-eval command shows for num_concurrent under auto: lm-eval has no adaptive
+    # mode, and its maximum (num_concurrent above) at once would flood a shared server; the
+    # number auto starts at, and once the item ran, the one it settled at.
+    shown_concurrency: int | None = None
     max_retries: int = 3
     request_timeout: int = 300
     tokenizer: str | None = None  # a local tokenizer; None: vLLM's remote tokenizer endpoints
@@ -100,9 +104,12 @@ class HarnessRequest:
         """The equivalent ``lm-eval run`` command line."""
         cmd = ["lm-eval", "run", "--model", "local-completions", "--model_args"]
         # The URL lm-eval posts to may carry credentials; the command is shown and written.
-        cmd += [
-            f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in self.model_args().items()
-        ]
+        args = self.model_args()
+        if self.adaptive_concurrency:
+            from .concurrency import INITIAL
+
+            args["num_concurrent"] = self.shown_concurrency or min(INITIAL, self.num_concurrent)
+        cmd += [f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in args.items()]
         cmd += ["--tasks", *self.tasks]
         if self.num_fewshot is not None:
             cmd += ["--num_fewshot", str(self.num_fewshot)]
