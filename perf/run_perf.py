@@ -46,6 +46,9 @@ LATENCY = 0.05  # s per completion request of the latency-bound server
 SLOTS = 16  # completion requests it serves at once
 PERF_REQUESTS = 400  # perf_mc: 100 documents x 4 choices, no few-shot
 PARALLEL_REQUESTS = 200  # per item of the -n 2 figure: 10 s of waiting, one at a time
+ONE_AT_A_TIME = "--evalchemy-concurrency=1"  # the -n 2 figure is about items, not requests
+ADAPTIVE_SLOTS = (1, 4, 16, 64)  # server slots of the adaptive-concurrency rows
+REPLICA_SLOTS = 8  # slots of each replica in the router row
 PUBLIC_TASKS = ["arc_easy", "hellaswag", "mmlu"]
 OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
 # In every pytest run, figure and reference alike. hypothesis, a test-only dependency of this
@@ -401,7 +404,7 @@ def fig_resolve(work: Path, repeats: int, report: Report) -> None:
 # 4. + 5. latency-bound efficiency and the remote tokenizer -------------------------------
 
 
-def workload(url: str, model: str, concurrency: int, batch: int = 1, **kw: Any) -> Proc:
+def workload(url: str, model: str, concurrency: int | str, batch: int = 1, **kw: Any) -> Proc:
     cmd = [PY, str(REPO / "perf" / "workload.py"), "run", "--url", url, "--model", model]
     cmd += ["--concurrency", str(concurrency), "--batch-size", str(batch)]
     for task in kw.pop("tasks", ["perf_mc"]):
@@ -493,6 +496,159 @@ def fig_latency(work: Path, repeats: int, report: Report) -> None:
     )
 
 
+# adaptive concurrency and replicas ---------------------------------------------------------
+
+
+def _adaptive_config(folder: Path) -> Path:
+    # A small item first, so that perf_mc's duration is an item's, not the process's first.
+    return write_config(
+        folder / "perf.json",
+        {
+            "warm": {"tasks": ["mini_arc"], "limit": 1, "num_fewshot": 0},
+            "perf_mc": {"tasks": ["perf_mc"], "num_fewshot": 0},
+        },
+        [PERF_TASKS],
+    )
+
+
+def fig_adaptive(work: Path, repeats: int, report: Report) -> None:
+    """The defaults (``--evalchemy-concurrency auto``) against servers of 1 to 64 slots, with
+    lm-eval's own defaults (local-completions, one request at a time) beside them."""
+    folder = work / "adaptive"
+    folder.mkdir()
+    config = _adaptive_config(folder)
+    rows: list[str] = []
+    for slots in ADAPTIVE_SLOTS:
+        ideal = PERF_REQUESTS * LATENCY / slots
+        with TestServer(LATENCY, slots) as server:
+            res = alternate(
+                repeats,
+                {
+                    "auto": lambda i: workload(server.url, "evalchemy", "auto"),
+                    "pytest": lambda i, s=slots: pytest_run(
+                        folder, config, server.url, f"auto{s}-{i}"
+                    ),
+                },
+            )
+            # lm-eval's defaults take requests x latency whatever the slots: one run is enough.
+            lm_eval = workload(server.url, "plain", 1)
+            peak = server.stats()["max_active"]
+        phases = [p.json_line()["phase_s"] for p in res["auto"]]
+        phase = median(phases)
+        records = [s["tasks"]["perf_mc/perf_mc"] for _, s in res["pytest"]]
+        item = median([r["duration_s"] for r in records])
+        settled = [r["requests"]["concurrency"] for r in records]
+        limits = [p.json_line()["limit"]["limit"] for p in res["auto"]]
+        plain = lm_eval.json_line()["phase_s"]
+        same = res["auto"][0].json_line()["metrics"] == lm_eval.json_line()["metrics"]
+        procs = res["auto"] + [p for p, _ in res["pytest"]] + [lm_eval]
+        report.add(
+            Row(
+                f"defaults (`--evalchemy-concurrency auto`), {PERF_REQUESTS} loglikelihood "
+                f"requests at {LATENCY * 1000:.0f} ms, {slots} slot(s): model phase",
+                f"the ideal time ({PERF_REQUESTS} x {LATENCY} s / {slots})",
+                f"{phase:.2f} s",
+                f"{ideal:.2f} s",
+                f"{ideal / phase:.2f} of ideal",
+                "≥ 0.9 of ideal",
+                ideal / phase >= 0.9,
+                f"settled at {', '.join(map(str, limits))} in flight; lm-eval's defaults "
+                f"(local-completions, 1 at a time) {plain:.2f} s = {ideal / plain:.2f} of ideal; "
+                f"server peak {peak} at once; metrics identical: {'yes' if same else 'NO'}",
+                loads(procs),
+            )
+        )
+        report.add(
+            Row(
+                f"defaults, the same {slots}-slot server: the whole pytest item",
+                "the ideal time",
+                f"{item:.2f} s",
+                f"{ideal:.2f} s",
+                f"{ideal / item:.2f} of ideal",
+                "≥ 0.75 of ideal",
+                ideal / item >= 0.75,
+                f"task setup, metrics and files included; the summary's settled concurrency "
+                f"{', '.join(map(str, settled))}, "
+                f"{median([r['requests']['per_s'] for r in records]):.0f} requests/s",
+                loads([p for p, _ in res["pytest"]]),
+            )
+        )
+        rows.append(
+            f"| {slots} | {ideal:.2f} | {', '.join(f'{v:.2f}' for v in phases)} | "
+            f"{', '.join(format(r['duration_s'], '.2f') for r in records)} | "
+            f"{', '.join(map(str, limits))} | {plain:.2f} |"
+        )
+    report.detail(
+        "Adaptive concurrency by server slots (400 requests at 50 ms), seconds",
+        [
+            "| slots | ideal | model phase, auto | whole item, auto | settled at | lm-eval defaults |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ],
+    )
+
+
+def fig_router(work: Path, repeats: int, report: Report) -> None:
+    """One item through vllm-router in front of two replicas, against one replica."""
+    from pytest_evalchemy import router
+
+    if router.find_binary() is None:
+        report.add(
+            Row(
+                "two replicas through vllm-router",
+                "-",
+                "skipped",
+                "-",
+                "-",
+                "-",
+                None,
+                f"vllm-router is not installed ({router.INSTALL_HINT})",
+            )
+        )
+        return
+    folder = work / "router"
+    folder.mkdir()
+    config = _adaptive_config(folder)
+    with TestServer(LATENCY, REPLICA_SLOTS) as a, TestServer(LATENCY, REPLICA_SLOTS) as b:
+        res = alternate(
+            repeats,
+            {
+                "one": lambda i: pytest_run(folder, config, a.url, f"one{i}"),
+                "two": lambda i: pytest_run(folder, config, f"{a.url},{b.url}", f"two{i}"),
+            },
+        )
+        share = (a.completions(), b.completions())
+    one = median([s["tasks"]["perf_mc/perf_mc"]["duration_s"] for _, s in res["one"]])
+    two = median([s["tasks"]["perf_mc/perf_mc"]["duration_s"] for _, s in res["two"]])
+    settled = {
+        k: [s["tasks"]["perf_mc/perf_mc"]["requests"]["concurrency"] for _, s in v]
+        for k, v in res.items()
+    }
+    same = all(
+        s["tasks"]["perf_mc/perf_mc"]["metrics"]
+        == res["one"][0][1]["tasks"]["perf_mc/perf_mc"]["metrics"]
+        for _, s in res["two"]
+    )
+    ideal_one = PERF_REQUESTS * LATENCY / REPLICA_SLOTS
+    report.add(
+        Row(
+            f"two replicas ({REPLICA_SLOTS} slots each) through vllm-router: one item of "
+            f"{PERF_REQUESTS} requests at {LATENCY * 1000:.0f} ms, defaults",
+            "the same item against one replica",
+            f"{two:.2f} s",
+            f"{one:.2f} s",
+            f"{one / two:.2f}x faster",
+            "≥ 1.8x faster",
+            one / two >= 1.8,
+            f"whole pytest item; ideal {ideal_one:.2f} s and {ideal_one / 2:.2f} s; settled "
+            f"concurrency one replica {', '.join(map(str, settled['one']))}, through the router "
+            f"{', '.join(map(str, settled['two']))}; completions per replica over all runs "
+            f"{share[0]} / {share[1]}; metrics identical: {'yes' if same else 'NO'}",
+            loads([p for p, _ in res["one"] + res["two"]]),
+        )
+    )
+
+
 # 6. + 7. xdist and resume ------------------------------------------------------------------
 
 
@@ -513,9 +669,11 @@ def fig_parallel(work: Path, repeats: int, report: Report) -> None:
     with TestServer(LATENCY, SLOTS) as server:
 
         def serial(i: int) -> tuple[Proc, dict[str, Any]]:
-            out = pytest_run(folder, config, server.url, f"serial{i}")
+            out = pytest_run(folder, config, server.url, f"serial{i}", ONE_AT_A_TIME)
             before = server.completions()
-            proc, _ = pytest_run(folder, config, server.url, f"serial{i}", resume=True)
+            proc, _ = pytest_run(
+                folder, config, server.url, f"serial{i}", ONE_AT_A_TIME, resume=True
+            )
             resumed.append((proc, server.completions() - before, out[0].wall_s))
             return out
 
@@ -523,7 +681,9 @@ def fig_parallel(work: Path, repeats: int, report: Report) -> None:
             repeats,
             {
                 "n0": serial,
-                "n2": lambda i: pytest_run(folder, config, server.url, f"xdist{i}", "-n", "2"),
+                "n2": lambda i: pytest_run(
+                    folder, config, server.url, f"xdist{i}", ONE_AT_A_TIME, "-n", "2"
+                ),
             },
         )
     n0 = median([p.wall_s for p, _ in res["n0"]])
@@ -692,9 +852,11 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
         served = server.model_id
         started = server.ready_after or 0.0
         # The sweep behind the README's defaults: mini_arc, 48 documents x 4 choices.
-        grid = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 8), (4, 4), (4, 8)]
+        grid = [(1, 1), (4, 1), (8, 1), (16, 1), (32, 1), (64, 1), (1, 8), (4, 4), (4, 8), (8, 8)]
 
-        def sweep_run(concurrency: int, batch: int, kind: str = "evalchemy", **extra: Any) -> Proc:
+        def sweep_run(
+            concurrency: int | str, batch: int, kind: str = "evalchemy", **extra: Any
+        ) -> Proc:
             return workload(
                 url,
                 kind,
@@ -710,6 +872,8 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
         variants: dict[str, Callable[[int], Any]] = {
             f"{c}x{b}": (lambda i, c=c, b=b: sweep_run(c, b)) for c, b in grid
         }
+        # The defaults: adaptive concurrency, one prompt per request.
+        variants["autox1"] = lambda i: sweep_run("auto", 1)
         # vLLM's first requests after start-up are slow (lazy initialisation): not in any row.
         sweep_run(4, 1, limit=8)
         sweep = alternate(max(1, repeats - 1), variants)
@@ -734,7 +898,8 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
                 "mini_arc": {"tasks": ["mini_arc"], "num_fewshot": 0, "limit": None},
             },
         )
-        best = min(sweep, key=lambda k: median([p.json_line()["phase_s"] for p in sweep[k]]))
+        fixed = [k for k in sweep if not k.startswith("auto")]
+        best = min(fixed, key=lambda k: median([p.json_line()["phase_s"] for p in sweep[k]]))
         c, b = (int(x) for x in best.split("x"))
         runs = [
             pytest_run(
@@ -767,6 +932,23 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
             f"{median([p.json_line()['phase_s'] for p in tokenizers['ours']]):.2f} s; all "
             "settings in the details",
             loads([p for v in sweep.values() for p in v] + [p for p, _ in runs] + plain),
+        )
+    )
+    auto = phases["autox1"]
+    settled = [p.json_line()["limit"]["limit"] for p in sweep["autox1"]]
+    report.add(
+        Row(
+            "real vLLM (CPU, tiny model): the defaults (`--evalchemy-concurrency auto`, batch 1), "
+            "mini_arc model phase",
+            f"the best fixed setting of the sweep (concurrency {c}, batch {b})",
+            f"{auto:.2f} s",
+            f"{phases[best]:.2f} s",
+            f"{phases[best] / auto:.2f} of the best",
+            "≥ 0.9 of the best",
+            phases[best] / auto >= 0.9,
+            f"settled at {', '.join(map(str, settled))} in flight; {len(fixed)} fixed settings "
+            "in the details",
+            loads([p for v in sweep.values() for p in v]),
         )
     )
     if local:
@@ -806,6 +988,8 @@ FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
     "fixed": fig_fixed,
     "resolve": fig_resolve,
     "latency": fig_latency,
+    "adaptive": fig_adaptive,
+    "router": fig_router,
     "parallel": fig_parallel,
     "memory": fig_memory,
     "profile": fig_profile,

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", action="append", required=True)
     p.add_argument("--include", action="append", default=[], type=Path)
     p.add_argument("--model", choices=("plain", "evalchemy", "local"), default="evalchemy")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--concurrency", default="1", help="a number, or auto (the plugin's default)")
+    p.add_argument("--max-concurrency", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=float)
     p.add_argument("--num-fewshot", type=int, default=0)
@@ -106,12 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     import lm_eval
     from lm_eval.api.registry import get_model
 
-    from pytest_evalchemy import harness
+    from pytest_evalchemy import concurrency, harness
 
     imported = time.perf_counter() - t0
     limit = args.limit
     if limit is not None and limit >= 1:
         limit = int(limit)
+    adaptive = concurrency.parse_concurrency(args.concurrency) == concurrency.AUTO
     request = harness.HarnessRequest(
         tasks=tuple(args.task),
         model=args.model_name,
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         limit=limit,
         max_length=args.max_length,
-        num_concurrent=args.concurrency,
+        num_concurrent=args.max_concurrency if adaptive else int(args.concurrency),
+        adaptive_concurrency=adaptive,
         include_paths=tuple(p.absolute() for p in args.include),
         tokenizer=args.tokenizer,
     )
@@ -133,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         cls = get_model(name)
     start = time.perf_counter()
     tm = harness.task_manager(request.include_paths, request.tasks)
-    lm = cls.create_from_arg_obj(request.model_args(), {"batch_size": request.batch_size})
+    model_args = request.model_args()
+    if adaptive:
+        model_args["adaptive_concurrency"] = True  # the plugin's model only
+    lm = cls.create_from_arg_obj(model_args, {"batch_size": request.batch_size})
     phase = [0.0]
 
     def timed(method: Any) -> Any:
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "metrics": harness.metrics_of(results),
                 "load": os.getloadavg()[0],
+                "limit": (concurrency.existing_limit(args.url) or {})
+                and concurrency.existing_limit(args.url).snapshot(),  # type: ignore[union-attr]
             },
             default=str,
         )

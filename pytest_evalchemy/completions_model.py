@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from aiohttp import ClientSession, ClientTimeout, TCPConnector
+from aiohttp import ClientResponseError, ClientSession, ClientTimeout, TCPConnector
 from lm_eval.api.registry import get_model, register_model
 from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
+from . import concurrency
 from .chat_model import ReasoningPayload, ServerChatTemplate
 from .context_check import ContextCheck
 from .patience import (
@@ -329,7 +330,7 @@ class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletion
 
     policy: ItemPolicy | None = None  # set by item_policy() while an item runs
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, adaptive_concurrency: bool = False, **kwargs: Any) -> None:
         policy = type(self).policy or ItemPolicy()
         self._init_patiently(policy.outage, *args, **kwargs)
         self._outage = policy.outage
@@ -337,6 +338,14 @@ class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletion
         self._generation_kwargs: list[dict[str, Any]] | None = None
         if self.tokenizer_backend == "remote" and self.tokenizer is not None:
             self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS, self._outage)
+        # --evalchemy-concurrency auto: num_concurrent is the maximum (it sizes lm-eval's
+        # connection pool and picks its concurrent path); the endpoint's shared limit decides
+        # how many of those are in flight.
+        self._adaptive = (
+            concurrency.shared_limit(self.base_url, self._concurrent)
+            if adaptive_concurrency
+            else None
+        )
 
     def _init_patiently(self, outage: Outage, *args: Any, **kwargs: Any) -> None:
         """lm-eval's constructor, which reads the server's /tokenizer_info (three quick
@@ -356,6 +365,16 @@ class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletion
                     raise outage.give_up(failure, exc) from exc
                 time.sleep(delay)
 
+    @property
+    def header(self) -> dict[str, str]:
+        """lm-eval's headers, without its bearer token when the URL carries ``user:password``:
+        requests then sends basic auth over the header anyway, and aiohttp (the concurrent
+        path, so ``auto`` too) refuses the combination outright."""
+        header = dict(super().header)
+        if urllib.parse.urlsplit(self.base_url or "").password is not None:
+            header.pop("Authorization", None)
+        return header
+
     # ------------------------------------------------------------ patience with the server
     # lm-eval wraps each call in its own retries (max_retries attempts, 1-10 s apart); a call
     # here rides out an outage of up to --evalchemy-outage-timeout first. Only failures that
@@ -365,9 +384,40 @@ class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletion
         parent = super().model_call
         return self._outage.call(lambda: parent(*args, **kwargs))
 
-    async def amodel_call(self, *args: Any, **kwargs: Any) -> Any:
+    async def amodel_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
+        # The adaptive limit reacts to an overload first (it cuts and requeues); what is left
+        # of an outage is ridden out here.
+        return await self._outage.acall(
+            lambda: self._limited_call(session, sem, messages, **kwargs)
+        )
+
+    async def _limited_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
+        """lm-eval's request, holding a place of the adaptive limit instead of its semaphore,
+        and telling the limit how it went."""
         parent = super().amodel_call
-        return await self._outage.acall(lambda: parent(*args, **kwargs))
+        if self._adaptive is None:
+            return await parent(session, sem, messages, **kwargs)
+        attempt = 0
+        while True:
+            attempt += 1
+            permit = concurrency.Permit(self._adaptive, len(messages))
+            try:
+                answer = await parent(session, permit, messages, **kwargs)
+            except ClientResponseError as exc:
+                if exc.status in (429, 503):
+                    if permit.overloaded() and attempt <= concurrency.MAX_REQUEUES:
+                        continue  # refused because of how many we sent: wait for a place again
+                else:
+                    permit.abandon()
+                raise
+            except TimeoutError:
+                permit.timed_out()
+                raise
+            except BaseException:
+                permit.abandon()
+                raise
+            permit.succeeded()
+            return answer
 
     # ------------------------------------------------------------ the context check
 

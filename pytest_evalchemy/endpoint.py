@@ -421,6 +421,9 @@ def check_endpoints(
 
 def pick_endpoint(infos: list[EndpointInfo], worker: int | None, position: int) -> EndpointInfo:
     """The endpoint of an item: each xdist worker keeps to one endpoint (worker N takes endpoint
-    N mod count); without xdist items take turns by their position in the run."""
+    N mod count); without xdist items take turns by their position in the run. Used only where
+    no router can stand in front of the endpoints: vllm-router is not installed, or the
+    endpoints serve different models (--evalchemy-allow-mixed-models), which must not share an
+    item."""
     index = worker if worker is not None else position
     return infos[index % len(infos)]

@@ -13,12 +13,14 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import harness
 from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
+from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
+from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .config import PlannedItem, Threshold
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
@@ -51,7 +53,8 @@ class RunSettings:
     batch_size: int | None = None
     limit: int | float | None = None
     max_length: int | None = None
-    concurrency: int = 1
+    concurrency: int | str = AUTO  # a fixed number, or "auto" (the endpoint's adaptive limit)
+    max_concurrency: int = DEFAULT_MAX
     max_retries: int = 3
     tokenizer: str | None = None
     api_key: str | None = None
@@ -141,6 +144,15 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
     lm_eval_config = None
     if len(settings.include_paths) > 1:
         lm_eval_config = settings.paths.item_dir(item.benchmark, task.key) / LM_EVAL_CONFIG
+    # The adaptive limit lives in the project's completions model; generation through a chat
+    # endpoint (lm-eval's chat model) keeps a fixed concurrency: auto starts it where the
+    # adaptive limit starts.
+    auto = settings.concurrency == AUTO
+    adaptive = auto and chat.chat_url is None
+    if adaptive:
+        num_concurrent = settings.max_concurrency
+    else:
+        num_concurrent = INITIAL_CONCURRENCY if auto else int(settings.concurrency)
     return harness.HarnessRequest(
         tasks=task.tasks,
         model=settings.endpoint.model,
@@ -150,7 +162,8 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         limit=settings.limit if settings.limit is not None else task.limit,
         log_samples=task.log_samples or settings.log_samples,
         max_length=max_length,
-        num_concurrent=settings.concurrency,
+        num_concurrent=num_concurrent,
+        adaptive_concurrency=adaptive,
         max_retries=settings.max_retries,
         request_timeout=request_timeout,
         tokenizer=settings.tokenizer,
@@ -382,7 +395,8 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
         "limit": request.limit,
         "batch_size": request.batch_size,
         "max_length": request.max_length,
-        "num_concurrent": request.num_concurrent,
+        "num_concurrent": AUTO if request.adaptive_concurrency else request.num_concurrent,
+        **({"max_concurrency": request.num_concurrent} if request.adaptive_concurrency else {}),
         # Chat and reasoning: a changed one makes a baseline comparison not like for like.
         "apply_chat_template": request.apply_chat_template or request.chat_url is not None,
         "system_instruction": request.system_instruction,
@@ -419,7 +433,11 @@ def run_item(
     record["status"] = "running"
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
-    progress = RequestProgress(item.key)
+    limit: AdaptiveLimit | None = None
+    if request.adaptive_concurrency:
+        limit = shared_limit(request.base_url, request.num_concurrent)
+    before = limit.item_start() if limit else {}
+    progress = RequestProgress(item.key, concurrency=lambda: limit.limit if limit else None)
     context = ContextCheck()
     try:
         with (
@@ -438,6 +456,13 @@ def run_item(
     finally:
         record["duration_s"] = round(time.monotonic() - start, 3)
         record["requests"] = progress.to_dict()
+        record["requests"]["concurrency"] = limit.limit if limit else request.num_concurrent
+        if limit:
+            # How it got there: the most in flight at once, and the server's overload answers.
+            record["requests"]["adaptive"] = limit.item_stats(before)
+            # The equivalent lm-eval command at the concurrency the server took.
+            settled = replace(request, shown_concurrency=limit.limit)
+            record["lm_eval_command"] = settled.cli_string()
         if context.found:
             record["context"] = context.to_dict()
         _write_progress(item_dir, record)

@@ -48,6 +48,13 @@ class HarnessRequest:
     log_samples: bool = False
     max_length: int = 2048
     num_concurrent: int = 1
+    # --evalchemy-concurrency auto: num_concurrent is the maximum and the endpoint's adaptive
+    # limit decides how many are in flight (the requests, and so the scores, are the same).
+    adaptive_concurrency: bool = False
+    # What the lm-eval command shows for num_concurrent under auto: lm-eval has no adaptive
+    # mode, and its maximum (num_concurrent above) at once would flood a shared server; the
+    # number auto starts at, and once the item ran, the one it settled at.
+    shown_concurrency: int | None = None
     max_retries: int = 3
     request_timeout: int = 300
     tokenizer: str | None = None  # a local tokenizer; None: vLLM's remote tokenizer endpoints
@@ -158,6 +165,8 @@ class HarnessRequest:
             }
         if isinstance(self.apply_chat_template, str) and self.chat_url is None:
             args["evalchemy_chat_template"] = self.apply_chat_template
+        if self.adaptive_concurrency:
+            args["adaptive_concurrency"] = True  # the project's model only; not in cli_command
         return args
 
     def lm_eval_chat_args(self) -> dict[str, Any]:
@@ -174,10 +183,12 @@ class HarnessRequest:
         model = "local-chat-completions" if self.chat_url is not None else "local-completions"
         cmd = ["lm-eval", "run", "--model", model, "--model_args"]
         # The URL lm-eval posts to may carry credentials; the command is shown and written.
-        cmd += [
-            f"{k}={redact_url(v) if k == 'base_url' else v}"
-            for k, v in self.cli_model_args().items()
-        ]
+        args = self.cli_model_args()
+        if self.adaptive_concurrency:
+            from .concurrency import INITIAL
+
+            args["num_concurrent"] = self.shown_concurrency or min(INITIAL, self.num_concurrent)
+        cmd += [f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in args.items()]
         cmd += ["--tasks", *self.tasks]
         if self.num_fewshot is not None:
             cmd += ["--num_fewshot", str(self.num_fewshot)]

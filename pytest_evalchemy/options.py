@@ -12,6 +12,8 @@ import pytest
 
 from .baseline import load_baseline
 from .chat_settings import ChatOptions
+from .concurrency import AUTO, parse_concurrency
+from .concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
 from .config import Threshold, normalize_metric
 from .errors import EvalchemyError
 from .gating import (
@@ -74,7 +76,13 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
     (
         "--evalchemy-concurrency",
         "concurrency",
-        "Concurrent requests per item (lm-eval num_concurrent). Default: 1",
+        "auto (adapt to the server) or a fixed number of concurrent requests per item (lm-eval num_concurrent). Default: auto. Env: EVALCHEMY_CONCURRENCY",
+        str,
+    ),
+    (
+        "--evalchemy-max-concurrency",
+        "max_concurrency",
+        f"Most prompts in flight per endpoint with --evalchemy-concurrency auto. Default: {DEFAULT_MAX_CONCURRENCY}",
         int,
     ),
     (
@@ -132,6 +140,18 @@ _OPTIONS: list[tuple[str, str, str, Any]] = [
         "--evalchemy-gpu",
         "gpu",
         "CUDA_VISIBLE_DEVICES for the server --evalchemy-serve starts (Linux only)",
+        str,
+    ),
+    (
+        "--evalchemy-replicas",
+        "replicas",
+        "vLLM servers --evalchemy-serve starts (replica i on the i-th device of --evalchemy-gpu), behind vllm-router. Default: 1",
+        int,
+    ),
+    (
+        "--evalchemy-router",
+        "router",
+        "URL of a vllm-router you run in front of your replicas: every request goes through it",
         str,
     ),
     (
@@ -231,6 +251,7 @@ _ENV = {
     "wait_for_endpoint": "EVALCHEMY_WAIT_FOR_ENDPOINT",
     "outage_timeout": "EVALCHEMY_OUTAGE_TIMEOUT",
     "reasoning": "EVALCHEMY_REASONING",
+    "concurrency": "EVALCHEMY_CONCURRENCY",
 }
 DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
 
@@ -334,7 +355,7 @@ class Options:
     output: Path
     batch_size: int | None
     max_length: int | None
-    concurrency: int
+    concurrency: int | str  # a number, or "auto"
     tokenizer: str | None
     limit: int | float | None
     timeout: float | None
@@ -362,6 +383,9 @@ class Options:
     strict_context: bool = False
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    replicas: int = 1
+    router: str | None = None
 
     @property
     def verify(self) -> bool | str:
@@ -465,6 +489,19 @@ def setting_source(config: pytest.Config, name: str) -> str:
         return f"{flag} (from the environment variable {env})"
     where = config.inipath or config.rootpath
     return f"{flag} (from evalchemy_{name} in {where})"
+
+
+def _concurrency(config: pytest.Config) -> int | str:
+    value, _ = setting_value(config, "concurrency")
+    if value is None:
+        return AUTO
+    try:
+        return parse_concurrency(value)
+    except ValueError:
+        raise pytest.UsageError(
+            f"{setting_source(config, 'concurrency')}: expected auto or a whole number of at "
+            f"least 1, got {value!r}"
+        ) from None
 
 
 def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any:
@@ -587,7 +624,8 @@ def resolve_options(config: pytest.Config) -> Options:
         output=(output_base / (output_value or DEFAULT_OUTPUT)).absolute(),
         batch_size=_number(config, "batch_size", int, 1),
         max_length=_number(config, "max_length", int, 16),
-        concurrency=_number(config, "concurrency", int, 1) or 1,
+        concurrency=_concurrency(config),
+        max_concurrency=_number(config, "max_concurrency", int, 1) or DEFAULT_MAX_CONCURRENCY,
         tokenizer=setting_value(config, "tokenizer")[0],
         limit=limit,
         timeout=_number(config, "timeout", float, 0.001),
@@ -614,6 +652,7 @@ def resolve_options(config: pytest.Config) -> Options:
         strict_context=_strict_context(config),
         log_samples=bool(config.getoption("evalchemy_log_samples")),
         chat=_chat_options(config),
+        **_fleet(config),
     )
 
 
@@ -624,6 +663,33 @@ def _or(value: Any, default: Any) -> Any:
 def _strict_context(config: pytest.Config) -> bool:
     flag = config.getoption("evalchemy_strict_context")
     return bool(flag) if flag is not None else bool(config.getini("evalchemy_strict_context"))
+
+
+def _fleet(config: pytest.Config) -> dict[str, Any]:
+    """--evalchemy-replicas and --evalchemy-router, checked against --evalchemy-serve/-gpu."""
+    from .endpoint import normalize_endpoint
+    from .router import split_devices
+
+    replicas = _number(config, "replicas", int, 1) or 1
+    serve = setting_value(config, "serve")[0]
+    router = setting_value(config, "router")[0]
+    if replicas > 1 and not serve:
+        raise pytest.UsageError(
+            f"--evalchemy-replicas {replicas}: replicas are vLLM servers that --evalchemy-serve "
+            "MODEL starts; for servers you run, repeat --evalchemy-endpoint"
+        )
+    if router and serve:
+        raise pytest.UsageError(
+            "--evalchemy-router is a router you run in front of your own replicas; "
+            "--evalchemy-serve starts its servers (and a router for --evalchemy-replicas): give one"
+        )
+    try:
+        split_devices(setting_value(config, "gpu")[0], replicas)
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"--evalchemy-gpu: {exc}; give one device per replica, e.g. --evalchemy-gpu 0,1"
+        ) from None
+    return {"replicas": replicas, "router": normalize_endpoint(router) if router else None}
 
 
 def _ca_bundle(config: pytest.Config) -> Path | None:

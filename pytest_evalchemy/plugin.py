@@ -22,6 +22,7 @@ from .chat_settings import generation_only, needs_server_template, reasoning_set
 from .config import load_config, plan_items
 from .endpoint import (
     EndpointInfo,
+    check_endpoint,
     check_endpoints,
     is_chat_url,
     redact_url,
@@ -78,7 +79,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def _active(config: pytest.Config) -> bool:
-    return any(setting_value(config, name)[0] for name in ("endpoint", "serve"))
+    return any(setting_value(config, name)[0] for name in ("endpoint", "serve", "router"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -244,20 +245,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"evalchemy: {exc}") from None
     try:
         if options.serve:
-            url = _start_server(config, state)
-            options = state.options = replace(options, endpoint=url, endpoints=(url,))
+            urls = _start_servers(config, state)
+            options = state.options = replace(options, endpoint=urls[0], endpoints=tuple(urls))
+        check = {
+            "model": options.model,
+            "api_key": options.api_key,
+            "local_tokenizer": options.tokenizer,
+            "need_tokenizer": catalog.needs_tokenizer(
+                names, state.eval_config.lm_eval_include_paths
+            ),
+            "verify": options.verify,
+            "need_logprobs": chat_check_needs_logprobs(state, selected),
+            "wait_s": options.wait_for_endpoint,
+            "on_wait": _progress_line(config),
+        }
+        # Every replica is checked, with or without a router in front.
         infos = check_endpoints(
-            options.endpoints,
-            allow_mixed_models=options.allow_mixed_models,
-            model=options.model,
-            api_key=options.api_key,
-            local_tokenizer=options.tokenizer,
-            need_tokenizer=catalog.needs_tokenizer(names, state.eval_config.lm_eval_include_paths),
-            verify=options.verify,
-            need_logprobs=chat_check_needs_logprobs(state, selected),
-            wait_s=options.wait_for_endpoint,
-            on_wait=_progress_line(config),
+            options.endpoints, allow_mixed_models=options.allow_mixed_models, **check
         )
+        infos = _route(config, state, infos, check)
         infos = check_chat(state, selected, infos)
     except EvalchemyError as exc:
         reporter: EvalchemyReporter | None = config.pluginmanager.get_plugin("evalchemy-reporter")
@@ -363,35 +369,100 @@ def check_chat(
     return checked
 
 
-def _start_server(config: pytest.Config, state: EvalchemyState) -> str:
-    """Start the session's vLLM server (one for the whole run, also under xdist); it is stopped
-    when pytest unconfigures, on failure and on Ctrl-C too."""
+def _start_servers(config: pytest.Config, state: EvalchemyState) -> list[str]:
+    """Start the session's vLLM server, or its ``--evalchemy-replicas`` (replica i on the i-th
+    device of ``--evalchemy-gpu``), for the whole run, also under xdist; they start side by
+    side and are all stopped when pytest unconfigures, on failure and on Ctrl-C too."""
+    from .router import split_devices
     from .serve import ServeError, ServeSpec, VllmServer
 
     o = state.options
-    spec = ServeSpec(
-        model=o.serve or "",
-        log_path=state.paths.root / "vllm_server.log",
-        python=o.vllm_python or sys.executable,
-        gpu=o.gpu,
-        extra_args=o.serve_args,
-        startup_timeout=o.serve_timeout,
-        cache_dir=config.rootpath / ".cache",
-    )
-    server = VllmServer(spec)
-    config.add_cleanup(server.stop)
+    servers: list[VllmServer] = []
+    for i, gpu in enumerate(split_devices(o.gpu, o.replicas)):
+        name = "vllm_server.log" if o.replicas == 1 else f"vllm_server_{i}.log"
+        spec = ServeSpec(
+            model=o.serve or "",
+            log_path=state.paths.root / name,
+            python=o.vllm_python or sys.executable,
+            gpu=gpu,
+            extra_args=o.serve_args,
+            startup_timeout=o.serve_timeout,
+            cache_dir=config.rootpath / ".cache",
+        )
+        server = VllmServer(spec)
+        config.add_cleanup(server.stop)
+        servers.append(server)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     try:
-        if terminal is not None:
-            terminal.write_line(f"evalchemy: starting vLLM on {o.serve} (log: {spec.log_path})")
-        for warning in server.start():
+        for server in servers:
             if terminal is not None:
-                terminal.write_line(f"evalchemy: {warning}", yellow=True)
-        server.wait_ready()
+                terminal.write_line(
+                    f"evalchemy: starting vLLM on {o.serve} (log: {server.spec.log_path})"
+                )
+            for warning in server.start():
+                if terminal is not None:
+                    terminal.write_line(f"evalchemy: {warning}", yellow=True)
+        for server in servers:
+            server.wait_ready()
     except ServeError as exc:
-        server.stop()
+        for server in servers:
+            server.stop()
         raise EndpointError(f"the vLLM server did not start: {exc}") from None
-    return server.completions_url
+    return [server.completions_url for server in servers]
+
+
+def _route(
+    config: pytest.Config,
+    state: EvalchemyState,
+    infos: list[EndpointInfo],
+    check: dict[str, Any],
+) -> list[EndpointInfo]:
+    """The endpoints items send to: a router in front of several replicas of one model (the
+    user's ``--evalchemy-router``, or a ``vllm-router`` started here), else ``infos``."""
+    from . import router
+
+    options = state.options
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    url = options.router
+    if url is None:
+        if len(infos) < 2 or len({i.model for i in infos}) > 1:
+            # One endpoint, or --evalchemy-allow-mixed-models: a router would mix the models
+            # within an item, so each item keeps to one endpoint.
+            return infos
+        binary = router.find_binary()
+        if binary is None:
+            if terminal is not None:
+                terminal.write_line(
+                    f"evalchemy: {router.BINARY} is not installed ({router.INSTALL_HINT}): "
+                    f"each xdist worker keeps to one of the {len(infos)} endpoints instead of "
+                    "every item using all of them",
+                    yellow=True,
+                )
+            return infos
+        router.check_replicas(infos, options.api_key, options.verify)
+        started = router.Router(
+            [i.url for i in infos], state.paths.root / "vllm_router.log", binary
+        )
+        config.add_cleanup(started.stop)
+        try:
+            started.start()
+            started.wait_ready()
+        except router.ServeError as exc:
+            started.stop()
+            raise EndpointError(f"{router.BINARY} did not start: {exc}") from None
+        url = started.completions_url
+        if terminal is not None:
+            terminal.write_line(
+                f"evalchemy: {router.BINARY} on {started.base_url} in front of "
+                f"{len(infos)} replicas (log: {started.log_path})"
+            )
+    else:
+        router.check_replicas(infos, options.api_key, options.verify)
+    model = infos[0].model if infos else check["model"]
+    routed = check_endpoint(url, **{**check, "model": model})
+    state.replicas = [i.url for i in infos]
+    state.router = routed.url
+    return [routed]
 
 
 def pytest_report_teststatus(
@@ -407,7 +478,9 @@ def pytest_report_teststatus(
     if not requests.get("done"):
         return None
     word = report.outcome.upper()
-    detail = f"{word} ({requests['done']} requests, {requests['per_s']:.1f}/s)"
+    settled = requests.get("concurrency")
+    at = f", concurrency {settled}" if settled else ""
+    detail = f"{word} ({requests['done']} requests, {requests['per_s']:.1f}/s{at})"
     letter = {"passed": ".", "failed": "F", "skipped": "s"}[report.outcome]
     return report.outcome, letter, (detail, {"green": report.passed, "red": report.failed})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,8 @@ class RequestProgress:
     done: int = 0
     total: int = 0
     started: float = field(default_factory=time.monotonic)
+    # The prompts allowed in flight now (the adaptive limit), shown in the progress line.
+    concurrency: Callable[[], int | None] | None = None
     _last_log: float = 0.0
 
     def add_total(self, n: int) -> None:
@@ -48,8 +50,11 @@ class RequestProgress:
 
     def line(self) -> str:
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        limit = self.concurrency() if self.concurrency else None
+        in_flight = f", concurrency {limit}" if limit else ""
         return (
-            f"{self.label}: {self.done}/{self.total} requests{share}, {self.per_second:.1f} req/s"
+            f"{self.label}: {self.done}/{self.total} requests{share}, "
+            f"{self.per_second:.1f} req/s{in_flight}"
         )
 
     def to_dict(self) -> dict[str, Any]:

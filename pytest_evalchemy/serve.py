@@ -320,22 +320,8 @@ class VllmServer:
         if proc is None or self._stopping:
             return
         self._stopping = True
-        pgid = proc.pid  # the leader of a new session: its pid is the group id
         try:
-            _killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            # Children may outlive the leader for a moment (engine core, workers): wait for them too.
-            while _group_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _group_members(pgid) or proc.poll() is None:
-                log.warning("vLLM (pgid %s) ignored SIGTERM for %.0f s: killing it", pgid, grace)
-                _killpg(pgid, signal.SIGKILL)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    log.error("vLLM (pid %s) still alive after SIGKILL", pgid)
+            stop_process_group(proc, grace, "vLLM")
         finally:
             if self._log is not None:
                 self._log.close()
@@ -352,6 +338,26 @@ class VllmServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float, name: str) -> None:
+    """SIGTERM the group ``proc`` leads (started with ``start_new_session``), wait up to
+    ``grace`` s for all of it, then SIGKILL."""
+    pgid = proc.pid  # the leader of a new session: its pid is the group id
+    _killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    # Children may outlive the leader for a moment (engine core, workers): wait for them too.
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_members(pgid) or proc.poll() is None:
+        log.warning("%s (pgid %s) ignored SIGTERM for %.0f s: killing it", name, pgid, grace)
+        _killpg(pgid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.error("%s (pid %s) still alive after SIGKILL", name, pgid)
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

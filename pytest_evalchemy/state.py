@@ -50,6 +50,8 @@ class EvalchemyState:
     selected: frozenset[str] | None = None
     config_warnings: list[str] = field(default_factory=list)  # a limit above a data set's size
     config_notes: list[str] = field(default_factory=list)  # what could not be checked
+    replicas: list[str] = field(default_factory=list)  # endpoints behind the router
+    router: str | None = None  # the completions URL of the router every request goes through
 
     def settings_for(self, planned: PlannedItem) -> RunSettings | None:
         """The run's settings with the endpoint that serves ``planned``."""
@@ -74,6 +76,7 @@ class EvalchemyState:
             limit=o.limit,
             max_length=o.max_length,
             concurrency=o.concurrency,
+            max_concurrency=o.max_concurrency,
             max_retries=o.max_retries,
             tokenizer=o.tokenizer,
             api_key=o.api_key,
@@ -132,6 +135,14 @@ class EvalchemyState:
             # Every endpoint of the run (items record the one that served them).
             "endpoints": [redact_url(e.url) for e in self.endpoints]
             or [redact_url(u) for u in self.options.endpoints],
+            **(
+                {
+                    "router": redact_url(self.router),
+                    "replicas": [redact_url(u) for u in self.replicas],
+                }
+                if self.router
+                else {}
+            ),
             "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
             "config_warnings": list(self.config_warnings),
             "gate": self.options.gate.to_dict(),
@@ -148,6 +159,7 @@ class EvalchemyState:
                 or (endpoint.max_model_len if endpoint else None)
                 or DEFAULT_MAX_LENGTH,
                 "concurrency": self.options.concurrency,
+                "max_concurrency": self.options.max_concurrency,
                 "tokenizer": self.options.tokenizer
                 or ("remote" if endpoint and endpoint.remote_tokenizer else None),
                 "max_retries": self.options.max_retries,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_evalchemy import router
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -41,8 +42,11 @@ def test_two_endpoints_share_the_items(pytester: pytest.Pytester, make_server) -
     result.assert_outcomes(passed=4)
     summary = read_summary(pytester.path / "results")
     used = [record["endpoint"] for record in summary["tasks"].values()]
-    # Without xdist the items take turns, in run order.
-    assert used == [a.completions_url, b.completions_url] * 2
+    if router.find_binary() is None:
+        # Without vllm-router (and xdist) the items take turns, in run order.
+        assert used == [a.completions_url, b.completions_url] * 2
+    else:
+        assert used == [summary["router"]] * 4  # every item through the router
     assert a.stats()["completions"] > 1
     assert b.stats()["completions"] > 1
 
@@ -57,10 +61,18 @@ def test_two_endpoints_comma_separated_under_xdist(pytester: pytest.Pytester, ma
     )
     result.assert_outcomes(passed=4)
     summary = read_summary(pytester.path / "results")
-    assert {r["endpoint"] for r in summary["tasks"].values()} == {
-        a.completions_url,
-        b.completions_url,
-    }
+    if router.find_binary() is None:
+        # Without vllm-router each worker keeps to one endpoint.
+        assert {r["endpoint"] for r in summary["tasks"].values()} == {
+            a.completions_url,
+            b.completions_url,
+        }
+    else:
+        # Every request of every item through the router, which spreads them over both.
+        assert summary["replicas"] == [a.completions_url, b.completions_url]
+        assert {r["endpoint"] for r in summary["tasks"].values()} == {summary["router"]}
+    assert a.stats()["completions"] > 1
+    assert b.stats()["completions"] > 1
 
 
 def test_endpoints_serving_different_models_are_refused(
@@ -164,9 +176,17 @@ def test_interrupted_run_resumes_without_asking_twice(
     clean = _clean_run_requests(tmp_path, make_server)
     server = make_server(latency=0.05)
     cfg = _cfg(tmp_path, SLOW_TASK)
+    # One request at a time, so that at most one is in flight when the run stops (under the
+    # default `auto`, what was in flight then is asked again: up to the settled concurrency).
     with _inherited_sigint(how == "sigint-ignored-by-the-suite"):
         proc = _start_run(
-            tmp_path, server.completions_url, cfg, "--evalchemy-run-id=r", "-k", "mini_arc"
+            tmp_path,
+            server.completions_url,
+            cfg,
+            "--evalchemy-run-id=r",
+            "-k",
+            "mini_arc",
+            "--evalchemy-concurrency=1",
         )
     _wait_for_requests(server, 20, proc)
     if how.startswith("sigint"):
@@ -257,8 +277,8 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     # 4 documents x 4 choices, one request each at batch size 1.
     result.stdout.fnmatch_lines(
         [
-            "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s",
-            "PASSED (16 requests, *.*/s)*",
+            "*pytest_evalchemy.progress*mini_mmlu/mini_mmlu: 1/16 requests (6%)*req/s, concurrency *",
+            "PASSED (16 requests, *.*/s, concurrency *)*",
         ]
     )
     summary = pytester.path / "results" / "one-at-a-time" / "evalchemy_summary_one-at-a-time.json"
@@ -273,7 +293,7 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
         "--evalchemy-concurrency=2",
         "--evalchemy-run-id=concurrent",
     )
-    result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s)*"])
+    result.stdout.fnmatch_lines(["*PASSED (4 requests, *.*/s, concurrency 2)*"])
 
 
 def test_one_item_times_out_the_others_pass_and_the_worker_survives(
@@ -290,7 +310,11 @@ def test_one_item_times_out_the_others_pass_and_the_worker_survives(
     }
     start = time.monotonic()
     result = pytester.runpytest_subprocess(
-        f"--evalchemy-endpoint={server.completions_url}", _cfg(pytester.path, tasks), "-n", "2"
+        f"--evalchemy-endpoint={server.completions_url}",
+        _cfg(pytester.path, tasks),
+        "-n",
+        "2",
+        "--evalchemy-concurrency=1",  # the slow item's requests one after the other
     )
     result.assert_outcomes(passed=3, failed=1)
     assert time.monotonic() - start < 60

@@ -34,6 +34,10 @@ from .conftest import REPO, expected, offline_task, read_summary, write_config
 
 ARC2 = {"mini_arc": offline_task("mini_arc", limit=4, priority="high")}
 TWO = {**ARC2, "mini_mmlu": offline_task("mini_mmlu", limit=4)}
+# The faults of the tests that pin this hit requests in the order sent: one at a time, as a
+# sequence of attempts of the same request (under the default `auto` they spread over the
+# requests in flight, and a 503 among others in flight is waited out, not an attempt).
+ONE_AT_A_TIME = "--evalchemy-concurrency=1"
 
 
 def _run(
@@ -176,11 +180,19 @@ def test_max_retries_is_configurable_and_exhausted_retries_error_one_item(
         *cfg,
         "--evalchemy-max-retries=4",
         "--evalchemy-run-id=four",
+        ONE_AT_A_TIME,
         plugins=(_Arm(srv, fail3),),
     )
     result.assert_outcomes(passed=2)
     # ...the default three do not: that item errors with the cause, the next one runs.
-    result = _run(pytester, srv.url, *cfg, "--evalchemy-run-id=three", plugins=(_Arm(srv, fail3),))
+    result = _run(
+        pytester,
+        srv.url,
+        *cfg,
+        "--evalchemy-run-id=three",
+        ONE_AT_A_TIME,
+        plugins=(_Arm(srv, fail3),),
+    )
     result.assert_outcomes(passed=1, failed=1)
     summary = json.loads(
         (pytester.path / "results" / "three" / "evalchemy_summary_three.json").read_text()
@@ -234,7 +246,13 @@ def test_resets_and_truncated_json_are_retried(
     switches = {"reset_first": 1, "invalid_json_first": 1, "mid_body_first": 1}
     result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), plugins=(_Arm(srv, switches),))
     result.assert_outcomes(passed=1)
-    assert srv.stats()["faults"] == {"reset": 1, "fail": 0, "invalid_json": 1, "hang": 0}
+    assert srv.stats()["faults"] == {
+        "reset": 1,
+        "fail": 0,
+        "invalid_json": 1,
+        "hang": 0,
+        "rejected": 0,
+    }
     assert srv.mid_body_first == 0  # type: ignore[attr-defined]
     metrics = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]["metrics"]
     assert metrics["mini_arc"]["acc,none"] == expected(answer_key, "mini_arc", 4)
@@ -274,6 +292,7 @@ def test_persistent_garbage_errors_the_item_with_its_cause_and_the_others_go_on(
         srv.url,
         _cfg(pytester.path, TWO),
         "--evalchemy-outage-timeout=0",  # lm-eval's attempts alone
+        ONE_AT_A_TIME,
         plugins=(_Arm(srv, switches),),
     )
     result.assert_outcomes(passed=1, failed=1)
@@ -360,7 +379,12 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
     watcher = _stop_after(first, 7, lambda: None)  # the probe and 6 answers, then gone
     # No outage window: the item errors as soon as lm-eval's attempts are used up.
     result = _run(
-        pytester, first.url, cfg, "--evalchemy-run-id=out", "--evalchemy-outage-timeout=0"
+        pytester,
+        first.url,
+        cfg,
+        "--evalchemy-run-id=out",
+        "--evalchemy-outage-timeout=0",
+        ONE_AT_A_TIME,
     )
     watcher.join(timeout=30)
     result.assert_outcomes(failed=1)
@@ -434,6 +458,7 @@ def test_sigterm_ends_the_run_as_interrupted_with_the_summary_written(
         f"--evalchemy-endpoint={srv.url}",
         _cfg(tmp_path, tasks),
         "--evalchemy-run-id=t",
+        ONE_AT_A_TIME,  # slow enough to be caught mid-item
         *xdist,
     )
     summary = tmp_path / "results" / "t" / "evalchemy_summary_t.json"
@@ -646,9 +671,12 @@ def test_credentials_in_the_endpoint_url_are_used_and_never_written(
     srv = make_server()
     url = srv.completions_url.replace("http://", "http://alice:pw-Zq9-secret@")
     plugins: tuple[object, ...] = ()
+    extra: tuple[str, ...] = ()  # passes: the default (aiohttp, which sends the URL's basic auth)
     if outcome == "errors":
-        # An HTTP error quotes the URL it was posting to: the message must lose the credentials.
+        # An HTTP error quotes the URL it was posting to: the message must lose the credentials
+        # (requests' message, one request at a time).
         plugins = (_Arm(srv, {"fail_first": 100, "fail_status": 500}),)
+        extra = (ONE_AT_A_TIME,)
     result = _run(
         pytester,
         url,
@@ -657,6 +685,7 @@ def test_credentials_in_the_endpoint_url_are_used_and_never_written(
         "--evalchemy-max-retries=1",
         "--evalchemy-outage-timeout=0",
         "-rA",
+        *extra,
         plugins=plugins,
     )
     if outcome == "passes":

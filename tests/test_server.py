@@ -277,7 +277,14 @@ def test_stats_count_requests() -> None:
         assert stats["prompts"] == 6
         assert stats["max_concurrent"] == 1
         assert stats["in_flight"] == 0
-        assert stats["faults"] == {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0}
+        assert stats["faults"] == {
+            "reset": 0,
+            "fail": 0,
+            "invalid_json": 0,
+            "hang": 0,
+            "rejected": 0,
+        }
+        assert stats["answered"] == 3
         srv.reset_stats()
         assert srv.stats()["completions"] == 0
 

@@ -210,11 +210,12 @@ class EvalchemyTestServer:
     requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
-    ``no_tokenizer_endpoints``, ``chat_only``; ``flip`` ("TASK:DOC_ID" strings) inverts the answer
-    of those documents. The ``*_first`` faults take turns, in the order reset, fail,
-    ``no_tokenizer_endpoints``, ``chat_only``. Model switches: ``chat_template`` (None: no template),
-    ``reasoning`` (None, ``"content"`` or ``"field"``); ``record_prompts`` keeps every prompt in
-    ``prompts``. The ``*_first`` faults take turns, in the order reset, fail,
+    ``no_tokenizer_endpoints``, ``chat_only``, ``reject_over`` (429 for a completion request that
+    arrives while that many are already in flight: a server with a hard admission limit);
+    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
+    ``chat_template`` (None: no template), ``reasoning`` (None, ``"content"`` or ``"field"``);
+    ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
+    the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
 
@@ -255,6 +256,7 @@ class EvalchemyTestServer:
         hang_after: int | None = None,
         reset_first: int = 0,
         invalid_json_first: int = 0,
+        reject_over: int | None = None,
         verbose: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         first_answers: Sequence[str] = (),
@@ -294,6 +296,7 @@ class EvalchemyTestServer:
         self.hang_after = hang_after
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
+        self.reject_over = reject_over
         self.verbose = verbose
         self.ssl_context = ssl_context  # serve https with this (server-side) context
         for kind in first_answers:
@@ -427,11 +430,13 @@ class EvalchemyTestServer:
         self._max_concurrent = 0
         self._active = 0
         self._max_active = 0
-        self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0}
+        self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0, "rejected": 0}
         self._answer_seq = 0  # requests of any kind, for first_answers
         self._scripted: dict[str, int] = {}
         self._answered: dict[str, int] = {}
         self._restarts = 0
+        self._admitted_now = 0
+        self._max_admitted = 0  # completion requests in flight at once, the rejected not counted
 
     def stats(self) -> dict[str, Any]:
         """Snapshot: requests per path, completion requests, prompts answered, peak concurrency, faults."""
@@ -445,6 +450,8 @@ class EvalchemyTestServer:
                 "max_concurrent": self._max_concurrent,
                 # completion requests holding a max_concurrency slot, at the peak
                 "max_active": self._max_active,
+                # completion requests in flight at once that reject_over let in, at the peak
+                "max_admitted": self._max_admitted,
                 "faults": dict(self._faults),
                 "scripted": dict(self._scripted),
                 "answered": sum(self._answered.values()),
@@ -467,6 +474,20 @@ class EvalchemyTestServer:
             self._in_flight += 1
             self._max_concurrent = max(self._max_concurrent, self._in_flight)
             return self._completion_seq
+
+    def _admitted(self) -> bool:
+        """Whether reject_over lets the request just begun in (else it counts as rejected)."""
+        with self._lock:
+            if self.reject_over is not None and self._in_flight > self.reject_over:
+                self._faults["rejected"] += 1
+                return False
+            self._admitted_now += 1
+            self._max_admitted = max(self._max_admitted, self._admitted_now)
+            return True
+
+    def _end_admitted(self) -> None:
+        with self._lock:
+            self._admitted_now -= 1
 
     def _end_completion(self) -> None:
         with self._lock:
@@ -1070,6 +1091,13 @@ class _Handler(BaseHTTPRequestHandler):
         """Run one completion request through the fault switches, the concurrency cap and the model."""
         app = self.server.app
         seq = app._begin_completion()
+        if not app._admitted():
+            try:
+                message = f"Too many requests: more than {app.reject_over} in flight"
+                self._send_json(429, APIError(429, message).payload())
+            finally:
+                app._end_completion()
+            return
         ended = False
         try:
             fault = app._fault_for(seq)
@@ -1106,12 +1134,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, payload)
             # No longer in flight once answered: end before the answer leaves, or the
             # client's next request could start while this one still counts.
+            app._end_admitted()
             app._end_completion()
             ended = True
             self.wfile.flush()  # raises when the client or a stopping server cut us off
             app._record_answer(raw)
         finally:
             if not ended:
+                app._end_admitted()
                 app._end_completion()
 
 
@@ -1195,6 +1225,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="TASK:DOC_ID[,...]",
         help="invert the answer of these documents (a second model that differs on them)",
     )
+    g.add_argument(
+        "--reject-over",
+        type=int,
+        help="answer 429 to a completion request arriving while more than N are in flight",
+    )
     args = p.parse_args(argv)
     try:
         parse_flips(args.flip)
@@ -1232,6 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hang_after=args.hang_after,
         reset_first=args.reset_first,
         invalid_json_first=args.invalid_json_first,
+        reject_over=args.reject_over,
         verbose=args.verbose,
         first_answers=[k for k in args.first_answers.split(",") if k],
         away_after=args.away_after,
