@@ -493,8 +493,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"evalchemy: config {state.eval_config.path} ({sum(i.enabled for i in state.plan)} of {len(state.plan)} items enabled)"
     ]
     if state.settings:
-        urls = ", ".join(redact_url(e.url) for e in state.endpoints or [state.settings.endpoint])
-        word = "endpoints" if len(state.endpoints) > 1 else "endpoint"
+        shown = state.replicas or [e.url for e in state.endpoints or [state.settings.endpoint]]
+        urls = ", ".join(redact_url(u) for u in shown)
+        if state.router:
+            urls += f" through vllm-router {redact_url(state.router)}"
+        word = "endpoints" if len(shown) > 1 else "endpoint"
         lines.append(
             f"evalchemy: {word} {urls}, model {state.settings.endpoint.model}, run {state.run_id}"
         )

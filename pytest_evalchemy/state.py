@@ -133,7 +133,8 @@ class EvalchemyState:
             else (redact_url(self.options.endpoint or "")),
             "model": endpoint.model if endpoint else self.options.model,
             # Every endpoint of the run (items record the one that served them).
-            "endpoints": [redact_url(e.url) for e in self.endpoints]
+            "endpoints": [redact_url(u) for u in self.replicas]
+            or [redact_url(e.url) for e in self.endpoints]
             or [redact_url(u) for u in self.options.endpoints],
             **(
                 {

@@ -107,11 +107,11 @@ def test_auto_settles_at_most_n_on_a_server_that_refuses_more_than_n(
         ),
         (
             "env",
-            "*EVALCHEMY_CONCURRENCY (environment): expected auto or a whole number of at least 1, got '0'*",
+            "*--evalchemy-concurrency (from the environment variable EVALCHEMY_CONCURRENCY): expected auto or a whole number of at least 1, got '0'*",
         ),
         (
             "ini",
-            "*evalchemy_concurrency in *tox.ini (ini twin of --evalchemy-concurrency): expected auto*got '-2'*",
+            "*--evalchemy-concurrency (from evalchemy_concurrency in *tox.ini): expected auto*got '-2'*",
         ),
     ],
 )

@@ -374,7 +374,7 @@ def test_header_lists_every_endpoint(pytester: pytest.Pytester, make_server) -> 
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        [f"evalchemy: endpoints {a.completions_url}, {b.completions_url}, model *"]
+        [f"evalchemy: endpoints {a.completions_url}, {b.completions_url}*, model *"]
     )
     summary = read_summary(pytester.path / "results")
     assert summary["endpoints"] == [a.completions_url, b.completions_url]
@@ -411,8 +411,14 @@ def test_interrupted_item_records_its_time_and_requests(
 ) -> None:
     server = make_server(latency=0.05)
     tasks = {"mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0)}
+    # One request at a time: the item runs long enough to be interrupted mid-way.
     proc = _start_run(
-        tmp_path, server.completions_url, _cfg(tmp_path, tasks), "--evalchemy-run-id=i", *workers
+        tmp_path,
+        server.completions_url,
+        _cfg(tmp_path, tasks),
+        "--evalchemy-run-id=i",
+        "--evalchemy-concurrency=1",
+        *workers,
     )
     _wait_for_requests(server, 20, proc)
     # Ctrl-C in a terminal reaches the whole process group (xdist's workers too).

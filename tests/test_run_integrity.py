@@ -455,7 +455,9 @@ def test_timed_out_item_reports_its_own_stack_in_a_few_lines(
     # 48 requests of 0.3 s, far past the timeout (which leaves lm-eval the time to load).
     tasks = {"slow": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0, timeout=8)}
     result = pytester.runpytest_subprocess(
-        f"--evalchemy-endpoint={srv.completions_url}", _cfg(pytester.path, tasks)
+        f"--evalchemy-endpoint={srv.completions_url}",
+        _cfg(pytester.path, tasks),
+        "--evalchemy-concurrency=1",  # one at a time, so the item cannot finish in time
     )
     result.assert_outcomes(failed=1)
     out = result.stdout.lines

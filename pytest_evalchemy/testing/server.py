@@ -1131,12 +1131,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             with app._slot():
                 payload = answer(self._json_body(raw))
-            self._send_json(200, payload)
             # No longer in flight once answered: end before the answer leaves, or the
-            # client's next request could start while this one still counts.
+            # client's next request (on another connection) could start while this one
+            # still counts.
             app._end_admitted()
             app._end_completion()
             ended = True
+            self._send_json(200, payload)
             self.wfile.flush()  # raises when the client or a stopping server cut us off
             app._record_answer(raw)
         finally:
