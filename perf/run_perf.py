@@ -218,7 +218,7 @@ def item_durations(summary: dict[str, Any]) -> list[float]:
 
 def cli_command(url: str, task: str, **settings: Any) -> list[str]:
     """The plugin's equivalent ``lm-eval run`` command of an item (HarnessRequest.cli_command)."""
-    from pytest_evalchemy.harness import HarnessRequest
+    from pytest_evalchemy.run.harness import HarnessRequest
 
     request = HarnessRequest(
         tasks=(task,),
@@ -590,7 +590,7 @@ def fig_adaptive(work: Path, repeats: int, report: Report) -> None:
 
 def fig_router(work: Path, repeats: int, report: Report) -> None:
     """One item through vllm-router in front of two replicas, against one replica."""
-    from pytest_evalchemy import router
+    from pytest_evalchemy.run import router
 
     if router.find_binary() is None:
         report.add(
@@ -842,7 +842,7 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
             )
         )
         return
-    from pytest_evalchemy.serve import ServeSpec, VllmServer
+    from pytest_evalchemy.run.serve import ServeSpec, VllmServer
 
     spec = ServeSpec(
         model=model, log_path=work / "vllm.log", python=python, cache_dir=work / "vllm-cache"

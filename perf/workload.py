@@ -49,7 +49,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     from lm_eval.tasks import TaskManager
 
-    from pytest_evalchemy import task_index
+    from pytest_evalchemy.run.tasks import index as task_index
 
     imported = time.perf_counter() - t0
     cached = task_index.index_path(task_index._tasks_root(None), args.cache).exists()
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     import lm_eval
     from lm_eval.api.registry import get_model
 
-    from pytest_evalchemy import concurrency, harness
+    from pytest_evalchemy.run import concurrency, harness
 
     imported = time.perf_counter() - t0
     limit = args.limit
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "local":
         cls = _local_tokenizer_model()
     else:
-        from pytest_evalchemy import completions_model
+        from pytest_evalchemy.run import completions_model
 
         name = completions_model.MODEL_NAME if args.model == "evalchemy" else "local-completions"
         cls = get_model(name)

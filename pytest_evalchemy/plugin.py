@@ -14,13 +14,24 @@ from typing import Any
 
 import pytest
 
-from . import catalog
-from .api import Evalchemy
-from .chat_check import describe as describe_chat
-from .chat_check import inspect_chat, refuse_unusable
-from .chat_settings import generation_only, needs_server_template, reasoning_setting
-from .config import load_config, plan_items
-from .endpoint import (
+from .core.config import load_config, plan_items
+from .core.errors import ConfigError, EndpointError, EvalchemyError
+from .core.resources import missing_module
+from .core.results import (
+    check_writable,
+    default_run_id,
+    now_iso,
+)
+from .glue.api import Evalchemy
+from .glue.items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
+from .glue.options import Options, add_options, resolve_options, setting_value
+from .glue.reporter import EvalchemyReporter, XdistHooks
+from .glue.selection import selected_keys
+from .glue.state import RECORD_PROPERTY, STATE, EvalchemyState
+from .run.chat_check import describe as describe_chat
+from .run.chat_check import inspect_chat, refuse_unusable
+from .run.chat_settings import generation_only, needs_server_template, reasoning_setting
+from .run.endpoint import (
     EndpointInfo,
     check_endpoint,
     check_endpoints,
@@ -28,21 +39,10 @@ from .endpoint import (
     redact_url,
     split_endpoints,
 )
-from .errors import ConfigError, EndpointError, EvalchemyError
-from .identity import differences, refusal
-from .items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
-from .options import Options, add_options, resolve_options, setting_value
-from .reasoning import DEFAULT_THINK_END
-from .reporter import EvalchemyReporter, XdistHooks
-from .resources import missing_module
-from .results import (
-    check_writable,
-    default_run_id,
-    now_iso,
-)
-from .runlock import RunLock
-from .selection import selected_keys
-from .state import RECORD_PROPERTY, STATE, EvalchemyState
+from .run.identity import differences, refusal
+from .run.reasoning import DEFAULT_THINK_END
+from .run.runlock import RunLock
+from .run.tasks import catalog
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -301,7 +301,7 @@ def _check_tasks(state: EvalchemyState) -> None:
     """The config's task names, few-shot counts and limits, as ``--validate-config`` checks
     them (from the YAMLs and local data files: no request, no task code): errors stop the run
     before any traffic, warnings go to the summary and the terminal."""
-    from .cli import check_task_data, check_task_names, unchecked_note
+    from .run.tasks.checks import check_task_data, check_task_names, unchecked_note
 
     names = check_task_names(state.eval_config)
     data = check_task_data(state.eval_config, state.options.limit)
@@ -373,8 +373,8 @@ def _start_servers(config: pytest.Config, state: EvalchemyState) -> list[str]:
     """Start the session's vLLM server, or its ``--evalchemy-replicas`` (replica i on the i-th
     device of ``--evalchemy-gpu``), for the whole run, also under xdist; they start side by
     side and are all stopped when pytest unconfigures, on failure and on Ctrl-C too."""
-    from .router import split_devices
-    from .serve import ServeError, ServeSpec, VllmServer
+    from .run.router import split_devices
+    from .run.serve import ServeError, ServeSpec, VllmServer
 
     o = state.options
     servers: list[VllmServer] = []
@@ -419,7 +419,7 @@ def _route(
 ) -> list[EndpointInfo]:
     """The endpoints items send to: a router in front of several replicas of one model (the
     user's ``--evalchemy-router``, or a ``vllm-router`` started here), else ``infos``."""
-    from . import router
+    from .run import router
 
     options = state.options
     terminal = config.pluginmanager.get_plugin("terminalreporter")

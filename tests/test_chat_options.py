@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_evalchemy import cli
-from pytest_evalchemy.baseline import comparability_problems
-from pytest_evalchemy.config import parse_config
-from pytest_evalchemy.errors import ConfigError
-from pytest_evalchemy.reasoning import Split, cut_at_stops, split_thinking
+from pytest_evalchemy.cli import frontend as cli
+from pytest_evalchemy.core.config import parse_config
+from pytest_evalchemy.core.errors import ConfigError
+from pytest_evalchemy.judge.baseline import comparability_problems
+from pytest_evalchemy.run.reasoning import Split, cut_at_stops, split_thinking
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import offline_task, write_config

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from pytest_evalchemy import chat_template
+from pytest_evalchemy.run import chat_template
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import (
     CHAT_TEMPLATE,

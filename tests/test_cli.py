@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy import cli
-from pytest_evalchemy.config import load_config
+from pytest_evalchemy.cli import frontend as cli
+from pytest_evalchemy.core.config import load_config
 from pytest_evalchemy.testing.answer_key import expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import READY_PREFIX

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.concurrency import AdaptiveLimit, Permit
+from pytest_evalchemy.run.concurrency import AdaptiveLimit, Permit
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import OFFLINE_CONFIG, offline_task, write_config

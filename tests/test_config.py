@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_evalchemy.config import DISABLED_REASON, load_config, normalize_metric, plan_items
-from pytest_evalchemy.errors import ConfigError
+from pytest_evalchemy.core.config import DISABLED_REASON, load_config, normalize_metric, plan_items
+from pytest_evalchemy.core.errors import ConfigError
 
 from .conftest import REPO
 

@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_evalchemy.config import (
+from pytest_evalchemy.core.config import (
     MAX_CONFIG_BYTES,
     EvalConfig,
     load_config,
     parse_config,
     plan_items,
 )
-from pytest_evalchemy.errors import ConfigError
+from pytest_evalchemy.core.errors import ConfigError
 
 # (id, file name, content, expected text of a problem). The expected text starts after the
 # file name, so it shows the location the user is pointed to.

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_evalchemy.config import load_config
-from pytest_evalchemy.resources import schema_path
-from pytest_evalchemy.results import atomic_write_text
+from pytest_evalchemy.core.config import load_config
+from pytest_evalchemy.core.resources import schema_path
+from pytest_evalchemy.core.results import atomic_write_text
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import OFFLINE_CONFIG, REPO, offline_task, read_summary, write_config

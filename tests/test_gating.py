@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.baseline import (
+from pytest_evalchemy.core.config import PlannedItem, TaskConfig, Threshold, parse_config
+from pytest_evalchemy.core.errors import ConfigError, UsageProblem
+from pytest_evalchemy.judge.baseline import (
     comparability_problems,
     higher_is_better,
     load_baseline,
     presence_notes,
 )
-from pytest_evalchemy.config import PlannedItem, TaskConfig, Threshold, parse_config
-from pytest_evalchemy.errors import ConfigError, UsageProblem
-from pytest_evalchemy.gating import (
+from pytest_evalchemy.judge.gating import (
     Check,
     GateSettings,
     check_baseline,
@@ -32,7 +32,7 @@ from pytest_evalchemy.gating import (
     unmatched_overrides,
     z_for,
 )
-from pytest_evalchemy.markdown_report import render_markdown
+from pytest_evalchemy.report.markdown import render_markdown
 
 POINT = GateSettings()
 CI = GateSettings(mode="ci")

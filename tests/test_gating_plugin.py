@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.gating import z_for
+from pytest_evalchemy.judge.gating import z_for
 from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy import gating, html_report
 from pytest_evalchemy.cli import main as cli_main
-from pytest_evalchemy.html_report import (
+from pytest_evalchemy.judge import gating
+from pytest_evalchemy.report import html as html_report
+from pytest_evalchemy.report.html import (
     RunInfo,
     compare,
     delta_test,
@@ -21,7 +22,7 @@ from pytest_evalchemy.html_report import (
     parse_sample,
     render_report,
 )
-from pytest_evalchemy.svg import domain
+from pytest_evalchemy.report.svg import domain
 
 MC_ROW = {
     "doc_id": 3,

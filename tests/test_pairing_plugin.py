@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.report_cli import make_report
+from pytest_evalchemy.cli.report import make_report
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -270,7 +270,7 @@ def test_intervals_in_the_summary(pytester: pytest.Pytester, server: EvalchemyTe
 
 def test_report_without_its_baseline_has_no_flips(tmp_path: Path) -> None:
     # The flips view of a run whose baseline folder is gone: no section, no error.
-    from pytest_evalchemy.html_report import render_report
+    from pytest_evalchemy.report.html import render_report
 
     summary = {"run_id": "x", "gate": {"baseline": str(tmp_path / "gone.json")}, "tasks": {}}
     assert "Flips" not in render_report(summary, tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_evalchemy import router
+from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.patience import Backoff, Transient, retry_after_seconds
+from pytest_evalchemy.run.patience import Backoff, Transient, retry_after_seconds
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_evalchemy.cli import main as cli_main
-from pytest_evalchemy.gating import drop_p_value
+from pytest_evalchemy.judge.gating import drop_p_value
 from pytest_evalchemy.testing.answer_key import load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_evalchemy import router
+from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import offline_task, write_config

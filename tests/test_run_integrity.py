@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_evalchemy.runlock import LOCK_NAME, RunLock
+from pytest_evalchemy.run.runlock import LOCK_NAME, RunLock
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -143,7 +143,7 @@ def test_the_lock_of_a_killed_run_is_no_obstacle(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from pytest_evalchemy.runlock import RunLock\n"
+            "from pytest_evalchemy.run.runlock import RunLock\n"
             f"RunLock({str(folder)!r}, 'dead').acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(600)\n",
@@ -427,8 +427,8 @@ def test_the_plugins_selection_is_pytests(pytester: pytest.Pytester, expression:
     }
     (pytester.path / "sub").mkdir()
     pytester.makeconftest(
-        "from pytest_evalchemy.selection import selected_keys\n"
-        "from pytest_evalchemy.state import STATE\n"
+        "from pytest_evalchemy.glue.selection import selected_keys\n"
+        "from pytest_evalchemy.glue.state import STATE\n"
         "def pytest_collection_finish(session):\n"
         "    state = session.config.stash[STATE]\n"
         "    mine = selected_keys(session.config, state.plan, state.options.config_path, None)\n"

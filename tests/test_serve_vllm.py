@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.serve import ServeError, ServeSpec, VllmServer
+from pytest_evalchemy.run.serve import ServeError, ServeSpec, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 

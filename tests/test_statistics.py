@@ -9,9 +9,9 @@ from statistics import NormalDist
 
 import pytest
 
-from pytest_evalchemy import plan_cli
-from pytest_evalchemy.per_sample import metric_interval, pair
-from pytest_evalchemy.statistics import (
+from pytest_evalchemy.cli import plan as plan_cli
+from pytest_evalchemy.judge.per_sample import metric_interval, pair
+from pytest_evalchemy.judge.statistics import (
     binary_count,
     bootstrap_interval,
     mcnemar_exact,
@@ -189,7 +189,7 @@ def test_plan_command_bad_input(argv: list[str], message: str) -> None:
 
 
 def test_plan_through_the_front_door(capsys: pytest.CaptureFixture[str]) -> None:
-    from pytest_evalchemy import cli
+    from pytest_evalchemy.cli import frontend as cli
 
     assert (
         cli.main(["plan", "--value", "0.7", "--drop", "0.02", "--paired-discordance", "0.1"]) == 0

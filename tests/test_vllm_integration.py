@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.serve import ServeSpec, VllmServer
+from pytest_evalchemy.run.serve import ServeSpec, VllmServer
 
 from .conftest import REPO, write_config
 

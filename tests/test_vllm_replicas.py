@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_evalchemy import router
+from pytest_evalchemy.run import router
 
 from .conftest import write_config
 from .test_vllm_integration import TASKS, _vllm_pids_on_port

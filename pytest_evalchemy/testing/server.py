@@ -603,7 +603,7 @@ class EvalchemyTestServer:
                 raise _bad_request("each message needs a string 'role' and 'content'", "messages")
             chat.append({"role": msg["role"], "content": content})
         # Imported here: only chat requests need jinja2 (lm-eval's dependency).
-        from pytest_evalchemy.chat_template import render, special_tokens
+        from pytest_evalchemy.run.chat_template import render, special_tokens
 
         return render(
             self.chat_template,

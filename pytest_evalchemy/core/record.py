@@ -1,0 +1,238 @@
+"""The vocabulary of an item's record and of the run's summary: the lm-eval metric keys, the
+values a record keeps, the settings that make two records comparable. Every module reads and
+writes records through these names. Imports nothing else of the package but ``core``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypedDict
+
+from .errors import UsageProblem
+
+# The summary files of a run folder (``evalchemy_summary_<run id>.json``).
+SUMMARY_GLOB = "evalchemy_summary_*.json"
+
+# Record settings that change what a score means, with the value a record without them (an
+# older run's) had.
+LIKE_FOR_LIKE_DEFAULTS: dict[str, Any] = {
+    "apply_chat_template": False,
+    "system_instruction": None,
+    "fewshot_as_multiturn": False,
+    "chat_endpoint": False,
+    "gen_kwargs": None,
+    "reasoning": False,
+    "think_end_token": None,
+    "thinking_budget": None,
+}
+
+
+# ---------------------------------------------------------------- lm-eval's metric keys
+
+
+def as_float(value: Any) -> float | None:
+    """A metric value as a number; None for what is not one (lm-eval writes "N/A" for a stderr
+    it could not compute; booleans are not scores; NaN is no value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def stderr_key(metric: str) -> str:
+    """``acc,none`` -> ``acc_stderr,none``: where lm-eval keeps the metric's standard error."""
+    name, _, flt = metric.partition(",")
+    return f"{name}_stderr,{flt}"
+
+
+def is_stderr(metric: str) -> bool:
+    """``acc_stderr,none`` is the standard error of ``acc,none``, not a metric of its own."""
+    return metric.partition(",")[0].endswith("_stderr")
+
+
+# ---------------------------------------------------------------- statuses
+
+
+class Status:
+    """The statuses of an item record, in the order the summary's totals list them. Plain
+    strings (a record is JSON and crosses xdist as JSON)."""
+
+    PASSED: Final = "passed"
+    FAILED: Final = "failed"  # a check missed (threshold, baseline, fewer samples)
+    ERROR: Final = "error"  # lm-eval or the endpoint failed
+    TIMEOUT: Final = "timeout"  # the item's timeout ran out
+    CRASHED: Final = "crashed"  # its worker died
+    INTERRUPTED: Final = "interrupted"  # the run was stopped
+    PENDING: Final = "pending"  # selected, not started (a run that ended early: what is left)
+    SKIPPED: Final = "skipped"
+    RUNNING: Final = "running"  # in flight; never in a finished summary's totals
+
+
+StatusName = Literal[
+    "passed",
+    "failed",
+    "error",
+    "timeout",
+    "crashed",
+    "interrupted",
+    "pending",
+    "skipped",
+    "running",
+]
+
+# The totals' statuses, in order.
+STATUSES: tuple[str, ...] = (
+    Status.PASSED,
+    Status.FAILED,
+    Status.ERROR,
+    Status.TIMEOUT,
+    Status.CRASHED,
+    Status.INTERRUPTED,
+    Status.PENDING,
+    Status.SKIPPED,
+)
+# The statuses of an item that did not pass (pytest counts each as failed), for verdicts and
+# the errors log.
+NOT_PASSED: tuple[str, ...] = (
+    Status.FAILED,
+    Status.ERROR,
+    Status.TIMEOUT,
+    Status.CRASHED,
+    Status.INTERRUPTED,
+)
+# The statuses a resumed run keeps (the others run again).
+FINISHED: tuple[str, ...] = (Status.PASSED, Status.FAILED)
+# Not finished: still to run or running.
+UNFINISHED: tuple[str, ...] = (Status.PENDING, Status.RUNNING)
+
+
+def totals(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Count of items per status."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for record in tasks.values():
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- the record and the summary
+
+
+class Interval(TypedDict):
+    """A metric's confidence interval as the record keeps it (``Interval.to_dict``)."""
+
+    low: float
+    high: float
+    method: str  # wilson, normal, bootstrap
+    confidence: float
+
+
+class ItemRecord(TypedDict, total=False):
+    """One item of the summary's ``tasks`` (``base_record`` and then the run fill it)."""
+
+    benchmark: str
+    task: str  # the item key
+    lm_eval_tasks: list[str]
+    description: str | None
+    status: StatusName
+    duration_s: float
+    message: str | None
+    settings: dict[str, Any]  # what of the request changes or explains a score
+    endpoint: str  # redacted
+    item_dir: str  # relative to the run folder
+    # {lm_eval_task: {"acc,none": 0.75, "acc_stderr,none": 0.07}}
+    metrics: dict[str, dict[str, Any]]
+    n_samples: dict[str, dict[str, int]]
+    intervals: dict[str, dict[str, Interval]]
+    checks: list[dict[str, Any]]  # ``Check.to_dict``: thresholds and the baseline's
+
+
+class Summary(TypedDict, total=False):
+    """``evalchemy_summary_<run id>.json`` (``configs/summary.schema.json`` describes it)."""
+
+    format_version: int
+    run_id: str
+    endpoint: str | None
+    model: str | None
+    config: str
+    started_at: str
+    finished_at: str | None
+    exit_status: int | None
+    versions: dict[str, str]
+    totals: dict[str, int]
+    tasks: dict[str, ItemRecord]
+    gate: dict[str, Any]
+    identity: dict[str, Any]
+    resumes: list[dict[str, Any]]
+
+
+# The summary's format: raised when a field changes meaning or goes away (adding one does
+# not), so that tools reading summaries can tell.
+FORMAT_VERSION = 1
+
+
+def load_summary(path: Path, *, label: str = "", shown: str | None = None) -> dict[str, Any]:
+    """Read a summary file: ``UsageProblem`` (prefixed ``label``, the file ``shown``, by default
+    its quoted path) when it cannot be read or is no summary. A missing file raises
+    ``FileNotFoundError``: each caller says what to pass instead."""
+    shown = repr(str(path)) if shown is None else shown
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageProblem(f"{label}cannot read {shown}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        raise UsageProblem(f"{label}{shown} is not an evalchemy summary (no 'tasks')")
+    return data
+
+
+# ---------------------------------------------------------------- metric rows
+
+
+def split_metric(metric: str) -> tuple[str, str]:
+    """``acc,none`` -> ``("acc", "none")``: lm-eval's metric name and filter."""
+    name, _, flt = metric.partition(",")
+    return name, flt
+
+
+def metric_label(record: Mapping[str, Any], lm_task: str, metric: str) -> str:
+    """``acc,none``, or ``subtask:acc,none`` for a group's subtask."""
+    return metric if lm_task == record.get("task") else f"{lm_task}:{metric}"
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    """One metric of an item, with its standard error when lm-eval computed one."""
+
+    lm_task: str
+    metric: str  # lm-eval's key, "acc,none"
+    label: str  # "acc,none", or "subtask:acc,none" for a group's subtask
+    value: float | None
+    stderr: float | None
+    raw: Any = None  # the value as lm-eval wrote it (a table shows what is there)
+    raw_stderr: Any = None
+
+
+def metric_entries(record: Mapping[str, Any]) -> list[MetricEntry]:
+    """The item's metrics in lm-eval's order, stderrs beside their metric rather than as rows:
+    the rows of the score table, the Markdown and the HTML reports."""
+    out = []
+    for lm_task, values in (record.get("metrics") or {}).items():
+        for metric, raw in values.items():
+            if is_stderr(metric):
+                continue
+            raw_stderr = values.get(stderr_key(metric))
+            out.append(
+                MetricEntry(
+                    lm_task,
+                    metric,
+                    metric_label(record, lm_task, metric),
+                    as_float(raw),
+                    as_float(raw_stderr),
+                    raw,
+                    raw_stderr,
+                )
+            )
+    return out

@@ -1,0 +1,180 @@
+"""The per-process state of a run, kept on ``config.stash``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from ..core.config import EvalConfig, PlannedItem
+from ..core.results import (
+    RunPaths,
+    versions,
+)
+from ..run.chat_check import endpoint_findings
+from ..run.endpoint import (
+    DEFAULT_MAX_LENGTH,
+    EndpointInfo,
+    pick_endpoint,
+    redact_url,
+)
+from ..run.evaluation import (
+    RunSettings,
+)
+from ..run.runlock import RunLock
+from .options import Options
+
+RECORD_PROPERTY = "evalchemy"
+# The user property that carries one run of the fixture's api ({"key": ..., "record": ...}) to
+# the reporter.
+API_RECORD_PROPERTY = "evalchemy_run"
+FINISHED = ("passed", "failed")  # statuses a resumed run keeps
+
+
+@dataclass
+class EvalchemyState:
+    """Per-process state, on ``config.stash``."""
+
+    options: Options
+    eval_config: EvalConfig
+    plan: list[PlannedItem]
+    run_id: str
+    started_at: str
+    is_worker: bool
+    settings: RunSettings | None = None
+    endpoints: list[EndpointInfo] = field(default_factory=list)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # records of a resumed run
+    previous_summary: dict[str, Any] = field(default_factory=dict)  # the resumed run's summary
+    resume_entry: dict[str, Any] | None = None  # this resume, as the summary's "resumes" lists it
+    worker_index: int | None = None
+    lock: RunLock | None = None  # the run folder's, held by the controller (or the only process)
+    # Keys of the enabled items -k and -m select (None: not decided, every enabled item).
+    selected: frozenset[str] | None = None
+    config_warnings: list[str] = field(default_factory=list)  # a limit above a data set's size
+    config_notes: list[str] = field(default_factory=list)  # what could not be checked
+    replicas: list[str] = field(default_factory=list)  # endpoints behind the router
+    router: str | None = None  # the completions URL of the router every request goes through
+
+    def settings_for(self, planned: PlannedItem) -> RunSettings | None:
+        """The run's settings with the endpoint that serves ``planned``."""
+        if self.settings is None or len(self.endpoints) < 2:
+            return self.settings
+        enabled = [p.key for p in self.plan if p.enabled]
+        position = enabled.index(planned.key) if planned.key in enabled else 0
+        return replace(
+            self.settings, endpoint=pick_endpoint(self.endpoints, self.worker_index, position)
+        )
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths.create(self.options.output, self.run_id)
+
+    def make_settings(self, endpoint: EndpointInfo) -> RunSettings:
+        o = self.options
+        return RunSettings(
+            endpoint=endpoint,
+            paths=self.paths,
+            batch_size=o.batch_size,
+            limit=o.limit,
+            max_length=o.max_length,
+            concurrency=o.concurrency,
+            max_concurrency=o.max_concurrency,
+            max_retries=o.max_retries,
+            tokenizer=o.tokenizer,
+            api_key=o.api_key,
+            default_timeout=o.timeout,
+            include_paths=self.eval_config.lm_eval_include_paths,
+            cache_root=None if o.no_cache else o.output / ".cache",
+            log_level=o.log_level,
+            verify=o.verify,
+            allow_unsafe_code=o.allow_unsafe_code,
+            outage_timeout=o.outage_timeout,
+            strict_context=o.strict_context,
+            extra_thresholds=o.thresholds,
+            gate=o.gate,
+            # Pairing with a baseline needs this run's samples (and the baseline's).
+            log_samples=o.log_samples or o.gate.baseline is not None,
+            chat=o.chat,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this run itself (see identity.py); the endpoint's fields are ``None``
+        before the endpoint check."""
+        o = self.options
+        endpoint = self.settings.endpoint if self.settings else None
+        if o.max_length:
+            max_length = o.max_length
+        elif endpoint is not None:
+            max_length = endpoint.max_model_len or DEFAULT_MAX_LENGTH
+        else:
+            max_length = None
+        return {
+            "config_sha256": self.eval_config.sha256,
+            "limit": o.limit,
+            "max_length": max_length,
+            "thresholds": [asdict(t) for t in o.thresholds],
+            "gate": {k: v for k, v in o.gate.to_dict().items() if k != "baseline_run_id"},
+            "model": endpoint.model if endpoint else None,
+            "max_model_len": endpoint.max_model_len if endpoint else None,
+            "tokenizer": o.tokenizer
+            or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+            "lm_eval": versions()["lm_eval"],
+            "chat": o.chat.to_dict(),
+        }
+
+    def header(self) -> dict[str, Any]:
+        """The summary's run-wide fields (no credentials)."""
+        endpoint = self.settings.endpoint if self.settings else None
+        resumes = list(self.previous_summary.get("resumes") or [])
+        if self.resume_entry is not None:
+            resumes.append(self.resume_entry)
+        return {
+            "run_id": self.run_id,
+            "endpoint": redact_url(endpoint.url)
+            if endpoint
+            else (redact_url(self.options.endpoint or "")),
+            "model": endpoint.model if endpoint else self.options.model,
+            # Every endpoint of the run (items record the one that served them).
+            "endpoints": [redact_url(u) for u in self.replicas]
+            or [redact_url(e.url) for e in self.endpoints]
+            or [redact_url(u) for u in self.options.endpoints],
+            **(
+                {
+                    "router": redact_url(self.router),
+                    "replicas": [redact_url(u) for u in self.replicas],
+                }
+                if self.router
+                else {}
+            ),
+            "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
+            "config_warnings": list(self.config_warnings),
+            "gate": self.options.gate.to_dict(),
+            "seeds": {
+                "random_seed": 0,
+                "numpy_random_seed": 1234,
+                "torch_random_seed": 1234,
+                "fewshot_random_seed": 1234,
+            },
+            "settings": {
+                "batch_size": self.options.batch_size,
+                "limit": self.options.limit,
+                "max_length": self.options.max_length
+                or (endpoint.max_model_len if endpoint else None)
+                or DEFAULT_MAX_LENGTH,
+                "concurrency": self.options.concurrency,
+                "max_concurrency": self.options.max_concurrency,
+                "tokenizer": self.options.tokenizer
+                or ("remote" if endpoint and endpoint.remote_tokenizer else None),
+                "max_retries": self.options.max_retries,
+                "outage_timeout": self.options.outage_timeout,
+                "strict_context": self.options.strict_context,
+                "chat": self.options.chat.to_dict(),
+            },
+            **({"endpoint_check": endpoint_findings(endpoint)} if endpoint else {}),
+            "identity": self.identity(),
+            "resumes": resumes,
+        }
+
+
+STATE = pytest.StashKey[EvalchemyState]()

@@ -1,0 +1,233 @@
+"""The run's record on disk: the summary JSON, the per-benchmark results and logs, the run
+and error logs, and the score table. Written by one process (the controller under xdist) from
+the records the items send; imports no pytest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.results import (
+    RunPaths,
+    append_text,
+    atomic_write_json,
+    atomic_write_text,
+    now_iso,
+    totals,
+    versions,
+)
+from ..run.harness import merge_results
+
+
+@dataclass
+class RunRecorder:
+    """Collects item records and keeps the files of ``paths`` up to date after each one."""
+
+    paths: RunPaths
+    header: dict[str, Any]  # run_id, endpoint, model, config, ... (no credentials)
+    order: list[str]  # item keys in config order, so parallel runs write the same summary
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started_at: str = field(default_factory=now_iso)
+    finished_at: str | None = None
+    exit_status: int | None = None
+    # Plugins' say on the summary (the pytest_evalchemy_*summary hooks), applied on each write.
+    amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    _written: bool = False
+
+    def log(self, line: str) -> None:
+        """A line in the run log (the folder is created with the first file)."""
+        if not self._written:
+            self._written = True
+            # The seed's layout has an error log in every run, empty when nothing failed.
+            append_text(self.paths.errors_log, "")
+            head = {k: self.header.get(k) for k in ("run_id", "endpoint", "model", "config")}
+            append_text(self.paths.log, f"{now_iso()} started: {json.dumps(head)}\n")
+        append_text(self.paths.log, f"{now_iso()} {line}\n")
+
+    def update(self, key: str, record: dict[str, Any], longrepr: str = "") -> None:
+        """Take an item's record (last report wins) and rewrite what depends on it."""
+        self.tasks[key] = record
+        status = record["status"]
+        line = f"{status.upper():<11} {key} ({record.get('duration_s', 0):.1f}s)"
+        if record.get("message"):
+            line += f": {record['message'].splitlines()[0]}"
+        self.log(line)
+        if status in ("failed", "error", "timeout", "crashed", "interrupted"):
+            append_text(
+                self.paths.errors_log,
+                f"{now_iso()} {status.upper()} {key}\n{longrepr or record.get('message', '')}\n\n",
+            )
+        self._write_benchmark(record["benchmark"])
+        self.write_summary()
+
+    def _write_benchmark(self, benchmark: str) -> None:
+        parts, logs = [], []
+        for key in self._sorted_keys():
+            rec = self.tasks[key]
+            if rec["benchmark"] != benchmark or "item_dir" not in rec:
+                continue
+            item_dir = self.paths.root / rec["item_dir"]
+            results_file = item_dir / "results.json"
+            if results_file.exists():
+                parts.append(json.loads(results_file.read_text(encoding="utf-8")))
+            log_file = item_dir / "lm_eval.log"
+            if log_file.exists():
+                logs.append(
+                    f"===== {key} =====\n{log_file.read_text(encoding='utf-8', errors='replace')}"
+                )
+        if parts:
+            atomic_write_json(self.paths.benchmark_results(benchmark), merge_results(parts))
+        if logs:
+            atomic_write_text(self.paths.benchmark_log(benchmark), "\n".join(logs))
+
+    def _sorted_keys(self) -> list[str]:
+        rank = {k: i for i, k in enumerate(self.order)}
+        return sorted(self.tasks, key=lambda k: (rank.get(k, len(rank)), k))
+
+    def summary(self) -> dict[str, Any]:
+        ordered = {k: self.tasks[k] for k in self._sorted_keys()}
+        return {
+            **self.header,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_status": self.exit_status,
+            "versions": versions(),
+            "totals": totals(ordered),
+            "tasks": ordered,
+        }
+
+    def written_summary(self) -> dict[str, Any]:
+        """The summary as it is written: ``summary()`` after ``amend``."""
+        data = self.summary()
+        return self.amend(data) if self.amend is not None else data
+
+    def write_summary(self) -> None:
+        atomic_write_json(self.paths.summary, self.written_summary())
+
+    def finish(self, exit_status: int, interrupted: bool) -> None:
+        """Close the run: items still running were interrupted; write the final summary.
+        Items that never started stay ``pending``."""
+        for record in self.tasks.values():
+            if record["status"] == "running":
+                record["status"] = "interrupted" if interrupted else "error"
+                record["message"] = (
+                    record.get("message") or "the run ended before this item finished"
+                )
+        self.finished_at = now_iso()
+        self.exit_status = exit_status
+        if self.tasks or self._written:
+            self.write_summary()
+            counts = totals(self.tasks)
+            self.log(
+                "finished: "
+                + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                + f" (exit {exit_status})"
+            )
+
+    @property
+    def written(self) -> bool:
+        return self._written
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table_rows(
+    tasks: dict[str, dict[str, Any]], metric_filter: dict[str, tuple[str, ...]]
+) -> list[tuple[str, ...]]:
+    """Rows of the score table: benchmark, task, metric, value with its interval (the
+    record's: Wilson for a 0/1 metric) or ± stderr, status, time."""
+    rows = []
+    for key, rec in tasks.items():
+        wanted = metric_filter.get(key, ())
+        shown = False
+        for lm_task, values in rec.get("metrics", {}).items():
+            for metric, value in values.items():
+                name, _, flt = metric.partition(",")
+                if name.endswith("_stderr"):
+                    continue
+                if wanted and name not in wanted and metric not in wanted:
+                    continue
+                stderr = values.get(f"{name}_stderr,{flt}")
+                interval = ((rec.get("intervals") or {}).get(lm_task) or {}).get(metric)
+                if isinstance(interval, dict) and isinstance(value, (int, float)):
+                    cell = f"{_fmt(value)} [{interval['low']:.4f}, {interval['high']:.4f}]"
+                else:
+                    cell = _fmt(value) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
+                label = metric if lm_task == rec["task"] else f"{lm_task}:{metric}"
+                rows.append(
+                    (
+                        rec["benchmark"],
+                        rec["task"],
+                        label,
+                        cell,
+                        rec["status"],
+                        f"{rec.get('duration_s', 0):.1f}s",
+                    )
+                )
+                shown = True
+        if not shown:
+            rows.append(
+                (
+                    rec["benchmark"],
+                    rec["task"],
+                    "-",
+                    "-",
+                    rec["status"],
+                    f"{rec.get('duration_s', 0):.1f}s",
+                )
+            )
+    return rows
+
+
+def interval_legend(tasks: dict[str, dict[str, Any]]) -> str:
+    """What the table's intervals are: ``95% intervals: wilson (0/1 scores), normal``."""
+    methods: dict[str, float] = {}
+    for rec in tasks.values():
+        for by_metric in (rec.get("intervals") or {}).values():
+            for iv in by_metric.values():
+                methods.setdefault(iv["method"], iv["confidence"])
+    if not methods:
+        return ""
+    what = {
+        "wilson": "wilson (a mean of 0/1 scores)",
+        "normal": "normal (value ± z·stderr)",
+        "bootstrap": "bootstrap (of the logged samples)",
+    }
+    confidences = sorted({f"{c * 100:g}%" for c in methods.values()})
+    return f"{'/'.join(confidences)} intervals: " + ", ".join(what.get(m, m) for m in methods)
+
+
+def format_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Aligned text lines with a header."""
+    header = ("benchmark", "task", "metric", "value", "status", "time")
+    all_rows = [header, *rows]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in all_rows
+    ]
+
+
+# How the statuses of the table that pytest counts as FAILED differ from a failed check.
+_LEGEND = {
+    "failed": "failed: a check missed (threshold, baseline, fewer samples)",
+    "error": "error: lm-eval or the endpoint failed",
+    "timeout": "timeout: the item's timeout ran out",
+    "crashed": "crashed: its worker died",
+    "interrupted": "interrupted: the run was stopped",
+}
+
+
+def status_legend(tasks: dict[str, dict[str, Any]]) -> str | None:
+    """One line saying what the table's statuses mean next to pytest's words, when the table
+    shows a status pytest spells differently (pytest shows F / FAILED for each of them)."""
+    shown = {rec.get("status") for rec in tasks.values()}
+    if not shown & (set(_LEGEND) - {"failed"}):
+        return None
+    words = "; ".join(text for status, text in _LEGEND.items() if status in shown)
+    return f"status: pytest counts these as failed (F): {words}"

@@ -1,0 +1,429 @@
+"""The endpoint check: before the first item, make sure the server can be evaluated at all.
+
+A server that answers completions but returns no prompt logprobs would make every
+multiple-choice task score at chance without an error; this module refuses such a run.
+Imports no pytest and no lm-eval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from ..core.errors import EndpointError
+from .patience import TRANSIENT_STATUSES, Backoff, Outage, OutageGaveUp, Transient, classify
+
+DEFAULT_MAX_LENGTH = 2048
+# Without --evalchemy-wait-for-endpoint the check still rides out a short hiccup (a 503 while
+# a proxy switches over, one reset) before it calls a server unusable.
+CHECK_PATIENCE_S = 5.0
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    """What the check learned about the endpoint; travels to xdist workers as a dict."""
+
+    url: str  # the completions URL lm-eval posts to
+    model: str
+    max_model_len: int | None
+    remote_tokenizer: bool
+    # What chat_check found (None: not looked at). chat_url: the user gave a chat endpoint;
+    # generation tasks go there.
+    chat_url: str | None = None
+    chat_template: bool | None = None  # /tokenizer_info has a template
+    chat_reachable: bool | None = None  # /v1/chat/completions answered
+    reasoning: bool = False  # thinking seen in the probe's chat answer
+    reasoning_how: str | None = None  # "reasoning field", "<think> in the content"
+    completions: bool = True  # False: /v1/completions is not served (a chat-only server)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EndpointInfo:
+        return cls(**data)
+
+
+def is_chat_url(url: str) -> bool:
+    """Whether ``url`` is a chat-completions endpoint."""
+    return urlsplit(url).path.rstrip("/").endswith("/chat/completions")
+
+
+def completions_url_of(url: str) -> str:
+    """The completions URL of the server behind a chat URL (or the URL itself)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        path = path.removesuffix("/chat/completions") + "/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def normalize_endpoint(url: str) -> str:
+    """The completions URL for what a user typed: a server root or ``/v1`` gets
+    ``/v1/completions`` added; a chat URL stays as it is (generation tasks go there,
+    loglikelihood tasks to the same server's ``/v1/completions``)."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise EndpointError(
+            f"endpoint {url!r} is not an http(s) URL; expected e.g. http://localhost:8000/v1/completions"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/completions"):
+        path = f"{path}/completions" if path.endswith("/v1") else f"{path}/v1/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query string, safe to write into logs and results."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The credentials of ``url`` as they can appear in text: ``user:pass@`` (messages quote
+    the whole URL) and the password alone, so that they can be scrubbed from what is written."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if not at:
+        return ()
+    found = [f"{userinfo}@"]
+    password = userinfo.partition(":")[2]
+    # A very short password would blank out ordinary words; the user:pass@ form covers it.
+    for text in (password, unquote(password)):
+        if len(text) >= 4 and text not in found:
+            found.append(text)
+    return tuple(found)
+
+
+def server_root(completions_url: str) -> str:
+    """Where vLLM serves ``/tokenizer_info`` and ``/tokenize`` (lm-eval's rule)."""
+    return completions_url.split("/v1/completions", 1)[0].rstrip("/")
+
+
+def models_url(completions_url: str) -> str:
+    """``.../v1/completions`` -> ``.../v1/models``."""
+    return completions_url.rsplit("/completions", 1)[0] + "/models"
+
+
+class _Session(requests.Session):
+    """A session whose ``verify`` holds: requests lets REQUESTS_CA_BUNDLE replace a session's
+    ``verify`` (even False) unless each call passes it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("verify", self.verify)
+        with warnings.catch_warnings():
+            # --evalchemy-insecure warns once; urllib3 would warn on every request.
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            return super().request(*args, **kwargs)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _describe(resp: requests.Response) -> str:
+    body = resp.text.strip().replace("\n", " ")
+    if len(body) > 300:
+        body = body[:300] + "..."
+    return f"HTTP {resp.status_code}: {body or '(empty body)'}"
+
+
+def _get_json(
+    session: requests.Session,
+    method: str,
+    url: str,
+    what: str,
+    outage: Outage,
+    on_wait: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The JSON answer of one check request. Transient failures (refused, reset, 5xx, 429,
+    a truncated or garbled body) are asked again, with back-off and ``Retry-After`` honoured,
+    until ``outage``'s window is spent; every failure becomes an ``EndpointError``."""
+    waits = _WaitLog(redact_url(url), outage, on_wait)
+
+    def attempt() -> tuple[requests.Response, Any]:
+        resp = session.request(method, url, **kwargs)
+        if resp.status_code in TRANSIENT_STATUSES:
+            resp.raise_for_status()
+        # Reading the JSON here makes a garbled body transient too (asked again).
+        return resp, (resp.json() if resp.status_code == 200 else None)
+
+    try:
+        resp, data = outage.call(waits.wrap(attempt))
+    except OutageGaveUp as exc:
+        cause = exc.__cause__
+        if isinstance(cause, requests.HTTPError) and cause.response is not None:
+            said = f"answered {_describe(cause.response)}"
+        elif isinstance(cause, requests.ConnectionError) and waits.last == "connection refused":
+            raise EndpointError(
+                f"cannot connect to {redact_url(url)} (ConnectionError: connection refused, "
+                f"for {outage.away_for():.0f} s); is the vLLM server running and is the URL "
+                "right? Start it, or pass --evalchemy-endpoint; a server that is still starting: "
+                "--evalchemy-wait-for-endpoint SECONDS"
+            ) from None
+        else:
+            said = f"failed: {waits.last} ({type(cause).__name__})"
+        raise EndpointError(
+            f"{what}: {redact_url(url)} {said}, still after {outage.away_for():.0f} s of "
+            "retries; a server that is starting or overloaded: --evalchemy-wait-for-endpoint "
+            "SECONDS waits longer"
+        ) from None
+    except requests.exceptions.SSLError as exc:
+        # Before ConnectionError, whose subclass it is: "cannot connect" would hide the cause.
+        reason = str(exc.args[0] if exc.args else exc)
+        reason = reason.rsplit("Caused by ", 1)[-1].rstrip(")")
+        raise EndpointError(
+            f"TLS error talking to {redact_url(url)}: {reason}. If the server's certificate is "
+            "signed by your own CA, pass --evalchemy-ca-bundle PATH (or set REQUESTS_CA_BUNDLE); "
+            "--evalchemy-insecure skips the check"
+        ) from None
+    except requests.HTTPError as exc:
+        # A transient status with no window left to wait (--evalchemy-wait-for-endpoint 0).
+        resp, data = exc.response, None
+    except requests.ConnectionError:
+        raise EndpointError(
+            f"cannot connect to {redact_url(url)} (ConnectionError); is the vLLM server "
+            "running and is the URL right? Start it, or pass --evalchemy-endpoint"
+        ) from None
+    except requests.Timeout:
+        raise EndpointError(
+            f"{redact_url(url)} did not answer within {kwargs.get('timeout')} s"
+        ) from None
+    except requests.RequestException as exc:
+        # Whatever else requests raises (an invalid URL, too many redirects): one line, no
+        # traceback.
+        raise EndpointError(
+            f"{what}: request to {redact_url(url)} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    if resp.status_code in (401, 403):
+        raise EndpointError(
+            f"{redact_url(url)} refused the API key ({_describe(resp)}); set EVALCHEMY_API_KEY "
+            "(or OPENAI_API_KEY) to the server's --api-key"
+        )
+    if resp.status_code == 404:
+        raise EndpointError(
+            f"{what}: {redact_url(url)} answered {_describe(resp)}; expected a vLLM "
+            "OpenAI-compatible server (the endpoint ends in /v1/completions)"
+        )
+    if resp.status_code != 200:
+        raise EndpointError(f"{what}: {redact_url(url)} answered {_describe(resp)}")
+    return data
+
+
+class _WaitLog:
+    """Says, at most every ``PROGRESS_EVERY_S``, that the check is waiting for the server."""
+
+    def __init__(self, url: str, outage: Outage, on_wait: Callable[[str], None] | None) -> None:
+        self.url = url
+        self.outage = outage
+        self.on_wait = on_wait
+        self.last = ""
+        self._said = -PROGRESS_EVERY_S
+
+    def wrap(self, attempt: Callable[[], Any]) -> Callable[[], Any]:
+        def logged() -> Any:
+            try:
+                return attempt()
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is not None:
+                    self.last = failure.reason
+                    away = self.outage.away_for()
+                    if self.on_wait is not None and away - self._said >= PROGRESS_EVERY_S:
+                        self._said = away
+                        self.on_wait(
+                            f"waiting for {self.url}: {failure.reason}; {away:.0f} s of "
+                            f"{self.outage.window_s:g} s"
+                        )
+                raise
+
+        return logged
+
+
+def _served_models(data: Any, url: str) -> dict[str, int | None]:
+    try:
+        return {m["id"]: m.get("max_model_len") for m in data["data"]}
+    except (KeyError, TypeError):
+        raise EndpointError(
+            f"{redact_url(url)} answered {json.dumps(data)[:200]}; expected an OpenAI model list "
+            '({"data": [{"id": ...}]})'
+        ) from None
+
+
+def _check_prompt_logprobs(
+    session: requests.Session, url: str, model: str, timeout: float, **patience: Any
+) -> None:
+    body = {
+        "model": model,
+        "prompt": "Hello world",
+        "max_tokens": 1,
+        "temperature": 0,
+        "echo": True,
+        "logprobs": 1,
+    }
+    data = _get_json(
+        session, "POST", url, "one-token completion", json=body, timeout=timeout, **patience
+    )
+    try:
+        logprobs = data["choices"][0]["logprobs"]
+        values = logprobs["token_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        values = None
+    if not values or all(v is None for v in values[1:]) or len(values) < 2:
+        raise EndpointError(
+            f"{redact_url(url)} returns no prompt logprobs for echo=true, logprobs=1: "
+            "multiple-choice tasks would score at chance. Use a server that supports echo with "
+            "logprobs (vLLM's /v1/completions does)"
+        )
+
+
+def _check_remote_tokenizer(
+    session: requests.Session, root: str, timeout: float, outage: Outage
+) -> bool:
+    """Whether vLLM's tokenizer endpoints answer; a 404 says no at once, a transient failure
+    is asked again like the other check requests."""
+
+    def answers(method: str, url: str, **kwargs: Any) -> Any:
+        def attempt() -> Any:
+            resp = session.request(method, url, timeout=timeout, **kwargs)
+            if resp.status_code in TRANSIENT_STATUSES:
+                resp.raise_for_status()
+            return resp.json() if resp.status_code == 200 else None
+
+        return outage.call(attempt)
+
+    try:
+        info = answers("GET", f"{root}/tokenizer_info")
+        tok = answers(
+            "POST", f"{root}/tokenize", json={"prompt": "Hello", "add_special_tokens": False}
+        )
+    except (requests.RequestException, OutageGaveUp, ValueError):
+        return False
+    return info is not None and isinstance(tok, dict) and isinstance(tok.get("tokens"), list)
+
+
+def _served_list(
+    session: requests.Session, url: str, timeout: float, outage: Outage, **patience: Any
+) -> dict[str, int | None]:
+    """The served models; an empty list (vLLM still loading) is waited for like a 503."""
+    backoff: Backoff | None = None
+    while True:
+        served = _served_models(
+            _get_json(session, "GET", url, "model list", outage, timeout=timeout, **patience),
+            url,
+        )
+        if served:
+            return served
+        backoff = backoff or Backoff(outage.deadline())
+        delay = backoff.delay(Transient("no model listed yet"))
+        if delay is None:
+            raise EndpointError(
+                f"{redact_url(url)} lists no model; is the server still loading? "
+                "--evalchemy-wait-for-endpoint SECONDS waits for it"
+            )
+        time.sleep(delay)
+
+
+def check_endpoint(
+    url: str,
+    *,
+    model: str | None = None,
+    api_key: str | None = None,
+    local_tokenizer: str | None = None,
+    need_tokenizer: bool = True,
+    timeout: float = 30.0,
+    verify: bool | str = True,
+    need_logprobs: bool = True,
+    wait_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> EndpointInfo:
+    """Check that ``url`` serves ``model`` (default: the first it lists) with prompt logprobs
+    (unless not ``need_logprobs``: a chat run without loglikelihood tasks) and, when
+    ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
+    ``verify``: requests' TLS setting (False, or a CA bundle path). Transient failures are
+    asked again for up to ``wait_s`` seconds (default ``CHECK_PATIENCE_S``), and ``on_wait``
+    hears a line of progress while the check waits."""
+    chat_url = url if is_chat_url(url) else None
+    url = completions_url_of(url)
+    session = _Session()
+    session.headers.update(_headers(api_key))
+    session.verify = verify
+    # One window for the whole check: a server that is starting is waited for once.
+    outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
+    served = _served_list(session, models_url(url), timeout, outage, on_wait=on_wait)
+    if model is None:
+        model = next(iter(served))
+    elif model not in served:
+        raise EndpointError(
+            f"model {model!r} is not served by {redact_url(url)}; it serves: {', '.join(served)}. "
+            "Pass one of them with --evalchemy-model, or leave the option out to take the first"
+        )
+    if need_logprobs:
+        _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
+    remote = False
+    if local_tokenizer is None:
+        remote = _check_remote_tokenizer(session, server_root(url), timeout, outage)
+        if need_tokenizer and not remote:
+            raise EndpointError(
+                f"no tokenizer for {redact_url(url)}: the server has no /tokenizer_info and /tokenize "
+                "endpoints, and loglikelihood (multiple-choice) tasks need a tokenizer. Start vLLM "
+                "with --enable-tokenizer-info-endpoint, or pass --evalchemy-tokenizer with the "
+                "model's tokenizer folder or name"
+            )
+    return EndpointInfo(
+        url=url,
+        model=model,
+        max_model_len=served[model],
+        remote_tokenizer=remote,
+        chat_url=chat_url,
+    )
+
+
+def split_endpoints(value: str | None) -> tuple[str, ...]:
+    """Endpoints from a comma- or space-separated value, normalized, duplicates dropped."""
+    out: list[str] = []
+    for part in (value or "").replace(",", " ").split():
+        url = normalize_endpoint(part)
+        if url not in out:
+            out.append(url)
+    return tuple(out)
+
+
+def check_endpoints(
+    urls: tuple[str, ...], *, allow_mixed_models: bool = False, **kwargs: Any
+) -> list[EndpointInfo]:
+    """``check_endpoint`` on each URL; several endpoints must serve the same model (the run's
+    scores would otherwise mix models) unless ``allow_mixed_models``."""
+    infos = [check_endpoint(url, **kwargs) for url in urls]
+    models = {info.model for info in infos}
+    if len(models) > 1 and not allow_mixed_models:
+        served = ", ".join(f"{redact_url(i.url)} serves {i.model!r}" for i in infos)
+        raise EndpointError(
+            f"the endpoints serve different models ({served}); pass --evalchemy-model to pick one "
+            "they all serve, or --evalchemy-allow-mixed-models if that is intended"
+        )
+    return infos
+
+
+def pick_endpoint(infos: list[EndpointInfo], worker: int | None, position: int) -> EndpointInfo:
+    """The endpoint of an item: each xdist worker keeps to one endpoint (worker N takes endpoint
+    N mod count); without xdist items take turns by their position in the run. Used only where
+    no router can stand in front of the endpoints: vllm-router is not installed, or the
+    endpoints serve different models (--evalchemy-allow-mixed-models), which must not share an
+    item."""
+    index = worker if worker is not None else position
+    return infos[index % len(infos)]

@@ -1,0 +1,228 @@
+"""vLLM's own router (``vllm-router``) in front of several replicas of one model.
+
+With several endpoints of one model, every request of every item goes through one router, so
+one item uses all the replicas and a replica that dies mid-item costs nothing: the router sends
+its requests to the others (it retries, health-checks and has a circuit breaker). The router is
+a Rust binary in the ``vllm-router`` wheel (``pip install 'pytest-evalchemy[router]'``); it
+runs on a free loopback port for the session, in its own process group, and is stopped like the
+vLLM servers of ``serve.py``.
+
+Also the replica check: the replicas must be interchangeable (same model, same context length,
+same tokenizer), or a score would depend on which replica answered which request.
+
+Imports no pytest and no lm-eval.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from ..core.errors import EndpointError
+from .endpoint import EndpointInfo, redact_url, server_root
+from .serve import ServeError, free_port, log_tail, stop_process_group
+
+# The logger keeps its name of the flat layout: users filter log lines by it.
+log = logging.getLogger("pytest_evalchemy.router")
+
+BINARY = "vllm-router"
+INSTALL_HINT = "pip install 'pytest-evalchemy[router]'"
+POLICY = "round_robin"  # equal replicas; power_of_two would need 2+ healthy workers at all times
+# The router's runtime health check (default every 60 s) takes a dead replica out of the
+# rotation; until then its retries send that replica's requests to the others.
+HEALTH_CHECK_S = 5
+TOKENIZER_PROBE = "The quick brown fox, 1234 — ünïcödé."
+
+
+def find_binary() -> str | None:
+    """The ``vllm-router`` of this environment (beside its python), else one on PATH."""
+    here = Path(sys.executable).parent / BINARY
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which(BINARY)
+
+
+def command_line(
+    binary: str, workers: Sequence[str], port: int, host: str = "127.0.0.1"
+) -> list[str]:
+    """The router's command: ``workers`` are the replicas' server roots (``http://host:port``)."""
+    return [
+        binary,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--worker-urls",
+        *workers,
+        "--policy",
+        POLICY,
+        "--health-check-interval-secs",
+        str(HEALTH_CHECK_S),
+        "--log-level",
+        "warning",
+    ]
+
+
+class Router:
+    """One ``vllm-router`` process: ``start()``, ``wait_ready()``, ``stop()``."""
+
+    def __init__(self, workers: Sequence[str], log_path: Path, binary: str | None = None) -> None:
+        self.workers = [server_root(w) for w in workers]
+        self.log_path = log_path
+        self.binary = binary or find_binary()
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.command: list[str] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise ServeError("router not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def completions_url(self) -> str:
+        return self.base_url + "/v1/completions"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        if self.binary is None:
+            raise ServeError(f"{BINARY} is not installed ({INSTALL_HINT})")
+        self.port = free_port(self.host)
+        self.command = command_line(self.binary, self.workers, self.port, self.host)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the router's life
+        self._log.write(f"$ {shlex.join(self.command)}\n".encode())
+        self._log.flush()
+        # Its own session, as serve.py does for vLLM: stop() signals the whole group, and a
+        # Ctrl-C in the terminal reaches the run first, which then stops the router in order.
+        self._proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        atexit.register(self.stop)
+        log.info("started %s (pid %s): %s", BINARY, self._proc.pid, shlex.join(self.command))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the router answers ``GET /v1/models`` (it first waits for its workers)."""
+        if self._proc is None:
+            raise ServeError("router not started")
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServeError(self._failure(f"{BINARY} exited with code {code}"))
+            try:
+                with urllib.request.urlopen(self.base_url + "/v1/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() >= deadline:
+                message = self._failure(f"{BINARY} not ready after {timeout:g} s")
+                self.stop()
+                raise ServeError(message)
+            time.sleep(0.1)
+
+    def _failure(self, what: str) -> str:
+        if self._log is not None:
+            self._log.flush()
+        tail = log_tail(self.log_path)
+        return "\n".join(
+            [what, f"command: {shlex.join(self.command)}", *(f"  | {line}" for line in tail)]
+        )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM its process group, SIGKILL after ``grace`` s. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            stop_process_group(proc, grace, BINARY)
+        finally:
+            if self._log is not None:
+                self._log.close()
+            atexit.unregister(self.stop)
+
+
+def _tokenizer_fingerprint(
+    url: str, api_key: str | None, verify: bool | str, timeout: float = 30.0
+) -> Any:
+    """What a replica's tokenizer makes of a probe string (None without /tokenize)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = requests.post(
+            f"{server_root(url)}/tokenize",
+            json={"prompt": TOKENIZER_PROBE, "add_special_tokens": False},
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
+        )
+        return resp.json().get("tokens") if resp.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def check_replicas(
+    infos: Sequence[EndpointInfo], api_key: str | None = None, verify: bool | str = True
+) -> None:
+    """Raise ``EndpointError`` unless the replicas serve the same model with the same context
+    length and tokenizer: behind one router any replica may answer any request."""
+    if len(infos) < 2:
+        return
+    first = infos[0]
+
+    def show(attr: str) -> str:
+        return ", ".join(f"{redact_url(i.url)}: {getattr(i, attr)!r}" for i in infos)
+
+    if len({i.model for i in infos}) > 1:
+        raise EndpointError(
+            f"the replicas serve different models ({show('model')}); a router would mix them "
+            "within one item. Pass --evalchemy-model to pick one they all serve"
+        )
+    if len({i.max_model_len for i in infos}) > 1:
+        raise EndpointError(
+            f"the replicas serve {first.model!r} with different context lengths "
+            f"({show('max_model_len')}); start them with the same --max-model-len"
+        )
+    if first.remote_tokenizer:
+        prints = [_tokenizer_fingerprint(i.url, api_key, verify) for i in infos]
+        if any(p != prints[0] for p in prints[1:]):
+            urls = ", ".join(redact_url(i.url) for i in infos)
+            raise EndpointError(
+                f"the replicas' tokenizers disagree ({urls} tokenize the same text differently); "
+                "serve the same model files (and --tokenizer) on every replica"
+            )
+
+
+def split_devices(gpu: str | None, replicas: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each replica: replica i gets the i-th of ``gpu``'s devices (one
+    replica keeps them all, as before); raises ValueError when there are too few."""
+    if replicas <= 1:
+        return [gpu]
+    if gpu is None:
+        return [None] * replicas
+    devices = [d.strip() for d in gpu.split(",") if d.strip()]
+    if len(devices) < replicas:
+        raise ValueError(f"{len(devices)} device(s) in {gpu!r} for {replicas} replicas")
+    return devices[:replicas]
