@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from .core.config import load_config, plan_items
-from .core.errors import ConfigError, EndpointError, EvalchemyError
+from .core.errors import ConfigError, EndpointError, EvalchemyError, UsageProblem
+from .core.record import load_summary
 from .core.resources import missing_module
 from .core.results import (
     check_writable,
@@ -171,18 +172,17 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
 def _previous_summary(state: EvalchemyState) -> dict[str, Any]:
     """The summary of the run being resumed."""
     path = state.paths.summary
+    where = f"--evalchemy-resume {state.run_id}: "
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = load_summary(path, label=where, shown=str(path))
     except FileNotFoundError:
         raise pytest.UsageError(
-            f"--evalchemy-resume {state.run_id}: no summary at {path}; check the run id and --evalchemy-output"
+            f"{where}no summary at {path}; check the run id and --evalchemy-output"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise pytest.UsageError(
-            f"--evalchemy-resume {state.run_id}: cannot read {path}: {exc}"
-        ) from None
+    except UsageProblem as exc:
+        raise pytest.UsageError(str(exc)) from None
     state.started_at = summary.get("started_at") or state.started_at
-    return summary if isinstance(summary, dict) else {}
+    return summary
 
 
 def _check_resume(state: EvalchemyState) -> None:

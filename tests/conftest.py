@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -60,6 +62,13 @@ def read_summary(root: Path) -> dict[str, Any]:
     """The summary of the only run under ``root``."""
     (summary,) = root.glob("*/evalchemy_summary_*.json")
     return json.loads(summary.read_text(encoding="utf-8"))
+
+
+def check_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` after checking it against the shipped ``configs/summary.schema.json``."""
+    schema = json.loads(summary_schema_path().read_text(encoding="utf-8"))
+    jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
+    return summary
 
 
 def offline_task(name: str, **settings: Any) -> dict[str, Any]:

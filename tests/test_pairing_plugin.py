@@ -18,7 +18,7 @@ from pytest_evalchemy.cli.report import make_report
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, write_config
+from .conftest import check_summary, offline_task, write_config
 
 # The usual model answers documents 3, 7, 11, ... wrong (36 of mini_arc's 48 right).
 # DROP: six documents it had right are now wrong (30 of 48).
@@ -101,6 +101,10 @@ def test_paired_test_finds_the_drop_the_two_sample_test_misses(
         "--evalchemy-markdown=paired.md",
     )
     paired.assert_outcomes(failed=1)
+    summary = json.loads(
+        (pytester.path / "results/paired/evalchemy_summary_paired.json").read_text()
+    )
+    assert _baseline_check(check_summary(summary)["tasks"]["mini_arc/mini_arc"])["pairing"]
     paired.stdout.fnmatch_lines(
         [
             "mini_arc:acc,none baseline: dropped 0.1250 from 0.7500 to 0.6250, more than 0.02 "

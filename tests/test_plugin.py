@@ -7,10 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from pytest_evalchemy.core.record import FORMAT_VERSION
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import OFFLINE_CONFIG, REPO, expected, offline_task, read_summary, write_config
+from .conftest import (
+    OFFLINE_CONFIG,
+    REPO,
+    check_summary,
+    expected,
+    offline_task,
+    read_summary,
+    write_config,
+)
 
 
 def _run(
@@ -42,7 +51,8 @@ def test_offline_config_passes_with_exact_scores(
             "summary: *r1/evalchemy_summary_r1.json",
         ]
     )
-    summary = read_summary(pytester.path / "results")
+    summary = check_summary(read_summary(pytester.path / "results"))
+    assert summary["format_version"] == FORMAT_VERSION == 1
     assert summary["run_id"] == "r1"
     assert summary["model"] == "evalchemy-test-model"
     assert summary["endpoint"] == server.completions_url

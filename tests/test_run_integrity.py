@@ -19,7 +19,7 @@ from pytest_evalchemy.run.runlock import LOCK_NAME, RunLock
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, write_config
+from .conftest import check_summary, offline_task, write_config
 
 MakeServer = Callable[..., EvalchemyTestServer]
 
@@ -359,6 +359,7 @@ def test_interrupted_run_lists_pending_and_skipped_items(
         "mini_hellaswag/mini_hellaswag": ("skipped", "disabled in config"),
     }
     assert summary["totals"]["pending"] == 1
+    check_summary(summary)  # an interrupted run's summary is a summary of the schema
 
 
 # ---------------------------------------------------------------- -k and -m decide the tokenizer

@@ -153,9 +153,16 @@ class Summary(TypedDict, total=False):
 
     format_version: int
     run_id: str
-    endpoint: str | None
+    endpoint: str | None  # redacted, as every URL of the summary
     model: str | None
-    config: str
+    endpoints: list[str]
+    router: str
+    replicas: list[str]
+    config: dict[str, str]  # path, sha256
+    config_warnings: list[str]
+    settings: dict[str, Any]
+    seeds: dict[str, int]
+    endpoint_check: dict[str, Any]
     started_at: str
     finished_at: str | None
     exit_status: int | None

@@ -21,6 +21,11 @@ def schema_path() -> Path:
     return _find("configs/eval_config.schema.json", "eval_config.schema.json")
 
 
+def summary_schema_path() -> Path:
+    """The JSON Schema of a run's summary (``evalchemy_summary_<run id>.json``)."""
+    return _find("configs/summary.schema.json", "summary.schema.json")
+
+
 def benchmarks_dir() -> Path:
     """The project's offline benchmarks, always on lm-eval's include path."""
     return _find("benchmarks", "benchmarks")

@@ -1,5 +1,5 @@
-"""The results folder: run ids, file names, atomic writes, and the run summary.
-Imports no pytest and no lm-eval."""
+"""The results folder: run ids, the layout of a run folder (``RunPaths``), atomic writes and
+the versions a summary records. Imports no pytest and no lm-eval."""
 
 from __future__ import annotations
 
@@ -20,19 +20,6 @@ DEFAULT_CONFIG = "configs/eval_config.json"
 DEFAULT_OUTPUT = "results"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-# Item statuses, in the order the summary's totals list them. ``pending``: selected, not started
-# (a run that ended early says what is left to do).
-STATUSES = (
-    "passed",
-    "failed",
-    "error",
-    "timeout",
-    "crashed",
-    "interrupted",
-    "pending",
-    "skipped",
-)
 
 
 def default_run_id(now: float | None = None, pid: int | None = None) -> str:
@@ -162,11 +149,3 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "unknown"
     return out
-
-
-def totals(tasks: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Count of items per status."""
-    counts = dict.fromkeys(STATUSES, 0)
-    for record in tasks.values():
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-    return counts

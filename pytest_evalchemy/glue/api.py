@@ -24,7 +24,8 @@ import pytest
 
 from ..core.config import PlannedItem, parse_config
 from ..core.errors import ConfigError
-from ..judge.gating import DEFAULT_CONFIDENCE, check_properties, metric_interval, stderr_key
+from ..core.record import is_stderr, split_metric, stderr_key
+from ..judge.gating import DEFAULT_CONFIDENCE, check_properties, metric_interval
 from ..run.evaluation import ItemFailed, base_record
 from .state import API_RECORD_PROPERTY
 
@@ -84,7 +85,7 @@ class EvalResult:
         if "," not in name:
             if f"{name},none" in values:
                 return f"{name},none"
-            matches = [k for k in values if k.partition(",")[0] == name]
+            matches = [k for k in values if split_metric(k)[0] == name]
             if len(matches) == 1:
                 return matches[0]
             if matches:
@@ -92,7 +93,7 @@ class EvalResult:
                     f"{self.key}: {name!r} has several filters ({', '.join(matches)}): name one, "
                     f"e.g. {matches[0]!r}"
                 )
-        reported = ", ".join(k for k in values if "_stderr" not in k.partition(",")[0])
+        reported = ", ".join(k for k in values if not is_stderr(k))
         raise KeyError(f"{self.key}: no metric {name!r}; reported: {reported}")
 
     def metric(self, name: str, task: str | None = None) -> float:

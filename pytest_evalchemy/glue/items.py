@@ -15,6 +15,7 @@ import pytest
 from pytest_timeout import PYTEST_FAILURE_MESSAGE, is_debugging
 
 from ..core.config import PlannedItem
+from ..core.record import FINISHED, Status
 from ..judge.gating import (
     check_properties,
 )
@@ -28,7 +29,7 @@ from ..run.evaluation import (
     run_item,
 )
 from ..run.harness import HarnessRequest, scrub
-from .state import FINISHED, RECORD_PROPERTY, STATE
+from .state import RECORD_PROPERTY, STATE
 
 
 class EvalConfigFile(pytest.File):
@@ -79,7 +80,7 @@ class TaskItem(pytest.Item):
             # A resumed run keeps what finished; nothing is sent for it.
             record = {**previous, "resumed": True}
             self._publish(record)
-            if record["status"] == "failed":
+            if record["status"] == Status.FAILED:
                 raise ItemFailed(
                     f"{self.planned.key}: {record.get('message', 'failed')} (from the resumed run)"
                 )
@@ -204,18 +205,18 @@ def execute_item(
         raise
     except pytest.fail.Exception as exc:
         if "Timeout" in str(exc):
-            record["status"] = "timeout"
+            record["status"] = Status.TIMEOUT
             record["message"] = f"timed out after {record['duration_s']:.1f}s ({exc})"
         else:
-            record["status"] = "failed"
+            record["status"] = Status.FAILED
             record["message"] = str(exc)
         raise
     except KeyboardInterrupt:
-        record["status"] = "interrupted"
+        record["status"] = Status.INTERRUPTED
         record["message"] = "interrupted"
         raise
     except Exception as exc:
-        record["status"] = "error"
+        record["status"] = Status.ERROR
         # The cause in words; an HTTP error quotes the URL, credentials and all.
         record["message"] = scrub(
             describe_error(exc, settings.max_retries, settings.include_paths), settings.secrets

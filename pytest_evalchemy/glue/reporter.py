@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ..core.config import PlannedItem
+from ..core.record import FINISHED, UNFINISHED, Status
 from ..core.results import (
     append_text,
     atomic_write_text,
@@ -31,7 +32,7 @@ from ..run.evaluation import (
     base_record,
     read_progress,
 )
-from .state import API_RECORD_PROPERTY, FINISHED, RECORD_PROPERTY, EvalchemyState
+from .state import API_RECORD_PROPERTY, RECORD_PROPERTY, EvalchemyState
 
 
 class EvalchemyReporter:
@@ -87,7 +88,7 @@ class EvalchemyReporter:
             if self.recorder.tasks.get(planned.key, {}).get("status") in FINISHED:
                 continue
             record = base_record(planned, None)
-            record["status"] = "error"
+            record["status"] = Status.ERROR
             record["message"] = message
             self.recorder.tasks[planned.key] = record
         self.recorder.log(message)
@@ -99,7 +100,7 @@ class EvalchemyReporter:
         planned = self._planned(nodeid)
         if planned is not None and planned.enabled and self.state.settings is not None:
             record = base_record(planned, self.state.settings)
-            record["status"] = "running"
+            record["status"] = Status.RUNNING
             self._started[planned.key] = time.monotonic()
             previous = self.recorder.tasks.get(planned.key)
             if previous is None or previous.get("status") not in FINISHED:
@@ -120,7 +121,7 @@ class EvalchemyReporter:
             else base_record(planned, self.state.settings)
         )
         if report.when == "setup" and report.skipped:
-            record["status"] = "skipped"
+            record["status"] = Status.SKIPPED
             longrepr = report.longrepr
             record["message"] = (
                 longrepr[2].removeprefix("Skipped: ")
@@ -128,10 +129,13 @@ class EvalchemyReporter:
                 else planned.reason
             )
         elif report.when == "call":
-            if record["status"] in ("pending", "running"):
-                record["status"] = {"passed": "passed", "failed": "error", "skipped": "skipped"}[
-                    report.outcome
-                ]
+            if record["status"] in UNFINISHED:
+                # pytest's outcome of an item that never ran its body.
+                record["status"] = {
+                    "passed": Status.PASSED,
+                    "failed": Status.ERROR,
+                    "skipped": Status.SKIPPED,
+                }[report.outcome]
             if not (record.get("resumed") and record["status"] in FINISHED):
                 # A finished item kept by a resumed run keeps the time it took when it ran.
                 record["duration_s"] = round(report.duration, 3)
@@ -140,7 +144,7 @@ class EvalchemyReporter:
                 "setup",
                 "teardown",
             )  # xdist reports a crashed worker as "???"
-            record["status"] = "crashed" if crashed else "error"
+            record["status"] = Status.CRASHED if crashed else Status.ERROR
             record["message"] = (report.longreprtext.strip().splitlines() or [""])[-1]
         else:
             return
@@ -151,7 +155,7 @@ class EvalchemyReporter:
         record says how long they ran and what they sent (the item's progress file, written
         by the process that ran it), else how long since they started."""
         for key, record in self.recorder.tasks.items():
-            if record["status"] not in ("running", "pending"):
+            if record["status"] not in UNFINISHED:
                 continue
             done = read_progress(self.state.paths.item_dir(record["benchmark"], record["task"]))
             record.update({k: done[k] for k in ("duration_s", "requests") if done.get(k)})
@@ -177,7 +181,7 @@ class EvalchemyReporter:
             if key in tasks:
                 continue
             record = base_record(planned, self.state.settings)
-            record["status"] = "pending" if planned.enabled else "skipped"
+            record["status"] = Status.PENDING if planned.enabled else Status.SKIPPED
             record["message"] = "not started" if planned.enabled else planned.reason
             tasks[key] = record
 
@@ -206,11 +210,11 @@ class EvalchemyReporter:
                 continue
             data = json.loads(value)
             record = data["record"]
-            if report.failed and record["status"] == "passed":
+            if report.failed and record["status"] == Status.PASSED:
                 # The run passed its own checks, the test's assertion did not: the entry says so.
                 crash = getattr(report.longrepr, "reprcrash", None)
                 reason = getattr(crash, "message", None) or report.longreprtext.strip()
-                record["status"] = "failed"
+                record["status"] = Status.FAILED
                 record["message"] = f"the test failed: {(reason.splitlines() or [''])[0]}"
             self.recorder.update(data["key"], record, report.longreprtext if report.failed else "")
 

@@ -29,7 +29,6 @@ RECORD_PROPERTY = "evalchemy"
 # The user property that carries one run of the fixture's api ({"key": ..., "record": ...}) to
 # the reporter.
 API_RECORD_PROPERTY = "evalchemy_run"
-FINISHED = ("passed", "failed")  # statuses a resumed run keeps
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageProblem
-from ..core.record import LIKE_FOR_LIKE_DEFAULTS, SUMMARY_GLOB
+from ..core.record import LIKE_FOR_LIKE_DEFAULTS, SUMMARY_GLOB, load_summary
 from ..core.samples import item_samples
 
 # Record settings that change what a score means; batch size and concurrency do not.
@@ -64,17 +64,7 @@ def find_summary(path: Path) -> Path:
 def load_baseline(path: Path) -> Baseline:
     """Read a baseline summary (a file or a run folder); ``UsageProblem`` when unusable."""
     summary_path = find_summary(Path(path)).absolute()
-    try:
-        data = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageProblem(
-            f"--evalchemy-baseline: cannot read {str(summary_path)!r}: {exc}"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-        raise UsageProblem(
-            f"--evalchemy-baseline: {str(summary_path)!r} is not an evalchemy summary (no 'tasks')"
-        )
-    return Baseline(summary_path, data)
+    return Baseline(summary_path, load_summary(summary_path, label="--evalchemy-baseline: "))
 
 
 def _show(value: Any) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.record import as_float, is_stderr, stderr_key
+from ..core.record import as_float, is_stderr, split_metric, stderr_key
 from ..core.samples import Rows, parse_sample
 from .statistics import (
     Interval,
@@ -38,7 +38,7 @@ def _score(row: dict[str, Any], name: str) -> float | None:
 def scores(rows: Rows, metric: str) -> dict[Any, tuple[float, dict[str, Any]]]:
     """``{doc_id: (score, row)}`` of ``metric`` (``"acc,none"``: the ``acc`` value of the rows
     of filter ``none``); rows without a numeric score (a corpus-level BLEU) are left out."""
-    name, _, flt = metric.partition(",")
+    name, flt = split_metric(metric)
     out = {}
     for row in rows:
         if str(row.get("filter") or "none") != (flt or "none"):
@@ -102,7 +102,7 @@ def run_intervals(
             value = as_float(raw)
             if value is None or is_stderr(metric):
                 continue
-            name = metric.partition(",")[0]
+            name = split_metric(metric)[0]
             logged = [s for s, _ in scores(samples.get(task, []), metric).values()]
             interval = metric_interval(
                 value,

@@ -22,7 +22,15 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import UsageProblem
-from ..core.record import SUMMARY_GLOB, as_float
+from ..core.record import (
+    NOT_PASSED,
+    SUMMARY_GLOB,
+    MetricEntry,
+    Status,
+    as_float,
+    load_summary,
+    metric_entries,
+)
 from ..core.results import atomic_write_text
 from ..core.samples import Sample, item_samples, parse_sample
 from ..judge.baseline import higher_is_better
@@ -31,7 +39,6 @@ from ..judge.gating import (
     confidence_interval,
     drop_p_value,
     metric_interval,
-    stderr_key,
     z_for,
 )
 from ..judge.per_sample import RIGHT_TO_WRONG, WRONG_TO_RIGHT, Flip, Pairing, pair
@@ -43,7 +50,6 @@ COMPARE_NAME = "compare.html"
 # Per samples file: a full data set (thousands of documents with few-shot prompts) would make a
 # page of tens of megabytes; the file itself is linked for the rest.
 MAX_SAMPLES = 200
-_BAD = ("failed", "error", "timeout", "crashed", "interrupted")
 REFERENCES = ("previous", "first")
 
 
@@ -60,33 +66,6 @@ def _fmt(value: float | None, signed: bool = False) -> str:
 def _href(path: str | Path) -> str:
     """A relative link to a file of the run (each path segment URL-quoted)."""
     return _e(quote(Path(path).as_posix()))
-
-
-# ---------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class MetricEntry:
-    """One metric of an item, with its standard error when lm-eval computed one."""
-
-    lm_task: str
-    metric: str  # lm-eval's key, "acc,none"
-    label: str  # "acc,none", or "subtask:acc,none" for a group's subtask
-    value: float | None
-    stderr: float | None
-
-
-def metric_entries(record: dict[str, Any]) -> list[MetricEntry]:
-    """The item's metrics in lm-eval's order, stderrs beside their metric rather than as rows."""
-    out = []
-    for lm_task, values in (record.get("metrics") or {}).items():
-        for metric, raw in values.items():
-            if metric.partition(",")[0].endswith("_stderr"):
-                continue
-            label = metric if lm_task == record.get("task") else f"{lm_task}:{metric}"
-            stderr = as_float(values.get(stderr_key(metric)))
-            out.append(MetricEntry(lm_task, metric, label, as_float(raw), stderr))
-    return out
 
 
 # ---------------------------------------------------------------- samples
@@ -238,7 +217,7 @@ def _duration(summary: dict[str, Any]) -> str:
 
 def _verdict(summary: dict[str, Any]) -> str:
     tasks = summary.get("tasks") or {}
-    bad = sum((summary.get("totals") or {}).get(s, 0) for s in _BAD)
+    bad = sum((summary.get("totals") or {}).get(s, 0) for s in NOT_PASSED)
     if bad:
         return f'<span class="badge failed">{bad} of {len(tasks)} item(s) not passed</span>'
     return '<span class="badge passed">all items passed</span>' if tasks else "no items"
@@ -387,7 +366,7 @@ def _items_table(summary: dict[str, Any], run_dir: Path, confidence: float) -> s
             item_cell += f'<div class="message">test {_e(record["nodeid"])}</div>'
         if record.get("description"):
             item_cell += f'<div class="message">{_e(record["description"])}</div>'
-        if message and status != "passed":
+        if message and status != Status.PASSED:
             item_cell += f'<div class="message">{_e(message)}</div>'
         context = (record.get("context") or {}).get("message")
         if context and context != message.removesuffix(" (--evalchemy-strict-context)"):
@@ -696,13 +675,7 @@ def load_run(path: Path) -> RunInfo:
         path = found[0]
     elif not path.is_file():
         raise UsageProblem(f"{str(path)!r} does not exist: pass a run folder or its summary file")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageProblem(f"cannot read {str(path)!r}: {exc}") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("tasks"), dict):
-        raise UsageProblem(f"{str(path)!r} is not an evalchemy summary (no 'tasks')")
-    return RunInfo(summary, path.absolute())
+    return RunInfo(load_summary(path), path.absolute())
 
 
 def _started(run: RunInfo) -> tuple[float, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_BAD = ("failed", "error", "timeout", "crashed", "interrupted")
+from ..core.record import NOT_PASSED, metric_entries
+
 _HEADER = (
     "Item",
     "Status",
@@ -67,29 +68,24 @@ def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
         by_metric.setdefault((check["task"], check["metric"]), []).append(check)
     rows = []
     status = record.get("status", "")
-    for lm_task, values in record.get("metrics", {}).items():
-        for metric, value in values.items():
-            name, _, flt = metric.partition(",")
-            if name.endswith("_stderr"):
-                continue
-            checks = by_metric.pop((lm_task, metric), [])
-            bounds = [c["bound"] for c in checks if c["kind"] == "threshold"]
-            base = next((c for c in checks if c["kind"] == "baseline"), None)
-            label = metric if lm_task == record.get("task") else f"{lm_task}:{metric}"
-            rows.append(
-                (
-                    key,
-                    status,
-                    label,
-                    _num(value),
-                    _interval(record, lm_task, metric, values.get(f"{name}_stderr,{flt}")),
-                    ", ".join(bounds) or "-",
-                    _num(base["baseline"]) if base else "-",
-                    _num(base["delta"], signed=True) if base else "-",
-                    _flips(base),
-                    _verdict(checks),
-                )
+    for m in metric_entries(record):
+        checks = by_metric.pop((m.lm_task, m.metric), [])
+        bounds = [c["bound"] for c in checks if c["kind"] == "threshold"]
+        base = next((c for c in checks if c["kind"] == "baseline"), None)
+        rows.append(
+            (
+                key,
+                status,
+                m.label,
+                _num(m.raw),
+                _interval(record, m.lm_task, m.metric, m.raw_stderr),
+                ", ".join(bounds) or "-",
+                _num(base["baseline"]) if base else "-",
+                _num(base["delta"], signed=True) if base else "-",
+                _flips(base),
+                _verdict(checks),
             )
+        )
     # Checks on metrics the item did not report (a mistyped threshold) still need a row.
     for (lm_task, metric), checks in by_metric.items():
         bounds = ", ".join(c["bound"] for c in checks)
@@ -106,7 +102,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     deltas against the baseline, and the notes on the comparison."""
     tasks = summary.get("tasks", {})
     totals = summary.get("totals", {})
-    bad = sum(totals.get(s, 0) for s in _BAD)
+    bad = sum(totals.get(s, 0) for s in NOT_PASSED)
     verdict = f"❌ {bad} of {len(tasks)} item(s) not passed" if bad else "✅ all items passed"
     counts = ", ".join(f"{n} {s}" for s, n in totals.items() if n) or "nothing ran"
     gate = summary.get("gate") or {}

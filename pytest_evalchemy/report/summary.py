@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.record import FORMAT_VERSION, NOT_PASSED, Status, metric_entries, split_metric, totals
 from ..core.results import (
     RunPaths,
     append_text,
     atomic_write_json,
     atomic_write_text,
     now_iso,
-    totals,
     versions,
 )
 from ..run.harness import merge_results
@@ -54,7 +54,7 @@ class RunRecorder:
         if record.get("message"):
             line += f": {record['message'].splitlines()[0]}"
         self.log(line)
-        if status in ("failed", "error", "timeout", "crashed", "interrupted"):
+        if status in NOT_PASSED:
             append_text(
                 self.paths.errors_log,
                 f"{now_iso()} {status.upper()} {key}\n{longrepr or record.get('message', '')}\n\n",
@@ -89,6 +89,7 @@ class RunRecorder:
     def summary(self) -> dict[str, Any]:
         ordered = {k: self.tasks[k] for k in self._sorted_keys()}
         return {
+            "format_version": FORMAT_VERSION,
             **self.header,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -110,8 +111,8 @@ class RunRecorder:
         """Close the run: items still running were interrupted; write the final summary.
         Items that never started stay ``pending``."""
         for record in self.tasks.values():
-            if record["status"] == "running":
-                record["status"] = "interrupted" if interrupted else "error"
+            if record["status"] == Status.RUNNING:
+                record["status"] = Status.INTERRUPTED if interrupted else Status.ERROR
                 record["message"] = (
                     record.get("message") or "the run ended before this item finished"
                 )
@@ -145,43 +146,21 @@ def table_rows(
     rows = []
     for key, rec in tasks.items():
         wanted = metric_filter.get(key, ())
+        time = f"{rec.get('duration_s', 0):.1f}s"
         shown = False
-        for lm_task, values in rec.get("metrics", {}).items():
-            for metric, value in values.items():
-                name, _, flt = metric.partition(",")
-                if name.endswith("_stderr"):
-                    continue
-                if wanted and name not in wanted and metric not in wanted:
-                    continue
-                stderr = values.get(f"{name}_stderr,{flt}")
-                interval = ((rec.get("intervals") or {}).get(lm_task) or {}).get(metric)
-                if isinstance(interval, dict) and isinstance(value, (int, float)):
-                    cell = f"{_fmt(value)} [{interval['low']:.4f}, {interval['high']:.4f}]"
-                else:
-                    cell = _fmt(value) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
-                label = metric if lm_task == rec["task"] else f"{lm_task}:{metric}"
-                rows.append(
-                    (
-                        rec["benchmark"],
-                        rec["task"],
-                        label,
-                        cell,
-                        rec["status"],
-                        f"{rec.get('duration_s', 0):.1f}s",
-                    )
-                )
-                shown = True
+        for m in metric_entries(rec):
+            if wanted and split_metric(m.metric)[0] not in wanted and m.metric not in wanted:
+                continue
+            interval = ((rec.get("intervals") or {}).get(m.lm_task) or {}).get(m.metric)
+            if isinstance(interval, dict) and isinstance(m.raw, (int, float)):
+                cell = f"{_fmt(m.raw)} [{interval['low']:.4f}, {interval['high']:.4f}]"
+            else:
+                stderr = m.raw_stderr
+                cell = _fmt(m.raw) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
+            rows.append((rec["benchmark"], rec["task"], m.label, cell, rec["status"], time))
+            shown = True
         if not shown:
-            rows.append(
-                (
-                    rec["benchmark"],
-                    rec["task"],
-                    "-",
-                    "-",
-                    rec["status"],
-                    f"{rec.get('duration_s', 0):.1f}s",
-                )
-            )
+            rows.append((rec["benchmark"], rec["task"], "-", "-", rec["status"], time))
     return rows
 
 
@@ -215,11 +194,11 @@ def format_table(rows: list[tuple[str, ...]]) -> list[str]:
 
 # How the statuses of the table that pytest counts as FAILED differ from a failed check.
 _LEGEND = {
-    "failed": "failed: a check missed (threshold, baseline, fewer samples)",
-    "error": "error: lm-eval or the endpoint failed",
-    "timeout": "timeout: the item's timeout ran out",
-    "crashed": "crashed: its worker died",
-    "interrupted": "interrupted: the run was stopped",
+    Status.FAILED: "failed: a check missed (threshold, baseline, fewer samples)",
+    Status.ERROR: "error: lm-eval or the endpoint failed",
+    Status.TIMEOUT: "timeout: the item's timeout ran out",
+    Status.CRASHED: "crashed: its worker died",
+    Status.INTERRUPTED: "interrupted: the run was stopped",
 }
 
 
@@ -227,7 +206,7 @@ def status_legend(tasks: dict[str, dict[str, Any]]) -> str | None:
     """One line saying what the table's statuses mean next to pytest's words, when the table
     shows a status pytest spells differently (pytest shows F / FAILED for each of them)."""
     shown = {rec.get("status") for rec in tasks.values()}
-    if not shown & (set(_LEGEND) - {"failed"}):
+    if not shown & (set(_LEGEND) - {Status.FAILED}):
         return None
     words = "; ".join(text for status, text in _LEGEND.items() if status in shown)
     return f"status: pytest counts these as failed (F): {words}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import PlannedItem, Threshold
+from ..core.record import Status
 from ..core.results import RunPaths, atomic_write_json, atomic_write_text
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
@@ -368,7 +369,7 @@ def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, An
         "task": task.key,
         "lm_eval_tasks": list(task.tasks),
         "description": task.description,
-        "status": "pending",
+        "status": Status.PENDING,
         "duration_s": 0.0,
         "metrics": {},
         "n_samples": {},
@@ -430,7 +431,7 @@ def run_item(
     if request.lm_eval_config is not None:
         # What lm_eval_command reads: every include path, in the order the run used.
         atomic_write_text(request.lm_eval_config, request.lm_eval_config_text())
-    record["status"] = "running"
+    record["status"] = Status.RUNNING
     record["lm_eval_command"] = request.cli_string()
     start = time.monotonic()
     limit: AdaptiveLimit | None = None
@@ -450,7 +451,7 @@ def run_item(
         ):
             results = harness.run(request, context=context, run_key=settings.paths.run_id)
     except ContextTooLong as exc:
-        record["status"] = "failed"
+        record["status"] = Status.FAILED
         record["message"] = f"{exc} (--evalchemy-strict-context)"
         raise ItemFailed(f"{item.key}: {record['message']}") from None
     finally:
@@ -487,7 +488,7 @@ def run_item(
     _write_item_files(item_dir, results, item.task.output_path)
     problem = harness.completeness_problem(results, request.limit)
     if problem:
-        record["status"] = "failed"
+        record["status"] = Status.FAILED
         record["message"] = problem
         raise ItemFailed(f"{item.key}: {problem}")
     gate = gate_item(item, record, settings.extra_thresholds, settings.gate, samples)
@@ -497,8 +498,8 @@ def run_item(
     for text in gate.warnings:
         warnings.warn(NotLikeForLikeWarning(text), stacklevel=2)
     if gate.failed:
-        record["status"] = "failed"
+        record["status"] = Status.FAILED
         record["message"] = gate.summary_line()
         raise ItemFailed(f"{item.key}: {record['message']}\n{format_checks(gate.checks)}")
-    record["status"] = "passed"
+    record["status"] = Status.PASSED
     record["message"] = ""
