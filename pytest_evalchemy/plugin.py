@@ -99,8 +99,6 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         options = _with_endpoint(options)
         eval_config = load_config(options.config_path)
-    except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
     except EvalchemyError as exc:
         raise pytest.UsageError(str(exc)) from None
     worker_data = config.workerinput.get("evalchemy", {}) if _is_worker(config) else {}

@@ -34,16 +34,19 @@ from ..run.tasks.checks import check_task_data, check_task_names, unchecked_note
 from . import init as starter
 from . import plan as plan_cli
 from . import report as report_cli
+from .parsing import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO_TESTS,
+    EXIT_OK,
+    EXIT_TESTS_FAILED,
+    EXIT_USAGE_ERROR,
+    UsageParser,
+)
 
 # pytest's exit codes (pytest.ExitCode), which the exec'd run returns as they are; the front
 # end's own errors use the same numbers so that CI sees one scheme.
-EXIT_OK = 0
-EXIT_TESTS_FAILED = 1
-EXIT_INTERRUPTED = 2
-EXIT_INTERNAL_ERROR = 3
-EXIT_USAGE_ERROR = 4
-EXIT_NO_TESTS = 5
-EXIT_BROKEN_PIPE = 128 + 13  # a shell's status of a tool killed by SIGPIPE
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 API_KEY_ENVS = ("EVALCHEMY_API_KEY", "OPENAI_API_KEY")
@@ -82,13 +85,8 @@ class CliError(Exception):
     """A usage problem found after parsing; exits with EXIT_USAGE_ERROR."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse exits 2, which pytest (and this front end) reserve for an interrupted run.
-        if "unrecognized arguments" in message:
-            message += " (pytest options go after --, e.g. -- -k arc)"
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE_ERROR, f"{self.prog}: error: {message}\n")
+class _Parser(UsageParser):
+    unrecognized_hint = " (pytest options go after --, e.g. -- -k arc)"
 
 
 def _positive_int(minimum: int) -> Callable[[str], int]:

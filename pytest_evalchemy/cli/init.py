@@ -14,9 +14,7 @@ from typing import TextIO
 
 from ..core.resources import example_config, schema_path
 from ..core.results import atomic_write_text
-
-EXIT_OK = 0
-EXIT_USAGE_ERROR = 4
+from .parsing import EXIT_OK, EXIT_USAGE_ERROR
 
 # JSON has no comments: each config says what it is in its own "description".
 _DESCRIPTIONS = {

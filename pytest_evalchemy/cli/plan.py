@@ -6,26 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 from ..judge.gating import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP
 from ..judge.statistics import DEFAULT_POWER, samples_paired, samples_unpaired
+from .parsing import EXIT_OK, EXIT_USAGE_ERROR, UsageParser
 
-EXIT_OK = 0
-EXIT_USAGE_ERROR = 4
 # Shares of flipped documents shown when --paired-discordance is not given.
 DISCORDANCES = (0.05, 0.1, 0.2, 0.3)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse exits 2, which pytest and the front end reserve for an interrupted run.
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE_ERROR, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "evalchemy plan") -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog=prog,
         description="The number of samples a gate needs to tell a drop of --drop from luck at "
         "--confidence (the gate's one-sided test) with --power: unpaired (two-sample z-test "

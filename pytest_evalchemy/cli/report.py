@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 from ..core.errors import UsageProblem
 from ..judge.gating import DEFAULT_CONFIDENCE
@@ -22,10 +22,9 @@ from ..report.html import (
     write_comparison,
     write_report,
 )
+from .parsing import EXIT_OK, EXIT_USAGE_ERROR, UsageParser
 
 # pytest's exit statuses, as the rest of the front end uses them.
-EXIT_OK = 0
-EXIT_USAGE_ERROR = 4
 
 
 def add_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -56,15 +55,8 @@ def add_options(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> Non
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse exits 2, which pytest and the front end reserve for an interrupted run.
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE_ERROR, f"{self.prog}: error: {message}\n")
-
-
 def build_parser(prog: str = "evalchemy report") -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog=prog,
         description="Write the HTML report of a run, or a page comparing several runs: each "
         "metric by run, its delta and whether the delta is significant (two-sample z-test on "

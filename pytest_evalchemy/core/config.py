@@ -184,8 +184,9 @@ def missing_config_message(flag: str) -> str:
     )
 
 
-def read_config_data(path: Path, flag: str = "--evalchemy-config") -> Any:
-    """The raw data of a config file, with syntax errors turned into ``ConfigError``."""
+def read_config_data(path: Path, flag: str = "--evalchemy-config") -> tuple[Any, bytes]:
+    """The data of a config file and its bytes (the summary records their hash), with syntax
+    errors turned into ``ConfigError``."""
     try:
         with path.open("rb") as fh:
             # One byte past the limit tells a huge (or endless: /dev/zero) file without reading it.
@@ -215,7 +216,7 @@ def read_config_data(path: Path, flag: str = "--evalchemy-config") -> Any:
         raise ConfigError(
             [Problem(path, f"byte {exc.start}", "not UTF-8 text; save the file as UTF-8")]
         ) from None
-    return _parse_text(path, text)
+    return _parse_text(path, text), raw
 
 
 @functools.lru_cache(maxsize=1)
@@ -475,8 +476,8 @@ def load_config(path: Path, flag: str = "--evalchemy-config") -> EvalConfig:
     """Read, parse and validate a config file (JSON, or YAML by extension); ``flag`` is the
     option a message tells the user to pass."""
     path = Path(path).absolute()
-    data = read_config_data(path, flag)
-    return parse_config(path, data, path.read_bytes())
+    data, raw = read_config_data(path, flag)
+    return parse_config(path, data, raw)
 
 
 # ---------------------------------------------------------------- the plan

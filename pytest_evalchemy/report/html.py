@@ -143,29 +143,58 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: any
 tr.flip[hidden] { display: none; } #flips pre { white-space: pre-wrap; max-width: 40em; max-height: 16em; overflow: auto; }
 """
 
-_SAMPLES_JS = """
+# A pair of <select>s filtering rows by two data attributes, with a count of what is shown.
+_FILTER_JS = """
 (function () {
-  var task = document.getElementById("sample-task");
-  var outcome = document.getElementById("sample-outcome");
-  var count = document.getElementById("sample-count");
-  if (!task || !outcome) { return; }
+  var first = document.getElementById("FIRST_ID");
+  var second = document.getElementById("SECOND_ID");
+  var count = document.getElementById("COUNT_ID");
+  if (!first || !second) { return; }
   function apply() {
-    var rows = document.querySelectorAll("#samples .sample");
+    var rows = document.querySelectorAll("ROWS");
     var shown = 0;
     for (var i = 0; i < rows.length; i++) {
       var r = rows[i];
-      var ok = (task.value === "" || r.getAttribute("data-task") === task.value) &&
-               (outcome.value === "" || r.getAttribute("data-outcome") === outcome.value);
+      var ok = (first.value === "" || r.getAttribute("FIRST_ATTR") === first.value) &&
+               (second.value === "" || r.getAttribute("SECOND_ATTR") === second.value);
       r.hidden = !ok;
       if (ok) { shown++; }
     }
-    count.textContent = shown + " of " + rows.length + " samples shown";
+    count.textContent = shown + " of " + rows.length + " NOUN shown";
   }
-  task.addEventListener("change", apply);
-  outcome.addEventListener("change", apply);
+  first.addEventListener("change", apply);
+  second.addEventListener("change", apply);
   apply();
 })();
 """
+
+
+def _filter_js(
+    first: tuple[str, str], second: tuple[str, str], count: str, rows: str, noun: str
+) -> str:
+    """The filter script: ``first`` and ``second`` are (select id, row attribute)."""
+    fields = {
+        "FIRST_ID": first[0],
+        "FIRST_ATTR": first[1],
+        "SECOND_ID": second[0],
+        "SECOND_ATTR": second[1],
+        "COUNT_ID": count,
+        "ROWS": rows,
+        "NOUN": noun,
+    }
+    script = _FILTER_JS
+    for field_name, value in fields.items():
+        script = script.replace(field_name, value)
+    return script
+
+
+_SAMPLES_JS = _filter_js(
+    ("sample-task", "data-task"),
+    ("sample-outcome", "data-outcome"),
+    "sample-count",
+    "#samples .sample",
+    "samples",
+)
 
 # The browser loads nothing but this file: no scripts, styles, fonts or images from elsewhere.
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
@@ -514,29 +543,13 @@ def flip_sets(
     return out
 
 
-_FLIPS_JS = """
-(function () {
-  var which = document.getElementById("flip-metric");
-  var direction = document.getElementById("flip-direction");
-  var count = document.getElementById("flip-count");
-  if (!which || !direction) { return; }
-  function apply() {
-    var rows = document.querySelectorAll("#flips .flip");
-    var shown = 0;
-    for (var i = 0; i < rows.length; i++) {
-      var r = rows[i];
-      var ok = (which.value === "" || r.getAttribute("data-metric") === which.value) &&
-               (direction.value === "" || r.getAttribute("data-direction") === direction.value);
-      r.hidden = !ok;
-      if (ok) { shown++; }
-    }
-    count.textContent = shown + " of " + rows.length + " flips shown";
-  }
-  which.addEventListener("change", apply);
-  direction.addEventListener("change", apply);
-  apply();
-})();
-"""
+_FLIPS_JS = _filter_js(
+    ("flip-metric", "data-metric"),
+    ("flip-direction", "data-direction"),
+    "flip-count",
+    "#flips .flip",
+    "flips",
+)
 
 
 def _flip_html(ident: str, flip: Flip) -> str:

@@ -178,7 +178,7 @@ class HarnessRequest:
             "gen_kwargs": dict(self.gen_kwargs) or None,
         }
 
-    def cli_command(self, output_path: str | None = None) -> list[str]:
+    def cli_command(self) -> list[str]:
         """The equivalent ``lm-eval run`` command line."""
         model = "local-chat-completions" if self.chat_url is not None else "local-completions"
         cmd = ["lm-eval", "run", "--model", model, "--model_args"]
@@ -204,10 +204,6 @@ class HarnessRequest:
         if self.confirm_run_unsafe_code:
             cmd.append("--confirm_run_unsafe_code")
         cmd += self._chat_cli_args()
-        if output_path:
-            cmd += ["--output_path", output_path]
-            if self.log_samples:
-                cmd.append("--log_samples")
         cmd += ["--seed", ",".join(str(SEEDS[k]) for k in SEEDS)]
         return cmd
 
@@ -226,8 +222,8 @@ class HarnessRequest:
             cmd += ["--gen_kwargs", *(f"{k}={v!r}" for k, v in self.gen_kwargs)]
         return cmd
 
-    def cli_string(self, output_path: str | None = None) -> str:
-        return shlex.join(self.cli_command(output_path))
+    def cli_string(self) -> str:
+        return shlex.join(self.cli_command())
 
     def lm_eval_config_text(self) -> str:
         """The file ``lm_eval_config`` names: lm-eval's ``include_path`` as a list (its
@@ -309,15 +305,13 @@ class _Redact(logging.Filter):
 
 
 @contextmanager
-def capture_log(
-    path: Path, secret: str | None = None, level: str = "INFO", secrets: tuple[str, ...] = ()
-) -> Iterator[None]:
+def capture_log(path: Path, level: str = "INFO", secrets: tuple[str, ...] = ()) -> Iterator[None]:
     """Write lm-eval's log records (``level`` and up) to ``path`` while the block runs, with
-    ``secret`` and ``secrets`` scrubbed."""
+    ``secrets`` scrubbed."""
     logger = logging.getLogger("lm_eval")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-    handler.addFilter(_Redact((*secrets, secret) if secret else secrets))
+    handler.addFilter(_Redact(secrets))
     old_level = logger.level
     logger.addHandler(handler)
     handler.setLevel(level)

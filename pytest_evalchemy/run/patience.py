@@ -168,17 +168,24 @@ class Outage:
             try:
                 result = attempt()
             except Exception as exc:
-                failure = classify(exc)
-                if failure is None or self.window_s <= 0:
-                    raise  # not transient, or no window: lm-eval's attempts decide
-                backoff = backoff or Backoff(self.deadline())
-                delay = backoff.delay(failure)
-                if delay is None:
-                    raise self.give_up(failure, exc) from exc
+                backoff, delay = self._after_failure(backoff, exc)
                 time.sleep(delay)
                 continue
             self.answered()
             return result
+
+    def _after_failure(self, backoff: Backoff | None, exc: Exception) -> tuple[Backoff, float]:
+        """The back-off and the wait after a failed attempt; raises ``exc`` (being handled by
+        the caller) when it is not transient or there is no window, and the give-up error
+        when the window is spent."""
+        failure = classify(exc)
+        if failure is None or self.window_s <= 0:
+            raise exc  # not transient, or no window: lm-eval's attempts decide
+        backoff = backoff or Backoff(self.deadline())
+        delay = backoff.delay(failure)
+        if delay is None:
+            raise self.give_up(failure, exc) from exc
+        return backoff, delay
 
     async def acall(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """``call`` for a coroutine: waits with ``asyncio.sleep``, holding no connection."""
@@ -187,13 +194,7 @@ class Outage:
             try:
                 result = await attempt()
             except Exception as exc:
-                failure = classify(exc)
-                if failure is None or self.window_s <= 0:
-                    raise  # not transient, or no window: lm-eval's attempts decide
-                backoff = backoff or Backoff(self.deadline())
-                delay = backoff.delay(failure)
-                if delay is None:
-                    raise self.give_up(failure, exc) from exc
+                backoff, delay = self._after_failure(backoff, exc)
                 await asyncio.sleep(delay)
                 continue
             self.answered()

@@ -18,13 +18,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # The logger keeps its name of the flat layout: users filter log lines by it.
+from ...core.results import atomic_write_text
+
 log = logging.getLogger("pytest_evalchemy.task_index")
 
 # Bump when the scan's rules change: cache files written by older rules are then rebuilt.
@@ -224,11 +225,7 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     # Write then rename: parallel workers may build the index at the same time. A cache that
     # cannot be written costs the next run one scan, nothing else.
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, separators=(",", ":")))
     except OSError as exc:
         log.debug("cannot write the task index cache %s: %s", path, exc)
 
