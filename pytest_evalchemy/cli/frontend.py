@@ -21,6 +21,7 @@ from typing import NoReturn, TextIO
 from ..core.config import EvalConfig, load_config, plan_items
 from ..core.errors import ConfigError, EvalchemyError
 from ..core.results import DEFAULT_CONFIG, DEFAULT_OUTPUT, RunPaths, default_run_id, validate_run_id
+from ..glue.settings import API_KEY_ENVS, BY_NAME, LOG_LEVELS, lookup
 from ..run.endpoint import (
     DEFAULT_MAX_LENGTH,
     EndpointInfo,
@@ -48,10 +49,9 @@ from .parsing import (
 # pytest's exit codes (pytest.ExitCode), which the exec'd run returns as they are; the front
 # end's own errors use the same numbers so that CI sees one scheme.
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-API_KEY_ENVS = ("EVALCHEMY_API_KEY", "OPENAI_API_KEY")
 MODEL_PLACEHOLDER = "<first model of /v1/models>"
-MIN_MAX_LENGTH = 16  # the plugin's lower bound for --evalchemy-max-length
+# The plugin's lower bound for --evalchemy-max-length.
+MIN_MAX_LENGTH = int(BY_NAME["max_length"].minimum or 1)
 
 EPILOG = f"""\
 subcommands:
@@ -222,16 +222,17 @@ def resolve(ns: argparse.Namespace, pytest_args: Sequence[str]) -> CliOptions:
     """Defaults from the environment, absolute paths, and checks of the values; ``CliError``
     when one is unusable."""
     env = os.environ
-    config = ns.config or env.get("EVALCHEMY_CONFIG")
-    output = ns.output or env.get("EVALCHEMY_OUTPUT") or DEFAULT_OUTPUT
-    run_id = ns.run_id if ns.run_id is not None else env.get("EVALCHEMY_RUN_ID")
+    # The plugin's environment variables, as the option table names them.
+    config = lookup("config", ns.config or None, env, None)[0]
+    output = lookup("output", ns.output or None, env, None)[0] or DEFAULT_OUTPUT
+    run_id = ns.run_id if ns.run_id is not None else env.get(BY_NAME["run_id"].env or "")
     try:
         run_id = validate_run_id(run_id) if run_id is not None else default_run_id()
     except EvalchemyError as exc:
         raise CliError(f"--run-id: {exc}") from None
     endpoint = ns.endpoint
     if endpoint is None and not ns.serve:
-        endpoint = env.get("EVALCHEMY_ENDPOINT") or None
+        endpoint = lookup("endpoint", None, env, None)[0]
     if endpoint is not None:
         try:
             endpoint = normalize_endpoint(endpoint)

@@ -28,320 +28,29 @@ from ..run.chat_settings import ChatOptions
 from ..run.concurrency import AUTO, parse_concurrency
 from ..run.concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
 from ..run.reasoning import parse_reasoning
+from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, SETTINGS, lookup, source_text
 
-# (option, ini/env suffix, help, type). Every option has an ini twin `evalchemy_<suffix>`.
-_OPTIONS: list[tuple[str, str, str, Any]] = [
-    (
-        "--evalchemy-endpoint",
-        "endpoint",
-        "Completions URL of the vLLM server, e.g. http://host:8000/v1/completions. Env: EVALCHEMY_ENDPOINT",
-        str,
-    ),
-    (
-        "--evalchemy-config",
-        "config",
-        f"Evaluation config (JSON, or YAML by extension). Default: {DEFAULT_CONFIG}. Env: EVALCHEMY_CONFIG",
-        str,
-    ),
-    (
-        "--evalchemy-model",
-        "model",
-        "Model name sent to the server. Default: the first id GET /v1/models lists",
-        str,
-    ),
-    (
-        "--evalchemy-run-id",
-        "run_id",
-        "Run id naming the results folder. Default: YYYYMMDD_HHMMSS_PID. Env: EVALCHEMY_RUN_ID",
-        str,
-    ),
-    (
-        "--evalchemy-output",
-        "output",
-        f"Results root folder. Default: {DEFAULT_OUTPUT}. Env: EVALCHEMY_OUTPUT",
-        str,
-    ),
-    (
-        "--evalchemy-batch-size",
-        "batch_size",
-        "Requests per batch for every task (overrides the config)",
-        int,
-    ),
-    (
-        "--evalchemy-max-length",
-        "max_length",
-        "Maximum sequence length. Default: max_model_len from /v1/models, else 2048",
-        int,
-    ),
-    (
-        "--evalchemy-concurrency",
-        "concurrency",
-        "auto (adapt to the server) or a fixed number of concurrent requests per item (lm-eval num_concurrent). Default: auto. Env: EVALCHEMY_CONCURRENCY",
-        str,
-    ),
-    (
-        "--evalchemy-max-concurrency",
-        "max_concurrency",
-        f"Most prompts in flight per endpoint with --evalchemy-concurrency auto. Default: {DEFAULT_MAX_CONCURRENCY}",
-        int,
-    ),
-    (
-        "--evalchemy-tokenizer",
-        "tokenizer",
-        "Local tokenizer folder or name (needs transformers). Default: the server's /tokenize endpoints",
-        str,
-    ),
-    (
-        "--evalchemy-limit",
-        "limit",
-        "Samples per task for every task (overrides the config), e.g. 10 for a quick run",
-        float,
-    ),
-    (
-        "--evalchemy-wait-for-endpoint",
-        "wait_for_endpoint",
-        "Seconds to wait for a server that is not up yet (connection refused, 503, no model "
-        "listed) before the run fails; progress is printed; 0: fail at once. Default: 5. Env: EVALCHEMY_WAIT_FOR_ENDPOINT",
-        float,
-    ),
-    (
-        "--evalchemy-outage-timeout",
-        "outage_timeout",
-        "Seconds a server that goes away during the items (refused, reset, 5xx, 429) is waited "
-        "for, with back-off and Retry-After honoured, before the item errors; 0: no waiting. "
-        "Default: 180. Env: EVALCHEMY_OUTAGE_TIMEOUT",
-        float,
-    ),
-    (
-        "--evalchemy-timeout",
-        "timeout",
-        "Default per-item timeout in seconds for tasks without 'timeout'",
-        float,
-    ),
-    (
-        "--evalchemy-max-retries",
-        "max_retries",
-        "Attempts per request before an item errors. Default: 3",
-        int,
-    ),
-    (
-        "--evalchemy-ca-bundle",
-        "ca_bundle",
-        "CA bundle (PEM) that signed an https endpoint's certificate. Default: the system's, or REQUESTS_CA_BUNDLE",
-        str,
-    ),
-    (
-        "--evalchemy-serve",
-        "serve",
-        "Start a vLLM server on this model (folder or hub id) for the session and evaluate it",
-        str,
-    ),
-    (
-        "--evalchemy-gpu",
-        "gpu",
-        "CUDA_VISIBLE_DEVICES for the server --evalchemy-serve starts (Linux only)",
-        str,
-    ),
-    (
-        "--evalchemy-replicas",
-        "replicas",
-        "vLLM servers --evalchemy-serve starts (replica i on the i-th device of --evalchemy-gpu), behind vllm-router. Default: 1",
-        int,
-    ),
-    (
-        "--evalchemy-router",
-        "router",
-        "URL of a vllm-router you run in front of your replicas: every request goes through it",
-        str,
-    ),
-    (
-        "--evalchemy-vllm-python",
-        "vllm_python",
-        "Python of the environment that has vLLM, for --evalchemy-serve. Env: EVALCHEMY_VLLM_PYTHON. Default: this Python",
-        str,
-    ),
-    (
-        "--evalchemy-serve-timeout",
-        "serve_timeout",
-        "Seconds to wait for the server --evalchemy-serve starts. Default: 600",
-        float,
-    ),
-    (
-        "--evalchemy-log-level",
-        "log_level",
-        "Level of lm-eval's log written to the results folder. Default: INFO",
-        str,
-    ),
-    (
-        "--evalchemy-gate",
-        "gate",
-        "How checks are judged: point (the value) or ci (fail only when the whole confidence interval misses). Default: point. Env: EVALCHEMY_GATE",
-        str,
-    ),
-    (
-        "--evalchemy-confidence",
-        "confidence",
-        f"Confidence of the intervals and drop tests of --evalchemy-gate=ci. Default: {DEFAULT_CONFIDENCE}",
-        float,
-    ),
-    (
-        "--evalchemy-baseline",
-        "baseline",
-        "A previous run's summary JSON, or its run folder: fail items whose metrics dropped. Env: EVALCHEMY_BASELINE",
-        str,
-    ),
-    (
-        "--evalchemy-max-drop",
-        "max_drop",
-        f"Largest allowed drop (absolute) against --evalchemy-baseline; a task's 'max_drop' overrides it per metric. Default: {DEFAULT_MAX_DROP}",
-        float,
-    ),
-    (
-        "--evalchemy-chat-template",
-        "chat_template",
-        "Format every task's prompts with the served model's chat template: true, false, or the name of one of the server's templates (lm-eval --apply_chat_template). Default: each task's apply_chat_template",
-        str,
-    ),
-    (
-        "--evalchemy-system-instruction",
-        "system_instruction",
-        "System message before every task's prompt (lm-eval --system_instruction)",
-        str,
-    ),
-    (
-        "--evalchemy-fewshot-as-multiturn",
-        "fewshot_as_multiturn",
-        "Few-shot examples as user/assistant turns: true or false (lm-eval --fewshot_as_multiturn). Default: true with a chat template",
-        str,
-    ),
-    (
-        "--evalchemy-reasoning",
-        "reasoning",
-        "Reasoning model: true, false or auto (the endpoint check looks for thinking). Default: each task's reasoning, else auto. Env: EVALCHEMY_REASONING",
-        str,
-    ),
-    (
-        "--evalchemy-think-end-token",
-        "think_end_token",
-        "Text that ends a reasoning model's thinking. Default: </think>",
-        str,
-    ),
-    (
-        "--evalchemy-thinking-budget",
-        "thinking_budget",
-        "Tokens a reasoning model may think, on top of max_gen_toks for the answer. Default: 2048",
-        int,
-    ),
-    (
-        "--evalchemy-markdown",
-        "markdown",
-        "Write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set). Env: EVALCHEMY_MARKDOWN",
-        str,
-    ),
-]
-_ENV = {
-    "endpoint": "EVALCHEMY_ENDPOINT",
-    "config": "EVALCHEMY_CONFIG",
-    "run_id": "EVALCHEMY_RUN_ID",
-    "output": "EVALCHEMY_OUTPUT",
-    "gate": "EVALCHEMY_GATE",
-    "baseline": "EVALCHEMY_BASELINE",
-    "markdown": "EVALCHEMY_MARKDOWN",
-    "vllm_python": "EVALCHEMY_VLLM_PYTHON",
-    "wait_for_endpoint": "EVALCHEMY_WAIT_FOR_ENDPOINT",
-    "outage_timeout": "EVALCHEMY_OUTAGE_TIMEOUT",
-    "reasoning": "EVALCHEMY_REASONING",
-    "concurrency": "EVALCHEMY_CONCURRENCY",
-}
 DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
 
 
 def add_options(parser: pytest.Parser) -> None:
-    """The plugin's command-line options and their ini twins."""
+    """The plugin's command-line options and their ini twins, from the one table."""
     group = parser.getgroup("evalchemy", "LLM benchmarks with lm-evaluation-harness")
-    for flag, name, help_text, _type in _OPTIONS:
-        # Several endpoints: repeat the option (or separate them with commas).
-        action = "append" if name == "endpoint" else "store"
-        group.addoption(flag, dest=f"evalchemy_{name}", default=None, action=action, help=help_text)
-        parser.addini(f"evalchemy_{name}", help_text, default=None)
-    group.addoption(
-        "--evalchemy-allow-mixed-models",
-        action="store_true",
-        default=False,
-        help="Accept endpoints that serve different models",
-    )
-    group.addoption(
-        "--evalchemy-strict-context",
-        action="store_true",
-        default=None,
-        help="Fail items whose prompts are cut to fit max_length or cannot fit with max_gen_toks "
-        "(default: a warning in the report). Ini: evalchemy_strict_context = true",
-    )
-    parser.addini(
-        "evalchemy_strict_context",
-        "Fail items whose prompts are cut to fit the context (true/false)",
-        type="bool",
-        default=False,
-    )
-    group.addoption(
-        "--evalchemy-no-cache",
-        action="store_true",
-        default=False,
-        help="Do not keep lm-eval's response cache under <output>/.cache (no resume)",
-    )
-    group.addoption(
-        "--evalchemy-no-report",
-        action="store_true",
-        default=False,
-        help="Do not write the HTML report <output>/<run_id>/report.html",
-    )
-    group.addoption(
-        "--evalchemy-insecure",
-        action="store_true",
-        default=False,
-        help="Do not verify an https endpoint's certificate (warns; prefer --evalchemy-ca-bundle)",
-    )
-    group.addoption(
-        "--evalchemy-allow-unsafe-code",
-        action="store_true",
-        default=False,
-        help="Run tasks whose YAML says `unsafe_code: true` (lm-eval's confirm_run_unsafe_code)",
-    )
-    group.addoption(
-        "--evalchemy-log-samples",
-        action="store_true",
-        default=False,
-        help="Log every item's samples (on by itself with --evalchemy-baseline): make a run "
-        "meant as a baseline with it, so later runs are paired with it document by document",
-    )
-    group.addoption(
-        "--evalchemy-resume",
-        metavar="RUN_ID",
-        default=None,
-        help="Complete the run RUN_ID in place: finished items keep their results, the others "
-        "continue from their cached responses",
-    )
-    group.addoption(
-        "--evalchemy-resume-force",
-        action="store_true",
-        default=False,
-        help="With --evalchemy-resume: complete the run even though its config, settings, "
-        "model or tokenizer differ. This mixes two runs' scores; the summary's 'resumes' says so",
-    )
-    group.addoption(
-        "--evalchemy-serve-arg",
-        dest="evalchemy_serve_arg",
-        action="append",
-        default=[],
-        help="Extra argument for the server --evalchemy-serve starts (repeatable), e.g. --evalchemy-serve-arg=--dtype=bfloat16",
-    )
-    group.addoption(
-        "--evalchemy-threshold",
-        dest="evalchemy_threshold",
-        action="append",
-        default=[],
-        help="Threshold TASK:METRIC>=VALUE or <=VALUE (repeatable; overrides the config), e.g. 'mini_arc:acc>=0.6'",
-    )
+    for s in SETTINGS:
+        if s.switch:
+            # None when not given: the ini twin decides then.
+            group.addoption(s.flag, dest=s.ini, action="store_true", default=None, help=s.help)
+            parser.addini(s.ini, f"{s.help} (true/false)", type="bool", default=False)
+        elif s.repeatable and s.name != "endpoint":
+            group.addoption(s.flag, dest=s.ini, action="append", default=[], help=s.help)
+            parser.addini(s.ini, f"{s.help} (one per line)", type="linelist", default=[])
+        else:
+            # Several endpoints: repeat the option (or separate them with commas).
+            action = "append" if s.repeatable else "store"
+            group.addoption(
+                s.flag, dest=s.ini, default=None, action=action, metavar=s.metavar, help=s.help
+            )
+            parser.addini(s.ini, s.help, default=None)
 
 
 @dataclass(frozen=True)
@@ -365,6 +74,7 @@ class Options:
     endpoints: tuple[str, ...] = ()
     allow_mixed_models: bool = False
     no_cache: bool = False
+    no_report: bool = False
     resume: str | None = None
     resume_force: bool = False
     serve: str | None = None
@@ -462,33 +172,37 @@ def _chat_options(config: pytest.Config) -> ChatOptions:
     )
 
 
+def _lookup(config: pytest.Config, name: str) -> tuple[Any, str | None]:
+    return lookup(
+        name, config.getoption(BY_NAME[name].ini), os.environ, config.getini(BY_NAME[name].ini)
+    )
+
+
 def setting_value(config: pytest.Config, name: str) -> tuple[str | None, Path]:
     """A setting's value and the folder a relative path in it is relative to."""
-    value = config.getoption(f"evalchemy_{name}")
+    value, origin = _lookup(config, name)
+    if origin is None:
+        return None, config.invocation_params.dir
     if isinstance(value, list):
         value = ",".join(value)
-    if value is not None:
-        return str(value), config.invocation_params.dir
-    env = _ENV.get(name)
-    if env and os.environ.get(env):
-        return os.environ[env], config.invocation_params.dir
-    value = config.getini(f"evalchemy_{name}")
-    if value:
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return str(value), base
-    return None, config.invocation_params.dir
+    if origin == INI:
+        return str(value), config.inipath.parent if config.inipath else config.rootpath
+    return str(value), config.invocation_params.dir
 
 
 def setting_source(config: pytest.Config, name: str) -> str:
     """Where a setting's value came from, as a user would look for it."""
-    flag = f"--evalchemy-{name.replace('_', '-')}"
-    if config.getoption(f"evalchemy_{name}") is not None:
-        return flag
-    env = _ENV.get(name)
-    if env and os.environ.get(env):
-        return f"{flag} (from the environment variable {env})"
-    where = config.inipath or config.rootpath
-    return f"{flag} (from evalchemy_{name} in {where})"
+    return source_text(name, _lookup(config, name)[1], config.inipath or config.rootpath)
+
+
+def _switch(config: pytest.Config, name: str) -> bool:
+    """A switch: given on the command line, or true in the ini file."""
+    return bool(_lookup(config, name)[0])
+
+
+def _listed(config: pytest.Config, name: str) -> list[str]:
+    """A repeatable option's values: the command line's, else the ini file's lines."""
+    return list(_lookup(config, name)[0] or [])
 
 
 def _concurrency(config: pytest.Config) -> int | str:
@@ -504,7 +218,9 @@ def _concurrency(config: pytest.Config) -> int | str:
         ) from None
 
 
-def _number(config: pytest.Config, name: str, kind: type, minimum: float) -> Any:
+def _number(config: pytest.Config, name: str) -> Any:
+    """A number option, checked against its type and bound of the table."""
+    kind, minimum = BY_NAME[name].kind, BY_NAME[name].minimum or 0
     value, _ = setting_value(config, name)
     if value is None:
         return None
@@ -563,16 +279,16 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
     mode = (setting_value(config, "gate")[0] or "point").lower()
     if mode not in GATE_MODES:
         raise pytest.UsageError(
-            f"--evalchemy-gate: expected {' or '.join(GATE_MODES)}, got {mode!r}"
+            f"{setting_source(config, 'gate')}: expected {' or '.join(GATE_MODES)}, got {mode!r}"
         )
-    confidence = _number(config, "confidence", float, 0)
+    confidence = _number(config, "confidence")
     confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
     if not 0 < confidence < 1:
         raise pytest.UsageError(
             f"{setting_source(config, 'confidence')}: expected a number between 0 and 1, e.g. "
             f"0.95, got {confidence!r}"
         )
-    max_drop = _number(config, "max_drop", float, 0)
+    max_drop = _number(config, "max_drop")
     baseline_value, baseline_base = setting_value(config, "baseline")
     try:
         baseline = load_baseline(baseline_base / baseline_value) if baseline_value else None
@@ -595,13 +311,14 @@ def resolve_options(config: pytest.Config) -> Options:
     output_value, output_base = setting_value(config, "output")
     limit = _limit(config)
     log_level = (setting_value(config, "log_level")[0] or "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    if log_level not in LOG_LEVELS:
         raise pytest.UsageError(
-            f"--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}"
+            f"{setting_source(config, 'log_level')}: expected DEBUG, INFO, WARNING or ERROR, "
+            f"got {log_level!r}"
         )
     run_id = setting_value(config, "run_id")[0]
-    resume = config.getoption("evalchemy_resume")
-    if config.getoption("evalchemy_resume_force") and resume is None:
+    resume = setting_value(config, "resume")[0]
+    if _switch(config, "resume_force") and resume is None:
         raise pytest.UsageError(
             "--evalchemy-resume-force completes a run: give it with --evalchemy-resume RUN_ID"
         )
@@ -615,42 +332,44 @@ def resolve_options(config: pytest.Config) -> Options:
         try:
             validate_run_id(run_id)
         except EvalchemyError as exc:
-            raise pytest.UsageError(f"--evalchemy-run-id: {exc}") from None
+            where = "--evalchemy-resume" if resume is not None else setting_source(config, "run_id")
+            raise pytest.UsageError(f"{where}: {exc}") from None
     return Options(
         endpoint=endpoint,
         config_path=config_path.absolute(),
         model=setting_value(config, "model")[0],
         run_id=run_id,
         output=(output_base / (output_value or DEFAULT_OUTPUT)).absolute(),
-        batch_size=_number(config, "batch_size", int, 1),
-        max_length=_number(config, "max_length", int, 16),
+        batch_size=_number(config, "batch_size"),
+        max_length=_number(config, "max_length"),
         concurrency=_concurrency(config),
-        max_concurrency=_number(config, "max_concurrency", int, 1) or DEFAULT_MAX_CONCURRENCY,
+        max_concurrency=_number(config, "max_concurrency") or DEFAULT_MAX_CONCURRENCY,
         tokenizer=setting_value(config, "tokenizer")[0],
         limit=limit,
-        timeout=_number(config, "timeout", float, 0.001),
-        max_retries=_number(config, "max_retries", int, 1) or 3,
+        timeout=_number(config, "timeout"),
+        max_retries=_number(config, "max_retries") or 3,
         log_level=log_level,
-        thresholds=tuple(parse_threshold(t) for t in config.getoption("evalchemy_threshold")),
-        allow_mixed_models=bool(config.getoption("evalchemy_allow_mixed_models")),
-        no_cache=bool(config.getoption("evalchemy_no_cache")),
+        thresholds=tuple(parse_threshold(t) for t in _listed(config, "threshold")),
+        allow_mixed_models=_switch(config, "allow_mixed_models"),
+        no_cache=_switch(config, "no_cache"),
+        no_report=_switch(config, "no_report"),
         resume=resume,
-        resume_force=bool(config.getoption("evalchemy_resume_force")),
+        resume_force=_switch(config, "resume_force"),
         serve=setting_value(config, "serve")[0],
         gpu=setting_value(config, "gpu")[0],
-        serve_args=tuple(config.getoption("evalchemy_serve_arg")),
+        serve_args=tuple(_listed(config, "serve_arg")),
         vllm_python=setting_value(config, "vllm_python")[0],
-        serve_timeout=_number(config, "serve_timeout", float, 1) or 600.0,
-        api_key=os.environ.get("EVALCHEMY_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
+        serve_timeout=_number(config, "serve_timeout") or 600.0,
+        api_key=next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None),
         gate=_gate_settings(config),
         markdown=_path_option(config, "markdown"),
         ca_bundle=_ca_bundle(config),
-        insecure=bool(config.getoption("evalchemy_insecure")),
-        allow_unsafe_code=bool(config.getoption("evalchemy_allow_unsafe_code")),
-        wait_for_endpoint=_number(config, "wait_for_endpoint", float, 0),
-        outage_timeout=_or(_number(config, "outage_timeout", float, 0), DEFAULT_OUTAGE_TIMEOUT),
-        strict_context=_strict_context(config),
-        log_samples=bool(config.getoption("evalchemy_log_samples")),
+        insecure=_switch(config, "insecure"),
+        allow_unsafe_code=_switch(config, "allow_unsafe_code"),
+        wait_for_endpoint=_number(config, "wait_for_endpoint"),
+        outage_timeout=_or(_number(config, "outage_timeout"), DEFAULT_OUTAGE_TIMEOUT),
+        strict_context=_switch(config, "strict_context"),
+        log_samples=_switch(config, "log_samples"),
         chat=_chat_options(config),
         **_fleet(config),
     )
@@ -660,17 +379,12 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _strict_context(config: pytest.Config) -> bool:
-    flag = config.getoption("evalchemy_strict_context")
-    return bool(flag) if flag is not None else bool(config.getini("evalchemy_strict_context"))
-
-
 def _fleet(config: pytest.Config) -> dict[str, Any]:
     """--evalchemy-replicas and --evalchemy-router, checked against --evalchemy-serve/-gpu."""
     from ..run.endpoint import normalize_endpoint
     from ..run.router import split_devices
 
-    replicas = _number(config, "replicas", int, 1) or 1
+    replicas = _number(config, "replicas") or 1
     serve = setting_value(config, "serve")[0]
     router = setting_value(config, "router")[0]
     if replicas > 1 and not serve:
@@ -696,7 +410,7 @@ def _ca_bundle(config: pytest.Config) -> Path | None:
     path = _path_option(config, "ca_bundle")
     if path is None:
         return None
-    if config.getoption("evalchemy_insecure"):
+    if _switch(config, "insecure"):
         raise pytest.UsageError(
             "--evalchemy-ca-bundle checks the certificate, --evalchemy-insecure skips the check: give one"
         )

@@ -220,7 +220,7 @@ class EvalchemyReporter:
 
     def _write_report(self) -> None:
         recorder = self._recorder
-        if recorder is None or not recorder.written or self.config.getoption("evalchemy_no_report"):
+        if recorder is None or not recorder.written or self.state.options.no_report:
             return
         try:
             self.report_path = write_report(recorder.written_summary(), recorder.paths.root)
