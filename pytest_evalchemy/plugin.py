@@ -25,7 +25,7 @@ from .core.results import (
 )
 from .glue.api import Evalchemy
 from .glue.items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
-from .glue.options import Options, add_options, resolve_options, setting_value
+from .glue.options import add_options, resolve_options, setting_value
 from .glue.reporter import EvalchemyReporter, XdistHooks
 from .glue.selection import selected_keys
 from .glue.state import RECORD_PROPERTY, STATE, EvalchemyState
@@ -38,7 +38,6 @@ from .run.endpoint import (
     check_endpoints,
     is_chat_url,
     redact_url,
-    split_endpoints,
 )
 from .run.identity import differences, refusal
 from .run.reasoning import DEFAULT_THINK_END
@@ -97,7 +96,6 @@ def pytest_configure(config: pytest.Config) -> None:
             "out to use the server's /tokenize)"
         )
     try:
-        options = _with_endpoint(options)
         eval_config = load_config(options.config_path)
     except EvalchemyError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -198,11 +196,6 @@ def _check_resume(state: EvalchemyState) -> None:
     assert state.resume_entry is not None
     known = state.resume_entry["differences"]
     known.extend(f for f in found if f not in known)
-
-
-def _with_endpoint(options: Options) -> Options:
-    endpoints = split_endpoints(options.endpoint)
-    return replace(options, endpoint=endpoints[0], endpoints=endpoints) if endpoints else options
 
 
 def _collect_config_file(config: pytest.Config, config_path: Path) -> None:

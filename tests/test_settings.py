@@ -84,3 +84,20 @@ def test_a_bad_ini_value_names_the_ini_file(
     result.stderr.fnmatch_lines(
         ["*--evalchemy-gate (from evalchemy_gate in *tox.ini): expected point or ci, got 'bayes'*"]
     )
+
+
+def test_the_endpoints_are_one_normalized_list_from_flags_env_or_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_evalchemy.glue.options import resolve_options
+
+    config = pytester.parseconfig(
+        "--evalchemy-endpoint=http://a:1",
+        "--evalchemy-endpoint=http://b:2/v1,http://a:1/v1/completions",
+    )
+    options = resolve_options(config)
+    assert options.endpoints == ("http://a:1/v1/completions", "http://b:2/v1/completions")
+    assert options.endpoint == "http://a:1/v1/completions"
+    monkeypatch.setenv("EVALCHEMY_ENDPOINT", "http://c:3 http://d:4/v1")
+    options = resolve_options(pytester.parseconfig())
+    assert options.endpoints == ("http://c:3/v1/completions", "http://d:4/v1/completions")

@@ -27,6 +27,7 @@ from ..judge.gating import (
 from ..run.chat_settings import ChatOptions
 from ..run.concurrency import AUTO, parse_concurrency
 from ..run.concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
+from ..run.endpoint import split_endpoints
 from ..run.reasoning import parse_reasoning
 from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, SETTINGS, lookup, source_text
 
@@ -57,7 +58,7 @@ def add_options(parser: pytest.Parser) -> None:
 class Options:
     """The plugin's settings, resolved command line > environment > ini > default."""
 
-    endpoint: str | None
+    endpoint: str | None  # the first of ``endpoints``
     config_path: Path
     model: str | None
     run_id: str | None
@@ -71,7 +72,7 @@ class Options:
     max_retries: int
     log_level: str
     thresholds: tuple[Threshold, ...]
-    endpoints: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()  # normalized, in the order given
     allow_mixed_models: bool = False
     no_cache: bool = False
     no_report: bool = False
@@ -302,8 +303,19 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
     )
 
 
+def _endpoints(config: pytest.Config) -> tuple[str, ...]:
+    """The endpoints, normalized once: every --evalchemy-endpoint (each may list several,
+    separated by commas), else the environment's or the ini's list; duplicates dropped."""
+    value, _ = _lookup(config, "endpoint")
+    values = value if isinstance(value, list) else [value] if value else []
+    try:
+        return split_endpoints(" ".join(values))
+    except EvalchemyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def resolve_options(config: pytest.Config) -> Options:
-    endpoint, _ = setting_value(config, "endpoint")
+    endpoints = _endpoints(config)
     config_value, config_base = setting_value(config, "config")
     config_path = config_base / (config_value or DEFAULT_CONFIG)
     if config_value is None and not config_path.exists():
@@ -335,7 +347,8 @@ def resolve_options(config: pytest.Config) -> Options:
             where = "--evalchemy-resume" if resume is not None else setting_source(config, "run_id")
             raise pytest.UsageError(f"{where}: {exc}") from None
     return Options(
-        endpoint=endpoint,
+        endpoint=endpoints[0] if endpoints else None,
+        endpoints=endpoints,
         config_path=config_path.absolute(),
         model=setting_value(config, "model")[0],
         run_id=run_id,
