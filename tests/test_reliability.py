@@ -358,7 +358,8 @@ def test_server_restart_mid_run_is_survived_by_retries(
 
     watcher = _stop_after(first, 6, restart)
     try:
-        result = _run(pytester, first.url, _cfg(pytester.path, SLOW_ARC))
+        # One at a time: requests are still to be sent when the first server goes away.
+        result = _run(pytester, first.url, _cfg(pytester.path, SLOW_ARC), ONE_AT_A_TIME)
     finally:
         watcher.join(timeout=30)
         for srv in second:

@@ -55,15 +55,21 @@ def find_binary() -> str | None:
 
 
 def command_line(
-    binary: str, workers: Sequence[str], port: int, host: str = "127.0.0.1"
+    binary: str, workers: Sequence[str], port: int, metrics_port: int, host: str = "127.0.0.1"
 ) -> list[str]:
-    """The router's command: ``workers`` are the replicas' server roots (``http://host:port``)."""
+    """The router's command: ``workers`` are the replicas' server roots (``http://host:port``).
+    Its Prometheus exporter gets a free port of its own: it binds 29000 unless told, so a
+    second router on the machine (another run, an xdist worker's test) would not start."""
     return [
         binary,
         "--host",
         host,
         "--port",
         str(port),
+        "--prometheus-host",
+        host,
+        "--prometheus-port",
+        str(metrics_port),
         "--worker-urls",
         *workers,
         "--policy",
@@ -106,7 +112,9 @@ class Router:
         if self.binary is None:
             raise ServeError(f"{BINARY} is not installed ({INSTALL_HINT})")
         self.port = free_port(self.host)
-        self.command = command_line(self.binary, self.workers, self.port, self.host)
+        self.command = command_line(
+            self.binary, self.workers, self.port, free_port(self.host), self.host
+        )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - kept open for the router's life
         self._log.write(f"$ {shlex.join(self.command)}\n".encode())
