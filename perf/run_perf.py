@@ -259,6 +259,10 @@ class Report:
             f"  {row.figure}: {row.value} vs {row.ref_value} ({row.ratio}) target {row.target}: {status}"
         )
 
+    def skip(self, figure: str, why: str) -> None:
+        """A row that could not be measured here, with the reason."""
+        self.add(Row(figure, "-", "skipped", "-", "-", "-", None, why))
+
     def detail(self, title: str, lines: Sequence[str]) -> None:
         self.details.append(f"### {title}\n\n" + "\n".join(lines) + "\n")
 
@@ -593,17 +597,9 @@ def fig_router(work: Path, repeats: int, report: Report) -> None:
     from pytest_evalchemy.run import router
 
     if router.find_binary() is None:
-        report.add(
-            Row(
-                "two replicas through vllm-router",
-                "-",
-                "skipped",
-                "-",
-                "-",
-                "-",
-                None,
-                f"vllm-router is not installed ({router.INSTALL_HINT})",
-            )
+        report.skip(
+            "two replicas through vllm-router",
+            f"vllm-router is not installed ({router.INSTALL_HINT})",
         )
         return
     folder = work / "router"
@@ -828,18 +824,10 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
     python = os.environ.get("EVALCHEMY_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
     model = os.environ.get("EVALCHEMY_TINY_MODEL") or str(REPO / "models" / "tiny-llama")
     if not Path(python).exists() or not (Path(model) / "config.json").exists():
-        report.add(
-            Row(
-                "real vLLM (CPU build, tiny model)",
-                "-",
-                "skipped",
-                "-",
-                "-",
-                "-",
-                None,
-                f"no vLLM python at {python} or no model at {model}: `make test` builds both "
-                "(or set EVALCHEMY_VLLM_PYTHON and EVALCHEMY_TINY_MODEL)",
-            )
+        report.skip(
+            "real vLLM (CPU build, tiny model)",
+            f"no vLLM python at {python} or no model at {model}: `make test` builds both "
+            "(or set EVALCHEMY_VLLM_PYTHON and EVALCHEMY_TINY_MODEL)",
         )
         return
     from pytest_evalchemy.run.serve import ServeSpec, VllmServer

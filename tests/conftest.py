@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from pytest_evalchemy.core.resources import summary_schema_path
+from pytest_evalchemy.run.serve import ServeSpec, VllmServer
 from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -136,3 +137,20 @@ def tiny_model(vllm_python: str) -> Path:
     if done.returncode != 0:
         pytest.fail(f"tiny model build failed:\n{done.stderr[-3000:]}", pytrace=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def vllm_server(
+    vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """One real vLLM server (CPU build, tiny model) per test module that asks for it."""
+    spec = ServeSpec(
+        model=str(tiny_model),
+        python=vllm_python,
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+        cache_dir=REPO / ".cache",
+        startup_timeout=600,
+    )
+    with VllmServer(spec) as server:
+        server.wait_ready()
+        yield server

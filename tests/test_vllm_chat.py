@@ -13,27 +13,13 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.run.serve import ServeSpec, VllmServer
+from pytest_evalchemy.run.serve import VllmServer
 
-from .conftest import REPO, write_config
+from .conftest import write_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
 CHOICE = {"num_fewshot": 1, "limit": 6, "batch_size": 2}
-
-
-@pytest.fixture(scope="module")
-def vllm_server(vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    spec = ServeSpec(
-        model=str(tiny_model),
-        python=vllm_python,
-        log_path=tmp_path_factory.mktemp("vllm-chat") / "server.log",
-        cache_dir=REPO / ".cache",
-        startup_timeout=600,
-    )
-    with VllmServer(spec) as server:
-        server.wait_ready()
-        yield server
 
 
 def _pytest(root: Path, tasks: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.run.serve import ServeSpec, VllmServer
+from pytest_evalchemy.run.serve import VllmServer
 
-from .conftest import REPO, write_config
+from .conftest import write_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
@@ -25,21 +25,6 @@ TASKS = {
     "mini_mmlu": {"tasks": ["mini_mmlu"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
     "mini_gsm8k": {"tasks": ["mini_gsm8k"], "num_fewshot": 1, "limit": 2, "log_samples": True},
 }
-
-
-@pytest.fixture(scope="module")
-def vllm_server(vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One vLLM server for the module's endpoint tests."""
-    spec = ServeSpec(
-        model=str(tiny_model),
-        python=vllm_python,
-        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
-        cache_dir=REPO / ".cache",
-        startup_timeout=600,
-    )
-    with VllmServer(spec) as server:
-        server.wait_ready()
-        yield server
 
 
 def _summary(root: Path, run_id: str) -> dict[str, Any]:
