@@ -3,6 +3,7 @@ exactly what ``local-completions`` scores."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ from .conftest import REPO
 OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
 
 
-def _evaluate(model: str, server: EvalchemyTestServer, concurrency: int) -> dict[str, Any]:
+def _evaluate(
+    model: str, server: EvalchemyTestServer, concurrency: int, cache: Path | None = None
+) -> dict[str, Any]:
     import lm_eval
 
     from pytest_evalchemy.run import completions_model  # registers the model
@@ -37,6 +40,7 @@ def _evaluate(model: str, server: EvalchemyTestServer, concurrency: int) -> dict
         num_fewshot=request.num_fewshot,
         limit=request.limit,
         log_samples=True,
+        use_cache=str(cache) if cache else None,
         task_manager=harness.task_manager(request.include_paths, request.tasks),
         **harness.SEEDS,
     )
@@ -67,6 +71,30 @@ def test_same_scores_as_local_completions(
     # A context shared by the choices of a question is tokenized once, not per choice.
     assert server.stats()["requests"]["/tokenize"] < plain_calls
     assert server.stats()["max_active"] <= concurrency  # completions: never more at once
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_the_request_cache_is_lm_evals_and_complete_when_the_phase_ends(
+    make_server: Any, concurrency: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlitedict import SqliteDict
+
+    monkeypatch.chdir(REPO)
+    server = make_server()
+    cache = tmp_path / "requests"
+    first = _evaluate("evalchemy-completions", server, concurrency, cache)
+    asked = server.stats()["completions"]
+    # Every answer is on disk once lm-eval's phase returned: a fresh reader sees them all.
+    (db_file,) = tmp_path.glob("requests*.db")
+    with SqliteDict(str(db_file), flag="r") as db:
+        stored = len(db)
+    assert stored == asked > 0  # one entry per request asked
+    # Read back by the plugin's model and by lm-eval's own: nothing asked again, same scores.
+    for model in ("evalchemy-completions", "local-completions"):
+        server.reset_stats()
+        again = _evaluate(model, server, concurrency, cache)
+        assert server.stats()["completions"] == 0, model
+        assert harness.metrics_of(again) == harness.metrics_of(first)
 
 
 def test_prefetching_tokenizer_answers_unannounced_and_reordered_strings(

@@ -25,6 +25,7 @@ from lm_eval.models.openai_completions import LocalChatCompletion
 
 from . import chat_template
 from .reasoning import DEFAULT_THINK_END, start_token
+from .request_cache import QueuedCacheWrites
 
 CHAT_MODEL_NAME = "evalchemy-chat"
 
@@ -102,8 +103,14 @@ class ServerChatTemplate:
         return self._server_template()[0] if chat_template else None
 
 
-class EvalchemyChat(ReasoningPayload, LocalChatCompletion):
+class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, LocalChatCompletion):
     """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
+
+    def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        try:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._flush_cache()
 
     def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
         if not self.evalchemy_reasoning:

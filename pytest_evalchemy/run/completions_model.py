@@ -53,6 +53,7 @@ from .patience import (
     connection_reason,
     retry_after_seconds,
 )
+from .request_cache import QueuedCacheWrites
 
 MODEL_NAME = "evalchemy-completions"
 # Strings tokenized ahead of lm-eval's loop: bounds the memory of token lists waiting to be
@@ -324,7 +325,9 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
         yield from _pair_strings(context, continuation)
 
 
-class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletionsAPI):
+class EvalchemyCompletions(
+    QueuedCacheWrites, ServerChatTemplate, ReasoningPayload, LocalCompletionsAPI
+):
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
     (and which renders the server's chat template and sends reasoning payloads)."""
 
@@ -565,6 +568,7 @@ class EvalchemyCompletions(ServerChatTemplate, ReasoningPayload, LocalCompletion
     def _done(self) -> None:
         if isinstance(self.tokenizer, PrefetchingTokenizer):
             self.tokenizer.close()
+        self._flush_cache()
 
 
 def _register() -> None:
