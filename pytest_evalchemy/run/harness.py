@@ -23,6 +23,7 @@ from .endpoint import redact_url
 from .patience import outage_for
 from .reasoning import DEFAULT_THINK_END, DEFAULT_THINKING_BUDGET
 from .tasks import index as task_index
+from .template_cache import install as compile_templates_once
 
 # lm-eval's own defaults (evaluator.simple_evaluate), recorded in every result so a run can be
 # reproduced with `lm-eval run --seed 0,1234,1234,1234`.
@@ -375,6 +376,7 @@ def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
     import lm_eval
 
     _quiet_git()
+    compile_templates_once()
     return lm_eval.simple_evaluate(
         model=model,
         model_args=request.lm_eval_model_args(),
