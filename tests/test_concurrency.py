@@ -217,3 +217,69 @@ def test_an_overload_with_others_in_flight_cuts_and_caps_the_limit() -> None:
     assert alone is False  # the server's own refusal: lm-eval's retries handle it
     assert ceiling == 5
     assert value == 5  # min(0.8 x 10, the ceiling)
+
+
+def _simulate(
+    slots: int, n: int, latency: float = 0.05, turnaround: float = 0.002
+) -> tuple[int, float]:
+    """``n`` one-prompt requests through an ``AdaptiveLimit`` on a simulated clock: a server of
+    ``slots`` that serves each request for ``latency`` +-20% (uniform, seeded: a real server's
+    answers are not in lockstep; the rest wait their turn), and a client
+    that needs ``turnaround`` after an answer before the limit hears of it. Returns the limit
+    it ended at and the elapsed time."""
+    import heapq
+    import random
+    from collections import deque
+
+    rng = random.Random(slots)
+    now = [0.0]
+    limit = AdaptiveLimit(clock=lambda: now[0])
+    events: list[tuple[float, int, str, Any]] = []
+    waiting: deque[Any] = deque()
+    busy = [0]
+    left = [n]
+    order = [0]
+
+    def at(when: float, kind: str, ticket: Any) -> None:
+        order[0] += 1
+        heapq.heappush(events, (when, order[0], kind, ticket))
+
+    def serve(ticket: Any) -> None:
+        busy[0] += 1
+        at(now[0] + latency * rng.uniform(0.8, 1.2), "answered", ticket)
+
+    def send() -> None:
+        # What acquire() does for each waiting request, one event loop turn at a time.
+        while left[0] and limit._fits(1):
+            left[0] -= 1
+            ticket = limit._admit(1)
+            if busy[0] < slots:
+                serve(ticket)
+            else:
+                waiting.append(ticket)
+
+    send()
+    while events:
+        now[0], _, kind, ticket = heapq.heappop(events)
+        if kind == "answered":
+            ticket.end = now[0]
+            busy[0] -= 1
+            if waiting:
+                serve(waiting.popleft())
+            at(now[0] + turnaround, "read", ticket)
+        else:
+            limit.succeeded(ticket)
+            send()
+    return limit.limit, now[0]
+
+
+@pytest.mark.parametrize(("slots", "low", "high"), [(1, 2, 2), (4, 4, 7), (16, 16, 24)])
+def test_the_limit_settles_a_little_above_the_servers_slots(
+    slots: int, low: int, high: int
+) -> None:
+    n = 200 * slots
+    settled, elapsed = _simulate(slots, n)
+    # At least the slots, and not far above them: more would only queue on the server.
+    assert low <= settled <= high
+    ideal = n * 0.05 / slots
+    assert ideal / elapsed >= 0.95

@@ -10,7 +10,9 @@ while too many only queue on it (and, on a shared server, delay everybody else's
 - **probe**: start at ``INITIAL`` and double the limit every round while the rate grows by at
   least ``GROWTH`` (20%); a doubling that buys less means the server is saturated;
 - **settle**: keep the smallest limit whose rate was within ``KNEE_SHARE`` (90%) of the best
-  seen. When even the smallest limit tried already queued (mean latency above ``QUEUEING``x the
+  seen, raised to ``HEADROOM`` x best rate x fastest latency (Little's law: what the server
+  works on at once, plus room for the client's turnaround), at most to the next limit tried.
+  When even the smallest limit tried already queued (mean latency above ``QUEUEING``x the
   fastest answer), try fewer: by Little's law the server works on about rate x fastest latency
   prompts at once, so ``HEADROOM`` x that is enough to keep it busy;
 - **back off**: a 429 or 503 while several requests were in flight cuts the limit to ``CUT``
@@ -323,6 +325,15 @@ class AdaptiveLimit:
         self.phase = "hold"
         self._held = 0
         self._reference_latency = None
+        # At the knee the server's slots are just full, and each one idles between an answer
+        # and the client's next request. By Little's law the server works on about best rate x
+        # fastest latency prompts at once: HEADROOM x that covers the gap (16 slots: 20), but
+        # never more than the next limit tried. Recomputed from the rate, so a re-probe that
+        # settles again lands on the same number instead of creeping upwards.
+        larger = [s for s in self._rates if s > knee]
+        if larger and math.isfinite(self._min_latency):
+            needed = math.ceil(HEADROOM * best * self._min_latency)
+            knee = max(knee, min(needed, min(larger)))
         self._set(knee)
 
     def item_start(self) -> dict[str, int]:
