@@ -151,6 +151,5 @@ def vllm_server(
         cache_dir=REPO / ".cache",
         startup_timeout=600,
     )
-    with VllmServer(spec) as server:
-        server.wait_ready()
+    with VllmServer(spec) as server:  # started and ready, stopped however the module ends
         yield server

@@ -2,17 +2,16 @@
 
 They need the python of a vLLM environment: ``EVALCHEMY_VLLM_PYTHON``, else ``.venv-vllm/bin/python``
 (``make .venv-vllm/.installed``). Without it they fail rather than skip, so a broken setup is seen.
-One server is started for the module; the stop test runs last and stops it.
+One server is started for the module (conftest's ``vllm_server``); the stop test runs last and
+stops it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,68 +22,7 @@ from pytest_evalchemy.run.serve import ServeError, ServeSpec, VllmServer
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
 REPO = Path(__file__).resolve().parents[1]
-BUILDER = REPO / "pytest_evalchemy" / "testing" / "tiny_model.py"
-CACHE = (
-    REPO / "tmp"
-)  # git-ignored; the model build is kept between runs (the builder skips it then)
 PROMPT = "def hello_world(name):\n    return name"
-
-
-def _vllm_python() -> str:
-    path = Path(os.environ.get("EVALCHEMY_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-    if not path.is_absolute():
-        path = REPO / path
-    if not path.exists():
-        pytest.fail(
-            f"vLLM python not found at {path}: set EVALCHEMY_VLLM_PYTHON or run "
-            "`make .venv-vllm/.installed`",
-            pytrace=False,
-        )
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> str:
-    """The vLLM environment's python (fails the test when missing)."""
-    return _vllm_python()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(vllm_python: str) -> Path:
-    """The tiny Llama, built with the vLLM python (the plugin's environment has no torch)."""
-    out = CACHE / "tiny-llama"
-    # Run the builder by path, not with -m: the vLLM env does not have the plugin's package installed.
-    done = subprocess.run(
-        [vllm_python, str(BUILDER), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"tiny model build failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return out
-
-
-@pytest.fixture(scope="module")
-def vllm_server(
-    vllm_python: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    """One vLLM server for the module."""
-    spec = ServeSpec(
-        model=str(tiny_model),
-        python=vllm_python,
-        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
-        cache_dir=CACHE / "vllm-cache",
-        startup_timeout=300,
-    )
-    srv = VllmServer(spec)
-    srv.start()
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
 
 
 def _http(srv: VllmServer, path: str, body: dict[str, Any] | None = None) -> Any:
