@@ -106,12 +106,6 @@ class ServerChatTemplate:
 class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, LocalChatCompletion):
     """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
 
-    def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
-        try:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        finally:
-            self._flush_cache()
-
     def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
         if not self.evalchemy_reasoning:
             return super().parse_generations(outputs, **kwargs)

@@ -568,7 +568,6 @@ class EvalchemyCompletions(
     def _done(self) -> None:
         if isinstance(self.tokenizer, PrefetchingTokenizer):
             self.tokenizer.close()
-        self._flush_cache()
 
 
 def _register() -> None:

@@ -14,9 +14,9 @@ request's own place: a request keeps its place of the concurrency limit (lm-eval
 or the adaptive limit) until its answers are on disk, waiting in a worker thread, and a
 request sent one at a time waits for the previous answers first. So a run stopped in any way,
 SIGKILL included, has every answered request in the cache except those that held a place:
-a resume asks again no more than were in flight. sqlitedict also records the caller's stack
-with every statement, only to show it should that statement fail: 0.05 s more per 400
-requests, not recorded either. The cache's file and content stay lm-eval's, so the item's
+a resume asks again no more than were in flight. The end of each request phase is lm-eval's
+own blocking commit. sqlitedict also records the caller's stack with every statement, only to
+show it should that statement fail: 0.05 s more per 400 requests, not recorded either. The cache's file and content stay lm-eval's, so the item's
 ``lm_eval_command`` reads the same cache.
 
 Imports no pytest and no lm-eval.
@@ -60,12 +60,11 @@ class QueuedCacheWrites:
 
     def set_cache_hook(self, cache_hook: Any) -> None:
         db = _database(cache_hook)
-        thread = getattr(db, "conn", None)
         # Only when the thread commits each statement itself: otherwise waiting is what commits.
-        if getattr(db, "autocommit", False) and getattr(thread, "autocommit", False):
+        if db is not None and db.autocommit and getattr(db.conn, "autocommit", False):
             db.autocommit = False
-            if hasattr(thread, "_outer_stack"):
-                thread._outer_stack = False
+            if hasattr(db.conn, "_outer_stack"):
+                db.conn._outer_stack = False
         super().set_cache_hook(cache_hook)  # type: ignore[misc]
 
     def _flush_cache(self) -> None:
