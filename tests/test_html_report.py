@@ -83,6 +83,75 @@ def test_multiple_choice_sample() -> None:
     assert s.prompt.startswith("Q: Which <b>")
 
 
+def _choice_row(conts: list[str], lls: list[float], target: int, **scores: float) -> dict[str, Any]:
+    ctx = "Q: ?\nA:"
+    return {
+        "doc_id": 0,
+        "target": target,
+        "arguments": [
+            [ctx if i < len(lls) // 2 or "acc_mutual_info" not in scores else "", c]
+            for i, c in enumerate(conts)
+        ],
+        "filtered_resps": [[ll, False] for ll in lls],
+        "filter": "none",
+        "metrics": list(scores),
+        **scores,
+    }
+
+
+@pytest.mark.parametrize(
+    ("conts", "lls", "target", "scores", "picks"),
+    [
+        # acc_norm divides by the choice's length without lm-eval's delimiter " ": -2.1/2
+        # loses to -4.0/4 (with the delimiter counted it would win, -2.1/3 > -4.0/5).
+        (
+            [" ab", " abcd"],
+            [-2.1, -4.0],
+            1,
+            {"acc": 0.0, "acc_norm": 1.0},
+            {"acc": 0, "acc_norm": 1},
+        ),
+        # The same choices asked without a delimiter (target_delimiter "", or a chat template):
+        # lm-eval's verdict tells the lengths were 3 and 5.
+        (
+            [" ab", " abcd"],
+            [-2.1, -4.0],
+            0,
+            {"acc": 1.0, "acc_norm": 1.0},
+            {"acc": 0, "acc_norm": 0},
+        ),
+        # acc_bytes counts UTF-8 bytes: "é" is one character and two bytes.
+        (
+            [" é", " ab"],
+            [-1.5, -1.8],
+            1,
+            {"acc_norm": 1.0, "acc_bytes": 0.0},
+            {"acc_norm": 1, "acc_bytes": 0},
+        ),
+        # acc_mutual_info: lm-eval appends each choice without context; the pick subtracts it.
+        (
+            [" a", " b", " a", " b"],
+            [-1.0, -2.0, -0.5, -3.0],
+            1,
+            {"acc": 0.0, "acc_mutual_info": 1.0},
+            {"acc": 0, "acc_mutual_info": 1},
+        ),
+    ],
+)
+def test_a_choice_sample_answers_with_the_choice_its_metric_scored(
+    conts: list[str], lls: list[float], target: int, scores: dict[str, float], picks: dict[str, int]
+) -> None:
+    row = _choice_row(conts, lls, target, **scores)
+    for metric, pick in picks.items():
+        s = parse_sample(row, "t", metric)
+        assert len(s.choices) == len(conts) // (2 if "acc_mutual_info" in scores else 1)
+        assert (s.chosen, s.answer) == (pick, s.choices[pick].strip())
+        assert (s.score, s.correct) == (f"{metric}={scores[metric]:g}", scores[metric] == 1)
+    # Without a metric named, the row's first one.
+    first = next(iter(scores))
+    assert parse_sample(row, "t").chosen == picks[first]
+
+
 def test_generation_sample() -> None:
     s = parse_sample(GEN_ROW, "mini_gsm8k/mini_gsm8k")
     assert s.choices == ()

@@ -278,3 +278,94 @@ def test_report_without_its_baseline_has_no_flips(tmp_path: Path) -> None:
 
     summary = {"run_id": "x", "gate": {"baseline": str(tmp_path / "gone.json")}, "tasks": {}}
     assert "Flips" not in render_report(summary, tmp_path)
+
+
+# What each metric chose on mini_arc's docs 0-3 against mixed_server (docs 0-2 now wrong, doc 3
+# now right). The test server gives every token of a choice the same logprob, so where the
+# model is wrong acc (the raw sum) picks the shortest wrong choice, and acc_norm (that sum over
+# the choice's length) the longest: the two metrics disagree on every wrong answer.
+CHOSEN = {
+    "acc": {
+        0: "the counter under the can",
+        1: "a thermometer",
+        2: "the sound of traffic",
+        3: "baking a cake from batter",
+    },
+    "acc_norm": {
+        0: "juice seeping through the metal",
+        1: "a graduated cylinder",
+        2: "gravity pulling on its roots",
+        3: "an iron nail rusting in the rain",
+    },
+}
+TARGETS = {
+    0: "water vapor in the surrounding air",
+    1: "a balance",
+    2: "light",
+    3: "cutting a sheet of paper into strips",
+}
+
+
+def _was_now(doc: int, metric: str) -> tuple[str, str]:
+    """The baseline's and this run's answer of ``doc`` under ``metric`` (doc 3 got right)."""
+    wrong, right = CHOSEN[metric][doc], TARGETS[doc]
+    return (wrong, right) if doc == 3 else (right, wrong)
+
+
+def _flip_line(doc: int, metric: str) -> str:
+    was, now = _was_now(doc, metric)
+    arrow = "wrong→right" if doc == 3 else "right→wrong"
+    return f"    doc {doc} ({arrow}): target {TARGETS[doc]!r}, was {was!r}, now {now!r}"
+
+
+def test_each_metric_s_flips_show_the_choice_that_metric_scored(
+    pytester: pytest.Pytester, server: EvalchemyTestServer, mixed_server: EvalchemyTestServer
+) -> None:
+    tasks = {"mini_arc": offline_task("mini_arc", limit=None, metrics=["acc", "acc_norm"])}
+    _run(pytester, server, "base", "--evalchemy-log-samples", tasks=tasks).assert_outcomes(passed=1)
+    result = _run(
+        pytester,
+        mixed_server,
+        "now",
+        f"--evalchemy-baseline={pytester.path / 'results' / 'base'}",
+        tasks=tasks,
+    )
+    result.assert_outcomes(failed=1)
+    # lm-eval's own verdicts agree with the choices above: each is wrong where its metric says so.
+    rows = [
+        json.loads(line)
+        for line in (pytester.path / "results/now/items/mini_arc/mini_arc/samples_mini_arc.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
+    assert [(r["acc"], r["acc_norm"]) for r in rows[:4]] == [(0.0, 0.0)] * 3 + [(1.0, 1.0)]
+
+    # The terminal: each check's flip lines under its own header.
+    for metric in ("acc", "acc_norm"):
+        result.stdout.fnmatch_lines(
+            [f"mini_arc:{metric},none baseline: dropped 0.0417 from 0.7500 to 0.7083*"]
+            + ["  paired on 48 documents: 3 right→wrong, 1 wrong→right*"]
+            + [_flip_line(doc, metric) for doc in range(4)],
+            consecutive=True,
+        )
+    # The summary's check entries.
+    record = _record(pytester, "now")
+    for metric in ("acc", "acc_norm"):
+        (check,) = [
+            c
+            for c in record["checks"]
+            if c["kind"] == "baseline" and c["metric"] == f"{metric},none"
+        ]
+        assert [(f["doc_id"], f["old_answer"], f["new_answer"]) for f in check["flips"]] == [
+            (doc, *_was_now(doc, metric)) for doc in range(4)
+        ]
+    # The HTML report's flips view.
+    report = (pytester.path / "results/now/report.html").read_text(encoding="utf-8")
+    shown = re.findall(
+        r'<tr class="flip" data-metric="mini_arc/mini_arc (\w+),none" [^>]*data-doc="(\d+)">'
+        r'.*?<code class="old-answer">([^<]*)</code>.*?<code class="new-answer">([^<]*)</code>',
+        report,
+    )
+    assert shown == [
+        (metric, str(doc), *_was_now(doc, metric)) for metric in CHOSEN for doc in range(4)
+    ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.record import as_float, is_stderr, split_metric, stderr_key
-from ..core.samples import Rows, parse_sample
+from ..core.samples import Rows, Sample, parse_sample
 from .statistics import (
     Interval,
     PairedTest,
@@ -128,12 +128,19 @@ class Flip:
     direction: str  # RIGHT_TO_WRONG (worse now) or WRONG_TO_RIGHT
     before: float
     after: float
+    metric: str  # "acc_norm,none": the answers shown are the choices this metric scored
     old: dict[str, Any] = field(repr=False)  # the baseline's sample row
     new: dict[str, Any] = field(repr=False)  # this run's
 
+    def samples(self, task: str = "") -> tuple[Sample, Sample]:
+        """The baseline's and this run's sample, each answering with the metric's own choice
+        (acc_norm's length-normalised pick, not acc's)."""
+        name = split_metric(self.metric)[0]
+        return parse_sample(self.old, task, name), parse_sample(self.new, task, name)
+
     def to_dict(self) -> dict[str, Any]:
         """What a check entry keeps of it: doc id, target, the two answers."""
-        old, new = parse_sample(self.old, ""), parse_sample(self.new, "")
+        old, new = self.samples()
         return {
             "doc_id": self.doc_id,
             "direction": self.direction,
@@ -196,6 +203,7 @@ def pair(
             RIGHT_TO_WRONG if b > a else WRONG_TO_RIGHT,
             theirs[d][0],
             mine[d][0],
+            metric,
             theirs[d][1],
             mine[d][1],
         )

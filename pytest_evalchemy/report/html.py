@@ -553,7 +553,7 @@ _FLIPS_JS = _filter_js(
 
 
 def _flip_html(ident: str, flip: Flip) -> str:
-    old, new = parse_sample(flip.old, ident), parse_sample(flip.new, ident)
+    old, new = flip.samples(ident)
     arrow = "right → wrong" if flip.direction == RIGHT_TO_WRONG else "wrong → right"
     cls = "worse" if flip.direction == RIGHT_TO_WRONG else "better"
     return (
