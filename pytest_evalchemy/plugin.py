@@ -25,7 +25,7 @@ from .core.results import (
 )
 from .glue.api import Evalchemy
 from .glue.items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
-from .glue.options import add_options, resolve_options, setting_value
+from .glue.options import Options, add_options, resolve_options, setting_value
 from .glue.reporter import EvalchemyReporter, XdistHooks
 from .glue.selection import selected_keys
 from .glue.state import RECORD_PROPERTY, STATE, EvalchemyState
@@ -250,6 +250,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "wait_s": options.wait_for_endpoint,
             "on_wait": _progress_line(config),
         }
+        if not options.allow_mixed_models:
+            # Before the check's probes: a replica the router would wait for in vain is named
+            # with no completion sent (mixed models may need no router: _route asks then).
+            _check_router_health(options)
         # Every replica is checked, with or without a router in front.
         infos = check_endpoints(
             options.endpoints, allow_mixed_models=options.allow_mixed_models, **check
@@ -402,6 +406,14 @@ def _start_servers(config: pytest.Config, state: EvalchemyState) -> list[str]:
     return [server.completions_url for server in servers]
 
 
+def _check_router_health(options: Options) -> None:
+    """Every endpoint's ``/health``, when a ``vllm-router`` is to stand in front of them."""
+    from .run import router
+
+    if len(options.endpoints) > 1 and options.router is None and router.find_binary():
+        router.check_health(options.endpoints, options.verify, options.wait_for_endpoint)
+
+
 def _route(
     config: pytest.Config,
     state: EvalchemyState,
@@ -431,6 +443,8 @@ def _route(
                 )
             return infos
         router.check_replicas(infos, options.api_key, options.verify)
+        if options.allow_mixed_models:
+            _check_router_health(options)  # the models are the same after all
         started = router.Router(
             [i.url for i in infos], state.paths.root / "vllm_router.log", binary
         )

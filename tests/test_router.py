@@ -248,3 +248,76 @@ def test_replica_options_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
     assert server.stats()["requests"] == before
+
+
+@pytest.mark.parametrize("healthy", [(True, False), (False, False)], ids=["one", "both"])
+def test_endpoints_without_health_are_named_before_the_router_or_any_completion(
+    pytester: pytest.Pytester,
+    make_server: Callable[..., EvalchemyTestServer],
+    healthy: tuple[bool, bool],
+) -> None:
+    # vllm-router polls every worker's /health: a server that is not vLLM may have none. With
+    # none healthy it never starts (60 s, then an error naming no cause); a worker without one
+    # it quietly drops from the rotation.
+    servers = [make_server(no_health=not ok) for ok in healthy]
+    result = _run(
+        pytester,
+        f"--evalchemy-endpoint={','.join(s.url for s in servers)}",
+        _cfg(pytester.path, TASKS),
+        "--evalchemy-run-id=nohealth",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    said = ", ".join(
+        f"{s.url}/health answered HTTP {200 if ok else 404}"
+        for s, ok in zip(servers, healthy, strict=True)
+    )
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: evalchemy endpoint check failed: vllm-router would stand in front of the 2 "
+            "endpoints and uses only those that answer GET /health with 200 (without one it "
+            f"does not start): {said}. Serve every endpoint with vLLM (its server has /health), "
+            "or give one endpoint, or put your own load balancer in front of them and give its "
+            "URL as the one --evalchemy-endpoint"
+        ]
+    )
+    # Each server was asked /health once and nothing else: no model list, no probe.
+    assert [s.stats()["requests"] for s in servers] == [{"/health": 1}] * 2
+    assert [s.stats()["completions"] for s in servers] == [0, 0]
+    # The router was never started: it writes its log from the start.
+    assert not (pytester.path / "results" / "nohealth" / "vllm_router.log").exists()
+
+
+def test_with_mixed_models_allowed_health_matters_only_when_the_router_is_needed(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    cfg = _cfg(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    # Two models: no router (each item keeps to one endpoint), so no /health is needed.
+    a, b = make_server(no_health=True), make_server(no_health=True, model="another-model")
+    mixed = _run(
+        pytester,
+        f"--evalchemy-endpoint={a.url},{b.url}",
+        cfg,
+        "--evalchemy-allow-mixed-models",
+        "--evalchemy-run-id=mixed",
+    )
+    mixed.assert_outcomes(passed=1)
+    assert "/health" not in a.stats()["requests"]
+    # One model after all: the router is needed, and the endpoint without /health is named
+    # before it starts (after the check's probes, which found the models the same).
+    c, d = make_server(), make_server(no_health=True)
+    same = _run(
+        pytester,
+        f"--evalchemy-endpoint={c.url},{d.url}",
+        cfg,
+        "--evalchemy-allow-mixed-models",
+        "--evalchemy-run-id=same",
+    )
+    assert same.ret == pytest.ExitCode.USAGE_ERROR
+    same.stderr.fnmatch_lines(
+        [
+            f"*: {c.url}/health answered HTTP 200, {d.url}/health answered HTTP 404. Serve every "
+            "endpoint with vLLM*"
+        ]
+    )
+    assert [s.stats()["completions"] for s in (c, d)] == [1, 1]  # the probes
+    assert not (pytester.path / "results" / "same" / "vllm_router.log").exists()

@@ -8,7 +8,10 @@ runs on a free loopback port for the session, in its own process group, and is s
 vLLM servers of ``serve.py``.
 
 Also the replica check: the replicas must be interchangeable (same model, same context length,
-same tokenizer), or a score would depend on which replica answered which request.
+same tokenizer), or a score would depend on which replica answered which request; and the
+health check: the router uses only the replicas that answer ``/health`` and does not start
+without one, so a server that has none (one that is not vLLM) is named before the router is
+started, not after its timeout or by a replica quietly left out.
 
 Imports no pytest and no lm-eval.
 """
@@ -31,7 +34,8 @@ from typing import IO, Any
 import requests
 
 from ..core.errors import EndpointError
-from .endpoint import EndpointInfo, redact_url, server_root
+from .endpoint import CHECK_PATIENCE_S, EndpointInfo, redact_url, server_root
+from .patience import TRANSIENT_STATUSES, Outage, OutageGaveUp, connection_reason
 from .serve import ServeError, free_port, log_tail, stop_process_group
 
 # The logger keeps its name of the flat layout: users filter log lines by it.
@@ -44,6 +48,11 @@ POLICY = "round_robin"  # equal replicas; power_of_two would need 2+ healthy wor
 # rotation; until then its retries send that replica's requests to the others.
 HEALTH_CHECK_S = 5
 TOKENIZER_PROBE = "The quick brown fox, 1234 — ünïcödé."
+# What the router polls on each worker (its --health-check-endpoint default) before it serves,
+# and how long it gives an answer (its --health-check-timeout-secs default). It sends no API
+# key there (it gets none), and neither does the check.
+HEALTH_PATH = "/health"
+HEALTH_TIMEOUT_S = 5.0
 
 
 def find_binary() -> str | None:
@@ -189,6 +198,58 @@ def _tokenizer_fingerprint(
         return resp.json().get("tokens") if resp.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
+
+
+def _health(root: str, verify: bool | str, outage: Outage) -> tuple[bool, str]:
+    """Whether ``root`` answers ``GET /health`` as the router needs (2xx), and what it answered
+    ("HTTP 404", "connection refused"); a server that is away or busy is asked again while
+    ``outage`` lasts, as the endpoint check's other requests are."""
+
+    def attempt() -> int:
+        resp = requests.get(root + HEALTH_PATH, timeout=HEALTH_TIMEOUT_S, verify=verify)
+        if resp.status_code in TRANSIENT_STATUSES:
+            resp.raise_for_status()
+        return resp.status_code
+
+    try:
+        status = outage.call(attempt)
+    except (OutageGaveUp, requests.RequestException) as exc:
+        cause = exc.__cause__ if isinstance(exc, OutageGaveUp) else exc
+        if isinstance(cause, requests.HTTPError) and cause.response is not None:
+            return False, f"HTTP {cause.response.status_code}"
+        if isinstance(cause, requests.exceptions.SSLError):
+            return False, "a TLS error"
+        if isinstance(cause, requests.Timeout):
+            return False, f"nothing within {HEALTH_TIMEOUT_S:g} s"
+        if isinstance(cause, requests.ConnectionError):
+            return False, connection_reason(cause)
+        return False, type(cause).__name__
+    return 200 <= status < 300, f"HTTP {status}"
+
+
+def check_health(
+    urls: Sequence[str], verify: bool | str = True, wait_s: float | None = None
+) -> None:
+    """Raise ``EndpointError`` unless every endpoint answers ``/health`` as the router needs.
+    Without any healthy worker it waits until its timeout and does not start; a worker without
+    ``/health`` it takes out of the rotation after its first health checks (seen within 10 s),
+    so the run would quietly use fewer endpoints than given. The error names each endpoint
+    and what it answered. ``wait_s`` is the endpoint check's patience."""
+    answers = []
+    for url in urls:
+        root = server_root(url)
+        outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
+        answers.append((redact_url(root + HEALTH_PATH), *_health(root, verify, outage)))
+    if all(ok for _, ok, _ in answers):
+        return
+    said = ", ".join(f"{url} answered {what}" for url, _, what in answers)
+    raise EndpointError(
+        f"{BINARY} would stand in front of the {len(answers)} endpoints and uses only those "
+        f"that answer GET {HEALTH_PATH} with 200 (without one it does not start): {said}. "
+        f"Serve every endpoint with vLLM (its "
+        f"server has {HEALTH_PATH}), or give one endpoint, or put your own load balancer in "
+        "front of them and give its URL as the one --evalchemy-endpoint"
+    )
 
 
 def check_replicas(

@@ -210,8 +210,9 @@ class EvalchemyTestServer:
     requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
     ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
-    ``no_tokenizer_endpoints``, ``chat_only``, ``reject_over`` (429 for a completion request that
-    arrives while that many are already in flight: a server with a hard admission limit);
+    ``no_tokenizer_endpoints``, ``no_health`` (404 on ``/health``: a server that is not vLLM),
+    ``chat_only``, ``reject_over`` (429 for a completion request that arrives while that many
+    are already in flight: a server with a hard admission limit);
     ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
     ``chat_template`` (None: no template), ``reasoning`` (None, ``"content"`` or ``"field"``);
     ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
@@ -249,6 +250,7 @@ class EvalchemyTestServer:
         retry_after: float | None = None,
         null_logprobs: bool = False,
         no_tokenizer_endpoints: bool = False,
+        no_health: bool = False,
         chat_only: bool = False,
         chat_template: str | None = CHAT_TEMPLATE,
         reasoning: str | None = None,
@@ -283,6 +285,7 @@ class EvalchemyTestServer:
         self.retry_after = retry_after
         self.null_logprobs = null_logprobs
         self.no_tokenizer_endpoints = no_tokenizer_endpoints
+        self.no_health = no_health
         self.chat_only = chat_only
         self.chat_template = chat_template
         if reasoning is not None and reasoning not in REASONING_MODES:
@@ -1033,10 +1036,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _routes(self) -> dict[str, tuple[str, Any]]:
         app = self.server.app
         routes: dict[str, tuple[str, Any]] = {
-            "/health": ("GET", lambda raw: self._send(200, b"")),
             "/stats": ("GET", lambda raw: self._send_json(200, app.stats())),
             "/v1/models": ("GET", lambda raw: self._send_json(200, app.models_payload())),
         }
+        if not app.no_health:
+            routes["/health"] = ("GET", lambda raw: self._send(200, b""))
         if not app.no_tokenizer_endpoints:
             routes["/tokenizer_info"] = (
                 "GET",
@@ -1186,6 +1190,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-tokenizer-endpoints", action="store_true", help="404 on /tokenizer_info etc."
     )
     g.add_argument(
+        "--no-health", action="store_true", help="404 on /health (a server that is not vLLM)"
+    )
+    g.add_argument(
         "--chat-only", action="store_true", help="serve /v1/chat/completions, 404 /v1/completions"
     )
     g.add_argument("--no-chat-template", action="store_true", help="no chat template")
@@ -1262,6 +1269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_after=args.retry_after,
         null_logprobs=args.null_logprobs,
         no_tokenizer_endpoints=args.no_tokenizer_endpoints,
+        no_health=args.no_health,
         chat_only=args.chat_only,
         chat_template=None if args.no_chat_template else CHAT_TEMPLATE,
         reasoning=args.reasoning,
