@@ -134,7 +134,8 @@ def _argmax(values: list[float]) -> int:
 
 
 def _normalised(lls: list[float], lengths: list[float]) -> list[float]:
-    # numpy's division: an empty choice gets -inf (or nan, which argmax would pick; keep -inf).
+    # An empty choice never wins here (lm-eval's numpy gives it -inf, or nan at a loglikelihood
+    # of 0, which its argmax would take: a degenerate task either way).
     return [ll / n if n else -math.inf for ll, n in zip(lls, lengths, strict=True)]
 
 
@@ -211,16 +212,15 @@ def parse_sample(row: dict[str, Any], task: str, metric: str | None = None) -> S
     if len(args) > 1 and all(len(a) > 1 and isinstance(a[1], str) for a in args):
         # Multiple choice: one (context, continuation) request per choice.
         split = _mutual_info_split(args, row)
-        continuations = tuple(a[1] for a in args[:split])
-        choices = continuations
+        choices = tuple(a[1] for a in args[:split])
         # Each filtered response is (loglikelihood, is_greedy).
         lls = [as_float(f[0] if isinstance(f, list) and f else f) for f in filtered or []]
         scores = [v for v in lls if v is not None]
         if len(scores) == len(args):
             gold = _gold(row.get("target"), choices)
             chosen = _pick(
-                scored[0] if scored else "acc",
-                continuations,
+                metric or (scored[0] if scored else "acc"),
+                choices,
                 scores[: len(choices)],
                 scores[len(choices) :] if split else None,
                 (scored[1], gold) if scored and gold is not None else None,
