@@ -17,6 +17,7 @@ import pytest
 from .core.config import load_config, plan_items
 from .core.errors import ConfigError, EndpointError, EvalchemyError, UsageProblem
 from .core.record import load_summary
+from .core.requirements import lm_eval_problem
 from .core.resources import missing_module
 from .core.results import (
     check_writable,
@@ -87,6 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Without an endpoint the plugin adds nothing: an ordinary pytest run is unaffected.
     if not _active(config):
         return
+    problem = lm_eval_problem()
+    if problem:
+        # Before anything else: an lm-eval outside the range fails later without naming it.
+        raise pytest.UsageError(problem)
     options = resolve_options(config)
     if options.tokenizer and missing_module("transformers"):
         # Before any request: otherwise every item fails with a ModuleNotFoundError.
