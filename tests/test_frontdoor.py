@@ -381,7 +381,7 @@ def test_failed_item_report_is_the_message_and_a_short_log_tail(
     # The one-line message first, then the last frames of where it was raised.
     assert section.splitlines()[1] == message
     assert "Traceback (last 6 frames; --tb=long shows all):" in section
-    assert "broken_data.py\", line 2, in load" in section
+    assert 'broken_data.py", line 2, in load' in section
     assert "last warnings of lm-eval's log: " in section
     assert "Captured" not in section
     assert " INFO " not in section
@@ -391,7 +391,7 @@ def test_failed_item_report_is_the_message_and_a_short_log_tail(
     log = next((pytester.path / "results").glob("*/items/broken/broken/lm_eval.log"))
     logged = log.read_text(encoding="utf-8")
     assert f"evalchemy: lm-eval failed: {message.split(': ', 2)[2]}" in logged
-    assert "broken_data.py\", line 2, in load" in logged
+    assert 'broken_data.py", line 2, in load' in logged
     assert logged.count("  File ") > 6
 
     # --tb=long: all of it; --tb=line: the message alone.

@@ -43,6 +43,4 @@ def lm_eval_problem(installed: str | None = None, supported: str | None = None) 
         return f"lm-eval is not installed; pytest-evalchemy supports lm-eval {supported}: {fix}"
     if SpecifierSet(supported).contains(installed, prereleases=True):
         return None
-    return (
-        f"lm-eval {installed} is installed; pytest-evalchemy supports lm-eval {supported}: {fix}"
-    )
+    return f"lm-eval {installed} is installed; pytest-evalchemy supports lm-eval {supported}: {fix}"
