@@ -418,6 +418,33 @@ def test_without_endpoint_the_plugin_adds_nothing(pytester: pytest.Pytester) -> 
     assert not (pytester.path / "results").exists()
 
 
+# What a project that does not use the plugin must not pay for at start-up.
+HEAVY = ("requests", "urllib3", "yaml", "jsonschema", "lm_eval", "scipy", "aiohttp", "numpy")
+
+
+@pytest.mark.lower_bounds
+def test_without_endpoint_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    # The modules a plain run loaded, with the plugin and without it (other plugins of this
+    # environment may load some of them: only the difference is the plugin's).
+    pytester.makeconftest(
+        "import sys\n"
+        "def pytest_unconfigure(config):\n"
+        f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "    print('HEAVY=' + ','.join(heavy))\n"
+    )
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+
+    def heavy(*args: str) -> set[str]:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+        line = next(x for x in result.outlines if x.startswith("HEAVY="))
+        return set(filter(None, line.removeprefix("HEAVY=").split(",")))
+
+    assert heavy() - heavy("-p", "no:evalchemy") == set()
+    # With an endpoint the plugin is loaded (so the check above can fail): an unreachable one
+    # ends the run at the endpoint check, after the plugin's imports.
+    assert {"requests", "yaml"} <= heavy("--evalchemy-endpoint=http://127.0.0.1:9/v1/completions")
+
+
 def test_paths_on_the_command_line_run_beside_the_config(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
