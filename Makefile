@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Every dependency at its declared lower bound (tools/lower-bounds.txt).
+LOWER_VENV ?= .venv-lower
 
 include Makefile.vllm
 
@@ -11,7 +13,15 @@ $(VENV)/.installed: pyproject.toml
 	sh tools/system-deps.sh $(PYTHON) venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --group test -e .
+	touch $@
+
+# The package alone (no development group), its dependencies at their lower bounds.
+$(LOWER_VENV)/.installed: pyproject.toml tools/lower-bounds.txt
+	sh tools/system-deps.sh $(PYTHON) venv
+	$(PYTHON) -m venv $(LOWER_VENV)
+	$(LOWER_VENV)/bin/pip install -q --upgrade pip
+	$(LOWER_VENV)/bin/pip install -q -c tools/lower-bounds.txt -e .
 	touch $@
 
 lint: $(VENV)/.installed
@@ -20,10 +30,13 @@ lint: $(VENV)/.installed
 
 # The vllm-marked tests start the real vLLM (CPU build) on the tiny model; the browser tests need
 # Debian's chromium, installed here when missing (as root; otherwise the command to run is printed).
-test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp
+# Then the lower-bound tests again with every dependency at its declared minimum, so a lower
+# bound cannot silently go false.
+test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp $(LOWER_VENV)/.installed
 	sh tools/system-deps.sh $(PYTHON) browser
 	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs
+	$(LOWER_VENV)/bin/python -m pytest tests -m lower_bounds -n 2 --dist loadgroup -q -rs
 
 # The main job on the built-in tiny model: vLLM on the CPU, the offline benchmarks (and mini_arc
 # with the model's chat template), 2 workers.
@@ -42,4 +55,4 @@ perf: $(VENV)/.installed
 		$(BIN)/python perf/run_perf.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .cache results models
+	rm -rf $(VENV) $(VLLM_VENV) $(LOWER_VENV) .cache results models

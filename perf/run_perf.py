@@ -317,6 +317,39 @@ def fig_collect(work: Path, repeats: int, report: Report) -> None:
     )
 
 
+def fig_startup(work: Path, repeats: int, report: Report) -> None:
+    """What the installed plugin costs a project that does not use it: a one-test project's
+    run with the plugin and with ``-p no:evalchemy``, interleaved."""
+    folder = work / "startup"
+    folder.mkdir()
+    (folder / "test_one.py").write_text("def test_one():\n    assert True\n", encoding="utf-8")
+    base = [PY, "-m", "pytest", "-q", *PYTEST_FLAGS, "test_one.py"]
+    res = alternate(
+        max(repeats, 5),
+        {
+            "plugin": lambda i: run(base, folder),
+            "off": lambda i: run([*base, "-p", "no:evalchemy"], folder),
+        },
+    )
+    if any(p.rc != 0 for p in res["plugin"] + res["off"]):
+        raise RuntimeError(f"the one-test project failed:\n{res['plugin'][0].out[-2000:]}")
+    a = median([p.wall_s for p in res["plugin"]])
+    b = median([p.wall_s for p in res["off"]])
+    report.add(
+        Row(
+            "one-test project, plugin installed, no endpoint",
+            "the same with `-p no:evalchemy`",
+            f"{a:.2f} s",
+            f"{b:.2f} s",
+            f"+{a - b:.2f} s",
+            "≤ +0.05 s (median of 5)",
+            a - b <= 0.05,
+            f"{len(res['plugin'])} runs each, interleaved; plugin {spread([p.wall_s for p in res['plugin']])} s",
+            loads(res["plugin"] + res["off"]),
+        )
+    )
+
+
 # 2. fixed cost of an item ---------------------------------------------------------------
 
 
@@ -1068,6 +1101,7 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
 
 FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
     "collect": fig_collect,
+    "startup": fig_startup,
     "fixed": fig_fixed,
     "resolve": fig_resolve,
     "latency": fig_latency,

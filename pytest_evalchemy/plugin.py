@@ -1,5 +1,6 @@
-"""pytest glue: the hooks. Options, state, collection nodes and the reporter have their own
-modules; the work itself lives in the pytest-free ones."""
+"""pytest glue: the hooks of a run, registered by the entry point (``glue/entry.py``) only when
+an endpoint, a model to serve or a router is given. Options, state, collection nodes and the
+reporter have their own modules; the work itself lives in the pytest-free ones."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from .core.config import load_config, plan_items
 from .core.errors import ConfigError, EndpointError, EvalchemyError, UsageProblem
 from .core.record import load_summary
+from .core.requirements import lm_eval_problem
 from .core.resources import missing_module
 from .core.results import (
     check_writable,
@@ -25,7 +27,7 @@ from .core.results import (
 )
 from .glue.api import Evalchemy
 from .glue.items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
-from .glue.options import Options, add_options, resolve_options, setting_value
+from .glue.options import Options, resolve_options
 from .glue.reporter import EvalchemyReporter, XdistHooks
 from .glue.selection import selected_keys
 from .glue.state import RECORD_PROPERTY, STATE, EvalchemyState
@@ -45,32 +47,15 @@ from .run.runlock import RunLock
 from .run.tasks import catalog
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser)
-
-
-# ---------------------------------------------------------------- hooks and the fixture
-
-
-def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hookspecs
-
-    pluginmanager.add_hookspecs(hookspecs)
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_evalchemy_summary(config: pytest.Config, summary: dict[str, Any]) -> dict[str, Any]:
     """The plugin's summary as it is; an implementation of a user's runs before this one."""
     return summary
 
 
-@pytest.fixture
-def evalchemy(request: pytest.FixtureRequest) -> Evalchemy:
-    """Run lm-eval tasks from a test: ``evalchemy.run("mini_arc", limit=50).metric("acc")``."""
-    state = request.config.stash.get(STATE, None)
-    if state is None:
-        # Like the plugin itself: without an endpoint an ordinary pytest run is unaffected.
-        pytest.skip("evalchemy: no --evalchemy-endpoint or --evalchemy-serve given")
+def make_evalchemy(request: pytest.FixtureRequest) -> Evalchemy:
+    """The ``evalchemy`` fixture's value (the fixture itself is the entry point's)."""
+    state = request.config.stash[STATE]
     return Evalchemy(request.node, state, execute_item, request_hook(request.node))
 
 
@@ -78,15 +63,13 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _active(config: pytest.Config) -> bool:
-    return any(setting_value(config, name)[0] for name in ("endpoint", "serve", "router"))
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Without an endpoint the plugin adds nothing: an ordinary pytest run is unaffected.
-    if not _active(config):
-        return
+    # Registered by the entry point (glue/entry.py) only when a run is asked for.
+    problem = lm_eval_problem()
+    if problem:
+        # Before anything else: an lm-eval outside the range fails later without naming it.
+        raise pytest.UsageError(problem)
     options = resolve_options(config)
     if options.tokenizer and missing_module("transformers"):
         # Before any request: otherwise every item fails with a ModuleNotFoundError.

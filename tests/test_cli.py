@@ -485,11 +485,12 @@ def test_script_without_endpoint() -> None:
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    """The project's test server, as a user would start it."""
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The project's test server, as a user would start it: from a folder of their own, with
+    the answer key of the benchmarks the package ships (no --benchmarks)."""
     proc = spawn(
-        [sys.executable, "-m", "pytest_evalchemy.testing.server", "--benchmarks", "benchmarks"],
-        cwd=REPO,
+        [sys.executable, "-m", "pytest_evalchemy.testing.server"],
+        cwd=tmp_path_factory.mktemp("elsewhere"),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -87,6 +87,33 @@ def test_init_writes_a_starting_point_and_keeps_existing_files(tmp_path: Path) -
     assert load_config(proj / "configs" / "eval_config.json").tasks
 
 
+def test_init_workflow_passes_zizmor(tmp_path: Path) -> None:
+    import shutil
+
+    from pytest_evalchemy import __version__
+
+    assert _evalchemy("init", "proj", cwd=tmp_path).returncode == 0
+    workflow = tmp_path / "proj" / ".github" / "workflows" / "evalchemy.yml"
+    text = workflow.read_text(encoding="utf-8")
+    # The plugin at the version that wrote it; every action at a commit, its release beside it.
+    assert f'pip install "pytest-evalchemy=={__version__}"' in text
+    uses = [line.split("uses: ", 1)[1] for line in text.splitlines() if "uses: " in line]
+    assert len(uses) == 3
+    for use in uses:
+        ref, _, release = use.partition("  # ")
+        assert len(ref.split("@")[1]) == 40, use
+        assert release.startswith("v"), use
+    zizmor = shutil.which("zizmor", path=str(Path(sys.executable).parent))
+    assert zizmor, "zizmor is in the test group: pip install --group test -e ."
+    for persona in ("regular", "pedantic"):
+        done = subprocess.run(
+            [zizmor, "--offline", f"--persona={persona}", "--no-progress", str(workflow)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "No findings to report" in done.stdout + done.stderr
+
+
 def test_init_project_runs_with_its_conftest_hook(
     pytester: pytest.Pytester, server: EvalchemyTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,12 +377,35 @@ def test_failed_item_report_is_the_message_and_a_short_log_tail(
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     section = out[out.index("___ broken::broken ___") : out.index("evalchemy scores")]
-    assert "broken/broken: lm-eval failed: ValueError: the data set is not there yet" in section
+    message = "broken/broken: lm-eval failed: ValueError: the data set is not there yet"
+    # The one-line message first, then the last frames of where it was raised.
+    assert section.splitlines()[1] == message
+    assert "Traceback (last 6 frames; --tb=long shows all):" in section
+    assert 'broken_data.py", line 2, in load' in section
     assert "last warnings of lm-eval's log: " in section
     assert "Captured" not in section
     assert " INFO " not in section
     assert "it/s]" not in section  # no progress bars
-    assert len(section.splitlines()) <= 15
+    assert len(section.splitlines()) <= 40
+    # The item's log says why it ended, with the whole traceback.
+    log = next((pytester.path / "results").glob("*/items/broken/broken/lm_eval.log"))
+    logged = log.read_text(encoding="utf-8")
+    assert f"evalchemy: lm-eval failed: {message.split(': ', 2)[2]}" in logged
+    assert 'broken_data.py", line 2, in load' in logged
+    assert logged.count("  File ") > 6
+
+    # --tb=long: all of it; --tb=line: the message alone.
+    long = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={server.completions_url}", f"--evalchemy-config={cfg}", "--tb=long"
+    ).stdout.str()
+    long_section = long[long.index("___ broken::broken ___") : long.index("evalchemy scores")]
+    assert long_section.count("  File ") == logged.count("  File ")
+    assert "last 6 frames" not in long_section
+    line = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={server.completions_url}", f"--evalchemy-config={cfg}", "--tb=line"
+    ).stdout.str()
+    assert message in line
+    assert "Traceback" not in line
     # The table's word and pytest's: the legend says how they relate.
     result.stdout.fnmatch_lines(
         [

@@ -36,6 +36,7 @@ def _config(pytester: pytest.Pytester, tasks: dict, benchmarks: dict | None = No
     return f"--evalchemy-config={write_config(pytester.path / 'eval.json', data)}"
 
 
+@pytest.mark.lower_bounds
 def test_offline_config_passes_with_exact_scores(
     pytester: pytest.Pytester, server: EvalchemyTestServer, answer_key: list[AnswerEntry]
 ) -> None:
@@ -78,6 +79,7 @@ def test_offline_config_passes_with_exact_scores(
     assert len(summary["config"]["sha256"]) == 64
 
 
+@pytest.mark.lower_bounds
 def test_results_layout(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
     cfg = _config(
         pytester,
@@ -212,6 +214,7 @@ def test_disabled_items_are_skipped_with_reason(
     assert summary["tasks"]["b2/mini_hellaswag"]["message"] == "disabled in config"
 
 
+@pytest.mark.lower_bounds
 def test_threshold_failure_shows_table_not_traceback(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
@@ -404,6 +407,7 @@ def test_api_key_is_sent_and_never_written(
             assert "sk-very-secret-value" not in path.read_text(errors="replace"), path
 
 
+@pytest.mark.lower_bounds
 def test_without_endpoint_the_plugin_adds_nothing(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
     # A config where the plugin would look for one: without an endpoint it stays unread.
@@ -412,6 +416,33 @@ def test_without_endpoint_the_plugin_adds_nothing(pytester: pytest.Pytester) -> 
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "results").exists()
+
+
+# What a project that does not use the plugin must not pay for at start-up.
+HEAVY = ("requests", "urllib3", "yaml", "jsonschema", "lm_eval", "scipy", "aiohttp", "numpy")
+
+
+@pytest.mark.lower_bounds
+def test_without_endpoint_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    # The modules a plain run loaded, with the plugin and without it (other plugins of this
+    # environment may load some of them: only the difference is the plugin's).
+    pytester.makeconftest(
+        "import sys\n"
+        "def pytest_unconfigure(config):\n"
+        f"    heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "    print('HEAVY=' + ','.join(heavy))\n"
+    )
+    pytester.makepyfile(test_plain="def test_one():\n    assert True\n")
+
+    def heavy(*args: str) -> set[str]:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+        line = next(x for x in result.outlines if x.startswith("HEAVY="))
+        return set(filter(None, line.removeprefix("HEAVY=").split(",")))
+
+    assert heavy() - heavy("-p", "no:evalchemy") == set()
+    # With an endpoint the plugin is loaded (so the check above can fail): an unreachable one
+    # ends the run at the endpoint check, after the plugin's imports.
+    assert {"requests", "yaml"} <= heavy("--evalchemy-endpoint=http://127.0.0.1:9/v1/completions")
 
 
 def test_paths_on_the_command_line_run_beside_the_config(
@@ -485,6 +516,7 @@ def test_item_errors_when_the_server_dies_mid_run(pytester: pytest.Pytester, mak
     assert summary["totals"]["timeout"] == 2
 
 
+@pytest.mark.lower_bounds
 def test_parallel_run_matches_serial(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:

@@ -47,7 +47,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         pytest.fail(
-            "selenium is not installed: pip install -e '.[test]' (or 'pytest-evalchemy[browser]')",
+            "selenium is not installed: pip install --group test -e . (or 'pytest-evalchemy[browser]')",
             pytrace=False,
         )
     options = webdriver.ChromeOptions()

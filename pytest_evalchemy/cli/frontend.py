@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from ..core.config import EvalConfig, load_config, plan_items
+from ..core.defaults import DEFAULT_CONFIG, DEFAULT_OUTPUT
 from ..core.errors import ConfigError, EvalchemyError
-from ..core.results import DEFAULT_CONFIG, DEFAULT_OUTPUT, RunPaths, default_run_id, validate_run_id
+from ..core.results import RunPaths, default_run_id, validate_run_id
 from ..glue.settings import API_KEY_ENVS, BY_NAME, LOG_LEVELS, lookup
 from ..run.endpoint import (
     DEFAULT_MAX_LENGTH,

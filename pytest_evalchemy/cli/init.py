@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .. import __version__
 from ..core.resources import example_config, schema_path
 from ..core.results import atomic_write_text
 from .parsing import EXIT_OK, EXIT_USAGE_ERROR
@@ -59,39 +60,80 @@ def pytest_evalchemy_update_summary(config, summary):
 #     return None
 '''
 
-WORKFLOW = """\
-# Evaluate the model in CI (written by `evalchemy init`). Set the repository secrets
-# EVALCHEMY_ENDPOINT (e.g. https://host/v1/completions) and, if the server needs one,
-# EVALCHEMY_API_KEY. An item below its threshold fails the job (exit status 1).
+# The actions are pinned to commits (a tag can be moved to other code); the comment names the
+# release, which is what Dependabot and zizmor read. Least privilege: the job only reads the
+# repository, and the checkout keeps no token on disk for later steps.
+ACTIONS = {
+    "checkout": ("actions/checkout", "3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
+    "setup-python": ("actions/setup-python", "5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
+    "upload-artifact": (
+        "actions/upload-artifact",
+        "bbbca2ddaa5d8feaa63e36b76fdaad77386f024f",
+        "v7.0.0",
+    ),
+}
+
+
+def _uses(name: str) -> str:
+    repo, commit, release = ACTIONS[name]
+    return f"{repo}@{commit}  # {release}"
+
+
+WORKFLOW_TEMPLATE = """\
+# Evaluate the model in CI (written by `evalchemy init` of pytest-evalchemy {version}). Set the
+# repository secrets EVALCHEMY_ENDPOINT (e.g. https://host/v1/completions) and, if the server
+# needs one, EVALCHEMY_API_KEY. An item below its threshold fails the job (exit status 1).
 name: evalchemy
 on:
   workflow_dispatch:
   push:
     branches: [main]
+permissions: {{}}
+# One evaluation of a branch at a time: a second push waits instead of loading the server twice.
+concurrency:
+  group: evalchemy-${{{{ github.ref }}}}
+  cancel-in-progress: false
 jobs:
   evaluate:
+    name: benchmarks against the endpoint
     runs-on: ubuntu-latest
+    permissions:
+      contents: read
     steps:
-      - uses: actions/checkout@v4
-      - uses: actions/setup-python@v5
+      - uses: {checkout}
+        with:
+          persist-credentials: false
+      - uses: {setup_python}
         with:
           python-version: "3.12"
-      - run: pip install pytest-evalchemy
+      # The version that wrote this workflow: a new release is taken on purpose, not by surprise.
+      - name: install
+        run: pip install "pytest-evalchemy=={version}"
       - name: benchmarks
         env:
-          EVALCHEMY_ENDPOINT: ${{ secrets.EVALCHEMY_ENDPOINT }}
-          EVALCHEMY_API_KEY: ${{ secrets.EVALCHEMY_API_KEY }}
+          EVALCHEMY_ENDPOINT: ${{{{ secrets.EVALCHEMY_ENDPOINT }}}}
+          EVALCHEMY_API_KEY: ${{{{ secrets.EVALCHEMY_API_KEY }}}}
+          EVALCHEMY_RUN_ID: ci-${{{{ github.run_id }}}}
           HF_HUB_OFFLINE: "1"  # the offline benchmarks need no hub; drop it for the public tasks
         run: >
           pytest --evalchemy-config=configs/offline_config.json -n 4
-          --evalchemy-run-id=ci-${{ github.run_id }} --junitxml=results/junit.xml
-          --evalchemy-markdown=results/scores.md
-      - uses: actions/upload-artifact@v4
+          --junitxml=results/junit.xml --evalchemy-markdown=results/scores.md
+      - uses: {upload_artifact}
         if: always()
         with:
           name: evalchemy-results
           path: results/
 """
+
+
+def workflow_text() -> str:
+    """The CI workflow, naming the plugin's own version."""
+    return WORKFLOW_TEMPLATE.format(
+        version=__version__,
+        checkout=_uses("checkout"),
+        setup_python=_uses("setup-python"),
+        upload_artifact=_uses("upload-artifact"),
+    )
 
 
 @dataclass(frozen=True)
@@ -138,7 +180,7 @@ def starter_files(conftest_exists: bool = False) -> list[StarterFile]:
         StarterFile(conftest, CONFTEST, conftest_edit),
         StarterFile(
             ".github/workflows/evalchemy.yml",
-            WORKFLOW,
+            workflow_text(),
             "a CI job: set the secret EVALCHEMY_ENDPOINT",
         ),
     ]

@@ -16,9 +16,6 @@ from typing import Any
 
 from .errors import UsageProblem
 
-DEFAULT_CONFIG = "configs/eval_config.json"
-DEFAULT_OUTPUT = "results"
-
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -106,7 +107,11 @@ class TaskItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         state = self.config.stash[STATE]
         log = state.paths.item_dir(self.planned.benchmark, self.planned.task.key) / "lm_eval.log"
-        if isinstance(excinfo.value, (ItemFailed, ItemError)):
+        if isinstance(excinfo.value, ItemError):
+            # The one-line message first, then where lm-eval raised.
+            cause = excinfo.value.cause_text(style or self.config.getoption("tbstyle"))
+            return f"{excinfo.value}\n{cause}{_log_pointer(log)}"
+        if isinstance(excinfo.value, ItemFailed):
             return f"{excinfo.value}\n{_log_pointer(log)}"
         if isinstance(excinfo.value, ItemTimeout):
             return f"{excinfo.value}\n{where_it_was(excinfo.tb)}\n{_log_pointer(log)}"
@@ -118,7 +123,26 @@ class TaskItem(pytest.Item):
 
 
 class ItemError(Exception):
-    """lm-eval raised while running the item."""
+    """lm-eval raised while running the item; ``cause`` is its traceback, secrets scrubbed."""
+
+    def __init__(self, message: str, cause: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or []  # traceback.format_exception's lines, chained causes included
+
+    def cause_text(self, style: Any) -> str:
+        """The cause's traceback: all of it under ``--tb=long``/``native``, its last frames by
+        default, none under ``--tb=line``/``no``."""
+        if style in ("line", "no") or not self.cause:
+            return ""
+        if style in ("long", "native"):
+            return "".join(self.cause)
+        # The last frames, where lm-eval and its HTTP client raised, and the exception's line.
+        body = [line for line in self.cause if line.startswith("  File ")]
+        if len(body) <= CAUSE_FRAMES:
+            return "".join(self.cause)
+        last = self.cause.index(body[-CAUSE_FRAMES])
+        head = f"Traceback (last {CAUSE_FRAMES} frames; --tb=long shows all):\n"
+        return head + "".join(self.cause[last:])
 
 
 class ItemTimeout(pytest.fail.Exception):
@@ -127,6 +151,8 @@ class ItemTimeout(pytest.fail.Exception):
 
 # The frames a timed-out item reports, innermost last: enough to see where lm-eval was.
 WHERE_FRAMES = 20
+# The frames of an lm-eval exception an item's report shows by default.
+CAUSE_FRAMES = 6
 
 
 def _log_pointer(path: Path) -> str:
@@ -221,4 +247,9 @@ def execute_item(
         record["message"] = scrub(
             describe_error(exc, settings.max_retries, settings.include_paths), settings.secrets
         )
-        raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}") from exc
+        cause = [scrub(line, settings.secrets) for line in traceback.format_exception(exc)]
+        log = settings.paths.item_dir(planned.benchmark, planned.task.key) / "lm_eval.log"
+        with contextlib.suppress(OSError), log.open("a", encoding="utf-8") as out:
+            # The log says why the item ended, not only what lm-eval logged before.
+            out.write(f"evalchemy: lm-eval failed: {record['message']}\n{''.join(cause)}")
+        raise ItemError(f"{planned.key}: lm-eval failed: {record['message']}", cause) from exc

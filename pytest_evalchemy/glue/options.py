@@ -11,47 +11,24 @@ from typing import Any
 import pytest
 
 from ..core.config import Threshold, normalize_metric
-from ..core.errors import EvalchemyError
-from ..core.results import (
-    DEFAULT_CONFIG,
-    DEFAULT_OUTPUT,
-    validate_run_id,
-)
-from ..judge.baseline import load_baseline
-from ..judge.gating import (
+from ..core.defaults import (
     DEFAULT_CONFIDENCE,
+    DEFAULT_CONFIG,
+    DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DROP,
-    GATE_MODES,
-    GateSettings,
+    DEFAULT_OUTPUT,
 )
+from ..core.errors import EvalchemyError
+from ..core.results import validate_run_id
+from ..judge.baseline import load_baseline
+from ..judge.gating import GATE_MODES, GateSettings
 from ..run.chat_settings import ChatOptions
 from ..run.concurrency import AUTO, parse_concurrency
-from ..run.concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
 from ..run.endpoint import split_endpoints
 from ..run.reasoning import parse_reasoning
-from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, SETTINGS, lookup, source_text
+from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, lookup, source_text
 
 DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
-
-
-def add_options(parser: pytest.Parser) -> None:
-    """The plugin's command-line options and their ini twins, from the one table."""
-    group = parser.getgroup("evalchemy", "LLM benchmarks with lm-evaluation-harness")
-    for s in SETTINGS:
-        if s.switch:
-            # None when not given: the ini twin decides then.
-            group.addoption(s.flag, dest=s.ini, action="store_true", default=None, help=s.help)
-            parser.addini(s.ini, f"{s.help} (true/false)", type="bool", default=False)
-        elif s.repeatable and s.name != "endpoint":
-            group.addoption(s.flag, dest=s.ini, action="append", default=[], help=s.help)
-            parser.addini(s.ini, f"{s.help} (one per line)", type="linelist", default=[])
-        else:
-            # Several endpoints: repeat the option (or separate them with commas).
-            action = "append" if s.repeatable else "store"
-            group.addoption(
-                s.flag, dest=s.ini, default=None, action=action, metavar=s.metavar, help=s.help
-            )
-            parser.addini(s.ini, s.help, default=None)
 
 
 @dataclass(frozen=True)

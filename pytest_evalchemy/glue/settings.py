@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.results import DEFAULT_CONFIG, DEFAULT_OUTPUT
-from ..judge.gating import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP
-from ..run.concurrency import DEFAULT_MAX as DEFAULT_MAX_CONCURRENCY
+from ..core.defaults import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_CONFIG,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DROP,
+    DEFAULT_OUTPUT,
+)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Where the endpoint's API key is read from, in this order (never from a flag or an ini file).

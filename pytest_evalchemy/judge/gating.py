@@ -10,6 +10,7 @@ from statistics import NormalDist
 from typing import Any
 
 from ..core.config import PlannedItem, Threshold
+from ..core.defaults import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP
 from ..core.record import as_float, is_stderr, stderr_key
 from ..core.samples import Rows
 from . import statistics
@@ -18,8 +19,6 @@ from .per_sample import Pairing, flip_lines, pair
 from .statistics import Interval
 
 GATE_MODES = ("point", "ci")
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_MAX_DROP = 0.02
 # Scores are fractions printed to 4 places: a drop of 0.0200000001 is a drop of 0.02.
 _DROP_TOLERANCE = 1e-9
 _NORMAL = NormalDist()

@@ -42,7 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MAX = 256  # vLLM's default max_num_seqs: more in flight only queues on its side
+from ..core.defaults import DEFAULT_MAX_CONCURRENCY
+
+DEFAULT_MAX = DEFAULT_MAX_CONCURRENCY
 INITIAL = 16  # a few percent of a vLLM server's batch; 400 requests at 64 slots still ramp fast
 GROWTH = 1.2
 KNEE_SHARE = 0.9

@@ -32,7 +32,7 @@ into ``message.reasoning`` (vLLM's ``--reasoning-parser``); ``"content"`` leaves
 Fault switches (all off by default) simulate slow, overloaded, flaky or misconfigured servers; ``GET /stats``
 reports request counts and the peak number of concurrent completion requests.
 
-CLI: ``python -m pytest_evalchemy.testing.server --benchmarks DIR [--port 0] ...`` prints one line
+CLI: ``python -m pytest_evalchemy.testing.server [--benchmarks DIR] [--port 0] ...`` prints one line
 ``EVALCHEMY_TEST_SERVER http://127.0.0.1:PORT`` when ready and serves until SIGTERM/SIGINT.
 """
 
@@ -1165,7 +1165,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m pytest_evalchemy.testing.server",
         description="vLLM-compatible test server whose simulated model answers the offline benchmarks' answer key.",
     )
-    p.add_argument("--benchmarks", type=Path, help="benchmarks folder to load the answer key from")
+    p.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=None,
+        help="benchmarks folder to load the answer key from (default: the offline benchmarks "
+        "the package ships)",
+    )
+    p.add_argument(
+        "--no-answer-key",
+        action="store_true",
+        help="answer every choice alike: a server that knows no benchmark",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -1250,11 +1261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; announce the URL on stdout (and in --port-file)."""
     args = _parse_args(argv)
     entries: list[AnswerEntry] = []
-    if args.benchmarks is not None:
+    if not args.no_answer_key:
         # Imported here: only the CLI reads the benchmarks folder.
+        from pytest_evalchemy.core.resources import benchmarks_dir
         from pytest_evalchemy.testing.answer_key import load_answer_key
 
-        entries = load_answer_key(args.benchmarks)
+        entries = load_answer_key(args.benchmarks or benchmarks_dir())
     server = EvalchemyTestServer(
         entries,
         host=args.host,
