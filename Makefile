@@ -36,7 +36,8 @@ test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp $(LOWER_VENV)/.installed
 	sh tools/system-deps.sh $(PYTHON) browser
 	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs
-	$(LOWER_VENV)/bin/python -m pytest tests -m lower_bounds -n 2 --dist loadgroup -q -rs
+	$(LOWER_VENV)/bin/python -m pytest tests/test_plugin.py tests/test_dependency_bounds.py \
+		-m lower_bounds -n 2 --dist loadgroup -q -rs
 
 # The main job on the built-in tiny model: vLLM on the CPU, the offline benchmarks (and mini_arc
 # with the model's chat template), 2 workers.

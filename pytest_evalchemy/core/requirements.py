@@ -22,7 +22,9 @@ def declared_range(dependency: str, distribution: str = DISTRIBUTION) -> str | N
     for text in requires:
         requirement = Requirement(text)
         if canonicalize_name(requirement.name) == wanted and not requirement.marker:
-            return str(requirement.specifier)
+            # Lower bounds first, as people write a range (">=0.4.12,<0.5").
+            parts = sorted(map(str, requirement.specifier), key=lambda s: (s[0] != ">", s))
+            return ",".join(parts)
     return None
 
 
