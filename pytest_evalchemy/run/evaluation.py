@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .patience import OutageGaveUp
 from .progress import RequestProgress, track
+from .request_cache import RequestCacheWarning, set_aside_unreadable
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
@@ -410,6 +412,27 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
     }
 
 
+def _set_aside_unreadable_cache(
+    item: PlannedItem,
+    request: harness.HarnessRequest,
+    record: dict[str, Any],
+    item_log: logging.Handler,
+) -> None:
+    """A request cache that cannot be read is moved aside before lm-eval opens it (it would
+    fail the item, and every resume of it): the item asks again, and the item's log, the
+    record and pytest's warnings summary say which file it was."""
+    note = set_aside_unreadable(request.cache_prefix) if request.cache_prefix else None
+    if note is None:
+        return
+    record["request_cache"] = note
+    item_log.handle(
+        logging.LogRecord(
+            RequestCacheWarning.__module__, logging.WARNING, __file__, 0, note, None, None
+        )
+    )
+    warnings.warn(RequestCacheWarning(f"{item.key}: {note}"), stacklevel=3)
+
+
 def run_item(
     item: PlannedItem,
     settings: RunSettings,
@@ -444,11 +467,12 @@ def run_item(
         with (
             harness.capture_log(
                 item_dir / "lm_eval.log", level=settings.log_level, secrets=settings.secrets
-            ),
+            ) as item_log,
             _env_var("OPENAI_API_KEY", settings.api_key),
             _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
+            _set_aside_unreadable_cache(item, request, record, item_log)
             results = harness.run(request, context=context, run_key=settings.paths.run_id)
     except ContextTooLong as exc:
         record["status"] = Status.FAILED
