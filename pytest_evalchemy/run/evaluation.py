@@ -20,7 +20,8 @@ from typing import Any
 
 from ..core.config import PlannedItem, Threshold
 from ..core.record import Status
-from ..core.results import RunPaths, atomic_write_json, atomic_write_text
+from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child_path, inside
+from ..core.samples import samples_file_name
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
 from . import harness
@@ -353,14 +354,23 @@ def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str 
     atomic_write_json(item_dir / "results.json", results)
     for task, rows in samples.items():
         text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
-        atomic_write_text(item_dir / f"samples_{task}.jsonl", text)
+        # The task name comes from a YAML: the file stays in the item's folder whatever it is.
+        atomic_write_text(child_path(item_dir, samples_file_name(task)), text)
     if output_path:
-        # The seed's per-task output_path gets a copy, relative to where the run started.
+        # The seed's per-task output_path gets a copy, relative to where the run started. The
+        # config check refused a path that leads out of it; a link made since is refused here.
         target = Path(output_path)
+        if not inside(Path.cwd(), target):
+            raise ValueError(
+                f"output_path {output_path!r} leads out of the working directory {Path.cwd()} "
+                f"(to {target.resolve()}): no copy written"
+            )
         target.mkdir(parents=True, exist_ok=True)
         for path in item_dir.iterdir():
             if path.suffix in (".json", ".jsonl", ".log"):
-                shutil.copy2(path, target / path.name)
+                copy = child_path(target, path.name)
+                copy.unlink(missing_ok=True)  # a link left there would take the copy elsewhere
+                shutil.copy2(path, copy)
 
 
 def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, Any]:
