@@ -1,7 +1,9 @@
-"""Every file the run writes stays where it belongs: a task YAML's name that would leave the
-item's folder is refused (in the run and in ``--validate-config``), and any file name made
-from a task name stays in its folder all the same; a config's ``output_path`` is judged after
-its symbolic links.
+"""Every file the run writes stays where it belongs, and every path it will write is tried
+before any request: a task YAML's name that would leave the item's folder is refused (in the
+run and in ``--validate-config``), and any file name made from a task name stays in its
+folder all the same; a config's ``output_path`` is judged after its symbolic links; an output
+path that cannot be written (``--evalchemy-markdown``, ``--junitxml``, a task's
+``output_path``) stops the run with one line, exit status 4, before the endpoint is asked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pytest_evalchemy.core.results import output_file_problem, output_folder_problem
 from pytest_evalchemy.core.samples import item_samples
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -158,3 +161,114 @@ def test_an_output_path_that_leads_out_through_a_link_is_refused(
     done = _validate(pytester.path, cfg)
     assert done.returncode == 4
     assert done.stderr.splitlines()[1:] == [line]
+
+
+# ---------------------------------------------------------------- output paths, before any request
+
+
+def _case(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str) -> tuple:
+    """(arguments, the line) of an output path that cannot be written."""
+    a_file = pytester.path / "a_file"
+    a_file.write_text("x")
+    a_folder = pytester.path / "a_folder"
+    a_folder.mkdir()
+    fix = "; give a path the run can write"
+    under = f"cannot be written: {a_file} is a file, not a folder{fix}"
+    if case == "markdown-under-a-file":
+        path = a_file / "sub.md"
+        return [f"--evalchemy-markdown={path}"], f"--evalchemy-markdown {path}: {under}"
+    if case == "markdown-a-folder":
+        return (
+            [f"--evalchemy-markdown={a_folder}"],
+            f"--evalchemy-markdown {a_folder}: cannot be written: it is a folder, not a file{fix}",
+        )
+    if case == "markdown-from-the-environment":
+        path = a_file / "sub.md"
+        monkeypatch.setenv("EVALCHEMY_MARKDOWN", str(path))
+        where = "--evalchemy-markdown (from the environment variable EVALCHEMY_MARKDOWN)"
+        return [], f"{where} {path}: {under}"
+    if case == "step-summary-under-a-file":
+        path = a_file / "summary.md"
+        monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(path))
+        where = "$GITHUB_STEP_SUMMARY (the Markdown summary is appended to it)"
+        return [f"--evalchemy-markdown={pytester.path / 'ok.md'}"], f"{where} {path}: {under}"
+    if case == "junitxml-under-a-file":
+        path = a_file / "sub.xml"
+        return [f"--junitxml={path}"], f"--junitxml {path}: {under}"
+    assert case == "output-path-under-a-file"
+    return (
+        ["output_path"],
+        f"tasks.mini_arc.output_path of {pytester.path / 'eval.json'} {a_file / 'copies'}: "
+        f"no copy can be written there: {a_file} is a file, not a folder{fix}",
+    )
+
+
+CASES = [
+    "markdown-under-a-file",
+    "markdown-a-folder",
+    "markdown-from-the-environment",
+    "step-summary-under-a-file",
+    "junitxml-under-a-file",
+    "output-path-under-a-file",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_output_path_that_cannot_be_written_stops_the_run_before_any_request(
+    pytester: pytest.Pytester,
+    make_server: Callable[..., EvalchemyTestServer],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    # Tests run as root, which writes through any permission bits: a path under a regular
+    # file, or a folder where a file is expected, cannot be written by anyone.
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv("EVALCHEMY_MARKDOWN", raising=False)
+    srv = make_server()
+    args, line = _case(pytester, monkeypatch, case)
+    task = offline_task("mini_arc", limit=2)
+    if args == ["output_path"]:
+        args, task = [], {**task, "output_path": "a_file/copies"}
+    cfg = write_config(pytester.path / "eval.json", {"tasks": {"mini_arc": task}})
+    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}", *args)
+    assert result.ret == USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines([f"ERROR: evalchemy: {line}"])
+    assert srv.stats()["requests"] == {}  # not even the endpoint check
+    assert not (pytester.path / "results").exists()
+    assert not (pytester.path / "ok.md").exists()
+    _no_traceback(result)
+
+
+def test_output_paths_in_folders_not_made_yet_are_written(
+    pytester: pytest.Pytester, server: EvalchemyTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    cfg = write_config(
+        pytester.path / "eval.json", {"tasks": {"mini_arc": offline_task("mini_arc", limit=2)}}
+    )
+    markdown = pytester.path / "new" / "md" / "scores.md"
+    xml = pytester.path / "new" / "xml" / "junit.xml"
+    result = _run(
+        pytester,
+        server.url,
+        f"--evalchemy-config={cfg}",
+        f"--evalchemy-markdown={markdown}",
+        f"--junitxml={xml}",
+    )
+    result.assert_outcomes(passed=1)
+    assert "mini_arc" in markdown.read_text(encoding="utf-8")
+    assert "mini_arc" in xml.read_text(encoding="utf-8")
+    assert not list(pytester.path.rglob(".evalchemy-write-check*"))
+
+
+def test_trying_an_output_path_leaves_it_as_it_was(tmp_path: Path) -> None:
+    new = tmp_path / "a" / "b" / "c.md"
+    assert output_file_problem(new) is None
+    assert list(tmp_path.iterdir()) == []  # the folders made to try are gone again
+    kept = tmp_path / "kept.md"
+    kept.write_text("earlier step\n")
+    assert output_file_problem(kept) is None
+    assert kept.read_text() == "earlier step\n"
+    assert output_folder_problem(tmp_path / "d" / "e") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.md"]
+    assert output_folder_problem(kept) == "it is a file, not a folder"

@@ -3,6 +3,7 @@ the versions a summary records. Imports no pytest and no lm-eval."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ import platform
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,6 +204,75 @@ def inside(folder: Path, path: Path) -> bool:
     """Whether ``path`` lies in ``folder`` once symbolic links are resolved (a path written
     as text inside a folder may lead out of it through a link)."""
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+# ---------------------------------------------------------------- output paths, tried
+
+
+@contextmanager
+def _missing_folders_made(folder: Path) -> Iterator[str | None]:
+    """Make ``folder``'s missing folders for a trial write, and remove them afterwards (those
+    that are still empty). Yields None, or why they cannot be made."""
+    base = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if base is not None and not base.is_dir():
+        yield f"{base} {'is a file' if base.is_file() else 'leads nowhere'}, not a folder"
+        return
+    made: list[Path] = []
+    problem = None
+    for missing in reversed([folder, *folder.parents]):
+        if missing.exists():
+            continue
+        try:
+            missing.mkdir()
+        except OSError as exc:
+            problem = f"{missing} cannot be made ({exc.strerror})"
+            break
+        made.append(missing)
+    try:
+        yield problem
+    finally:
+        for missing in reversed(made):
+            with contextlib.suppress(OSError):  # something else wrote there meanwhile
+                missing.rmdir()
+
+
+def _new_file_problem(folder: Path) -> str | None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".evalchemy-write-check-"):
+            return None
+    except OSError as exc:
+        return f"no file can be made in {folder} ({exc.strerror})"
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file could not be written at ``path``, found by trying (permission bits say
+    nothing to root): the missing folders are made, the file is opened for append and a new
+    file made beside it (an atomic write replaces the file with a new one), then whatever did
+    not exist before is removed again. None when it can be written."""
+    if path.is_dir():
+        return "it is a folder, not a file"
+    existed = path.exists() or path.is_symlink()
+    with _missing_folders_made(path.parent) as problem:
+        if problem:
+            return problem
+        try:
+            with path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return f"it cannot be opened for writing ({exc.strerror})"
+        finally:
+            if not existed:
+                path.unlink(missing_ok=True)
+        return _new_file_problem(path.parent)
+
+
+def output_folder_problem(path: Path) -> str | None:
+    """Why files could not be written in the folder ``path``, tried as
+    ``output_file_problem`` tries (what it made is removed again); None when they can."""
+    if path.exists() and not path.is_dir():
+        return "it is a file, not a folder"
+    with _missing_folders_made(path) as problem:
+        return problem or _new_file_problem(path)
 
 
 def versions() -> dict[str, str]:
