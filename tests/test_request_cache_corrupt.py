@@ -13,7 +13,7 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, write_config
+from .conftest import check_summary, offline_task, write_config
 
 KEY = "mini_arc/mini_arc"
 TASKS = {"mini_arc": offline_task("mini_arc", limit=12, num_fewshot=0, batch_size=1)}
@@ -67,7 +67,7 @@ def test_an_unreadable_cache_is_moved_aside_and_the_item_asks_again(
     server = make_server()
     resumed = _run(pytester, server.url, "--evalchemy-resume=r")
     resumed.assert_outcomes(passed=1)
-    record = read_summary_of(pytester.path, "r")["tasks"][KEY]
+    record = check_summary(read_summary_of(pytester.path, "r"))["tasks"][KEY]
     assert record["status"] == "passed"
     assert record["metrics"] == clean_metrics
     assert server.stats()["completions"] - 1 == clean_requests  # every answer asked again
