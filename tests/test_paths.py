@@ -174,9 +174,10 @@ def _case(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str)
     a_folder.mkdir()
     fix = "; give a path the run can write"
     under = f"cannot be written: {a_file} is a file, not a folder{fix}"
-    if case == "markdown-under-a-file":
+    if case in ("markdown-under-a-file", "markdown-under-a-file-xdist"):
         path = a_file / "sub.md"
-        return [f"--evalchemy-markdown={path}"], f"--evalchemy-markdown {path}: {under}"
+        xdist = ["-n", "2"] if case.endswith("xdist") else []
+        return [f"--evalchemy-markdown={path}", *xdist], f"--evalchemy-markdown {path}: {under}"
     if case == "markdown-a-folder":
         return (
             [f"--evalchemy-markdown={a_folder}"],
@@ -205,6 +206,7 @@ def _case(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str)
 
 CASES = [
     "markdown-under-a-file",
+    "markdown-under-a-file-xdist",  # the controller checks, before its workers start
     "markdown-a-folder",
     "markdown-from-the-environment",
     "step-summary-under-a-file",
