@@ -28,6 +28,7 @@ from .core.results import (
 from .glue.api import Evalchemy
 from .glue.items import EvalConfigFile, TaskItem, TimeoutHooks, execute_item, request_hook
 from .glue.options import Options, resolve_options
+from .glue.outputs import check_outputs
 from .glue.reporter import EvalchemyReporter, XdistHooks
 from .glue.selection import selected_keys
 from .glue.state import RECORD_PROPERTY, STATE, EvalchemyState
@@ -211,6 +212,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     names = {n for item in selected for n in item.task.tasks}
     _check_tasks(state)
     try:
+        check_outputs(config, options, selected)
         check_writable(options.output)
         _hold_run_folder(config, state)
     except EvalchemyError as exc:

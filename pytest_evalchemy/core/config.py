@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import ConfigError, Problem
 from .resources import benchmarks_dir, schema_path
+from .results import inside
 
 PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 DISABLED_REASON = "disabled in config"
@@ -366,6 +367,16 @@ def _reference_problems(path: Path, data: dict[str, Any]) -> list[Problem]:
                     path,
                     f"tasks.{key}.output_path",
                     f"{out!r} leaves the working directory: use a relative path without '..'",
+                )
+            )
+        elif isinstance(out, str) and "\0" not in out and not inside(Path.cwd(), Path(out)):
+            # Written as text inside it, but a symbolic link on the way leads elsewhere.
+            problems.append(
+                Problem(
+                    path,
+                    f"tasks.{key}.output_path",
+                    f"{out!r} leads out of the working directory {Path.cwd()} through a "
+                    f"symbolic link (to {Path(out).resolve()}): use a folder inside it",
                 )
             )
     for name, bench in data.get("benchmarks", {}).items():

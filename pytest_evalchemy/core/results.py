@@ -3,12 +3,16 @@ the versions a summary records. Imports no pytest and no lm-eval."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,6 +133,143 @@ def check_writable(output: Path) -> None:
             f"results folder {str(output)!r} is not writable ({exc.strerror}); pass "
             "--evalchemy-output with a writable folder"
         ) from None
+
+
+# ---------------------------------------------------------------- file names from given names
+
+# What a name given to the run (a task YAML's ``task``) cannot bring into a file name as it is:
+# path separators (the file would land elsewhere), NUL and control characters, and the
+# characters Windows and CI artifact uploads (GitHub's upload-artifact) refuse.
+_UNSAFE_CHARS = r'/\\\x00-\x1f\x7f<>:"|?*'
+_UNSAFE = re.compile(f"[{_UNSAFE_CHARS}]")
+# NAME_MAX is 255 bytes: room is left for the prefix and suffix around the name.
+MAX_NAME_BYTES = 200
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be part of a file name as it is; None when it can."""
+    if not name.strip():
+        return "is empty"
+    found = _UNSAFE.search(name)
+    if found:
+        char = found.group()
+        if char in "/\\":
+            what = "a path separator"
+        elif char.isprintable():
+            what = "a character Windows and CI artifact uploads refuse"
+        else:
+            what = "a NUL or control character"
+        return f"holds {what} ({char!r})"
+    if ".." in name:
+        return "holds '..'"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def safe_file_part(name: str) -> str:
+    """``name`` as one part of a file name that stays in its folder: what
+    ``file_name_problem`` refuses is percent-encoded (``%`` too, so ``name_of_file_part``
+    gives the name back), and a name too long is cut, with a digest of it that keeps it
+    apart from others. A name that holds none of these is returned as it is."""
+    part = re.sub(f"[%{_UNSAFE_CHARS}]", lambda m: f"%{ord(m.group()):02X}", name)
+    part = part.replace("..", "%2E%2E")
+    if len(part.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        head = part.encode()[: MAX_NAME_BYTES - 17].decode(errors="ignore")
+        part = f"{re.sub(r'%[0-9A-F]?$', '', head)}~{digest}"
+    return part
+
+
+def name_of_file_part(part: str) -> str:
+    """The name ``safe_file_part`` made ``part`` of."""
+    from urllib.parse import unquote
+
+    return unquote(part)
+
+
+def child_path(folder: Path, name: str) -> Path:
+    """``folder / name``, which must be a file right in ``folder`` (symbolic links resolved);
+    ``ValueError`` otherwise. The last guard of a file name built from a given name."""
+    path = folder / name
+    if name in ("", ".", "..") or path.name != name or path.parent.resolve() != folder.resolve():
+        raise ValueError(f"{name!r} is not a file name in {folder}")
+    return path
+
+
+def inside(folder: Path, path: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` once symbolic links are resolved (a path written
+    as text inside a folder may lead out of it through a link)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+# ---------------------------------------------------------------- output paths, tried
+
+
+@contextmanager
+def _missing_folders_made(folder: Path) -> Iterator[str | None]:
+    """Make ``folder``'s missing folders for a trial write, and remove them afterwards (those
+    that are still empty). Yields None, or why they cannot be made."""
+    base = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if base is not None and not base.is_dir():
+        yield f"{base} {'is a file' if base.is_file() else 'leads nowhere'}, not a folder"
+        return
+    made: list[Path] = []
+    problem = None
+    for missing in reversed([folder, *folder.parents]):
+        if missing.exists():
+            continue
+        try:
+            missing.mkdir()
+        except OSError as exc:
+            problem = f"{missing} cannot be made ({exc.strerror})"
+            break
+        made.append(missing)
+    try:
+        yield problem
+    finally:
+        for missing in reversed(made):
+            with contextlib.suppress(OSError):  # something else wrote there meanwhile
+                missing.rmdir()
+
+
+def _new_file_problem(folder: Path) -> str | None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".evalchemy-write-check-"):
+            return None
+    except OSError as exc:
+        return f"no file can be made in {folder} ({exc.strerror})"
+
+
+def output_file_problem(path: Path) -> str | None:
+    """Why a file could not be written at ``path``, found by trying (permission bits say
+    nothing to root): the missing folders are made, the file is opened for append and a new
+    file made beside it (an atomic write replaces the file with a new one), then whatever did
+    not exist before is removed again. None when it can be written."""
+    if path.is_dir():
+        return "it is a folder, not a file"
+    existed = path.exists() or path.is_symlink()
+    with _missing_folders_made(path.parent) as problem:
+        if problem:
+            return problem
+        try:
+            with path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            return f"it cannot be opened for writing ({exc.strerror})"
+        finally:
+            if not existed:
+                path.unlink(missing_ok=True)
+        return _new_file_problem(path.parent)
+
+
+def output_folder_problem(path: Path) -> str | None:
+    """Why files could not be written in the folder ``path``, tried as
+    ``output_file_problem`` tries (what it made is removed again); None when they can."""
+    if path.exists() and not path.is_dir():
+        return "it is a file, not a folder"
+    with _missing_folders_made(path) as problem:
+        return problem or _new_file_problem(path)
 
 
 def versions() -> dict[str, str]:

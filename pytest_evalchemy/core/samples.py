@@ -11,8 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from .record import as_float
+from .results import name_of_file_part, safe_file_part
 
 Rows = list[dict[str, Any]]
+SAMPLES_GLOB = "samples_*.jsonl"
+
+
+def samples_file_name(task: str) -> str:
+    """The name of the file of an lm-eval task's samples: one file of the item's folder
+    whatever the task's name (a YAML's ``task`` may hold '/' or '..')."""
+    return f"samples_{safe_file_part(task)}.jsonl"
+
+
+def samples_task(path: Path) -> str:
+    """The lm-eval task whose samples the file ``path`` holds."""
+    return name_of_file_part(path.name.removeprefix("samples_").removesuffix(".jsonl"))
 
 
 def read_samples(path: Path) -> Rows:
@@ -34,8 +47,8 @@ def item_samples(run_dir: Path, record: dict[str, Any]) -> dict[str, Rows]:
     if not item_dir or not (run_dir / item_dir).is_dir():
         return {}
     return {
-        path.name.removeprefix("samples_").removesuffix(".jsonl"): read_samples(path)
-        for path in sorted((run_dir / item_dir).glob("samples_*.jsonl"))
+        samples_task(path): read_samples(path)
+        for path in sorted((run_dir / item_dir).glob(SAMPLES_GLOB))
     }
 
 

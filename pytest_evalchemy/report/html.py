@@ -32,7 +32,7 @@ from ..core.record import (
     metric_entries,
 )
 from ..core.results import atomic_write_text
-from ..core.samples import Sample, item_samples, parse_sample
+from ..core.samples import Sample, item_samples, parse_sample, samples_task
 from ..judge.baseline import higher_is_better
 from ..judge.gating import (
     DEFAULT_CONFIDENCE,
@@ -96,7 +96,7 @@ def load_samples(
     samples: list[Sample] = []
     files: list[SamplesFile] = []
     for path in sorted((run_dir / item_dir).glob("samples_*.jsonl")):
-        lm_task = path.name.removeprefix("samples_").removesuffix(".jsonl")
+        lm_task = samples_task(path)
         label = task_label(key, record, lm_task)
         total = shown = 0
         with path.open(encoding="utf-8", errors="replace") as fh:

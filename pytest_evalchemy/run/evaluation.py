@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ from typing import Any
 
 from ..core.config import PlannedItem, Threshold
 from ..core.record import Status
-from ..core.results import RunPaths, atomic_write_json, atomic_write_text
+from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child_path, inside
+from ..core.samples import samples_file_name
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
 from . import harness
@@ -30,6 +32,7 @@ from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
 from .patience import OutageGaveUp
 from .progress import RequestProgress, track
+from .request_cache import RequestCacheWarning, set_aside_unreadable
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
@@ -351,14 +354,23 @@ def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str 
     atomic_write_json(item_dir / "results.json", results)
     for task, rows in samples.items():
         text = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
-        atomic_write_text(item_dir / f"samples_{task}.jsonl", text)
+        # The task name comes from a YAML: the file stays in the item's folder whatever it is.
+        atomic_write_text(child_path(item_dir, samples_file_name(task)), text)
     if output_path:
-        # The seed's per-task output_path gets a copy, relative to where the run started.
+        # The seed's per-task output_path gets a copy, relative to where the run started. The
+        # config check refused a path that leads out of it; a link made since is refused here.
         target = Path(output_path)
+        if not inside(Path.cwd(), target):
+            raise ValueError(
+                f"output_path {output_path!r} leads out of the working directory {Path.cwd()} "
+                f"(to {target.resolve()}): no copy written"
+            )
         target.mkdir(parents=True, exist_ok=True)
         for path in item_dir.iterdir():
             if path.suffix in (".json", ".jsonl", ".log"):
-                shutil.copy2(path, target / path.name)
+                copy = child_path(target, path.name)
+                copy.unlink(missing_ok=True)  # a link left there would take the copy elsewhere
+                shutil.copy2(path, copy)
 
 
 def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, Any]:
@@ -410,6 +422,27 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
     }
 
 
+def _set_aside_unreadable_cache(
+    item: PlannedItem,
+    request: harness.HarnessRequest,
+    record: dict[str, Any],
+    item_log: logging.Handler,
+) -> None:
+    """A request cache that cannot be read is moved aside before lm-eval opens it (it would
+    fail the item, and every resume of it): the item asks again, and the item's log, the
+    record and pytest's warnings summary say which file it was."""
+    note = set_aside_unreadable(request.cache_prefix) if request.cache_prefix else None
+    if note is None:
+        return
+    record["request_cache"] = note
+    item_log.handle(
+        logging.LogRecord(
+            RequestCacheWarning.__module__, logging.WARNING, __file__, 0, note, None, None
+        )
+    )
+    warnings.warn(RequestCacheWarning(f"{item.key}: {note}"), stacklevel=3)
+
+
 def run_item(
     item: PlannedItem,
     settings: RunSettings,
@@ -444,11 +477,12 @@ def run_item(
         with (
             harness.capture_log(
                 item_dir / "lm_eval.log", level=settings.log_level, secrets=settings.secrets
-            ),
+            ) as item_log,
             _env_var("OPENAI_API_KEY", settings.api_key),
             _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
+            _set_aside_unreadable_cache(item, request, record, item_log)
             results = harness.run(request, context=context, run_key=settings.paths.run_id)
     except ContextTooLong as exc:
         record["status"] = Status.FAILED

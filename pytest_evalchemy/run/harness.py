@@ -306,9 +306,11 @@ class _Redact(logging.Filter):
 
 
 @contextmanager
-def capture_log(path: Path, level: str = "INFO", secrets: tuple[str, ...] = ()) -> Iterator[None]:
+def capture_log(
+    path: Path, level: str = "INFO", secrets: tuple[str, ...] = ()
+) -> Iterator[logging.Handler]:
     """Write lm-eval's log records (``level`` and up) to ``path`` while the block runs, with
-    ``secrets`` scrubbed."""
+    ``secrets`` scrubbed; the block gets the handler, for records of the item's own."""
     logger = logging.getLogger("lm_eval")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
@@ -319,7 +321,7 @@ def capture_log(path: Path, level: str = "INFO", secrets: tuple[str, ...] = ()) 
     if logger.getEffectiveLevel() > handler.level:
         logger.setLevel(handler.level)
     try:
-        yield
+        yield handler
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

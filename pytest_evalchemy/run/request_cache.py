@@ -19,13 +19,85 @@ own blocking commit. sqlitedict also records the caller's stack with every state
 show it should that statement fail: 0.05 s more per 400 requests, not recorded either. The cache's file and content stay lm-eval's, so the item's
 ``lm_eval_command`` reads the same cache.
 
+A cache file that cannot be read (a disk error, a copy cut short, bytes overwritten) would
+fail every resume of its item with sqlite's ``database disk image is malformed``; before lm-eval
+opens it, it is checked, and one that fails the check is moved aside (``set_aside_unreadable``):
+the item then asks the server again.
+
 Imports no pytest and no lm-eval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pickle
+import sqlite3
+from pathlib import Path
 from typing import Any
+
+# sqlitedict's table when none is named (lm-eval names none), and its value encoding.
+_TABLE = "unnamed"
+# sqlite's companions of a database file: a journal left by a run that was killed.
+_COMPANIONS = ("-journal", "-wal", "-shm")
+
+
+class RequestCacheWarning(UserWarning):
+    """An item's request cache could not be read and was moved aside (pytest's warnings
+    summary shows it)."""
+
+
+def cache_file(prefix: str) -> Path:
+    """The file lm-eval keeps ``use_cache=prefix`` in (``CachingLM`` adds the rank; an API
+    model is rank 0)."""
+    return Path(f"{prefix}_rank0.db")
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the request cache ``path`` cannot be read as lm-eval reads it (sqlite's own
+    check of the file, then every answer decoded); None when it can, or there is none."""
+    if not path.exists():
+        return None
+    try:
+        # Read-write, as sqlitedict opens it: a journal a killed run left is rolled back.
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                return verdict.replace("\n", " ")
+            tables = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
+            )
+            if tables.fetchone() is None:
+                return None  # sqlitedict makes its table on opening
+            for (value,) in db.execute(f'SELECT value FROM "{_TABLE}"'):
+                pickle.loads(bytes(value))  # lm-eval trusts its cache as much as this
+    except sqlite3.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # an answer that does not decode: anything pickle may raise
+        return f"an answer does not decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def set_aside_unreadable(prefix: str) -> str | None:
+    """Move the request cache of ``use_cache=prefix`` aside (``<file>.corrupt-<n>``, with
+    its journal) when it cannot be read, so that lm-eval starts a new one; the warning that
+    says so, or None when the cache is fine or absent."""
+    path = cache_file(prefix)
+    why = unreadable(path)
+    if why is None:
+        return None
+    n = 1
+    while any(Path(f"{path}.corrupt-{n}{c}").exists() for c in ("", *_COMPANIONS)):
+        n += 1
+    aside = Path(f"{path}.corrupt-{n}")
+    path.rename(aside)
+    for companion in _COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{companion}").rename(f"{aside}{companion}")
+    return (
+        f"request cache {path} cannot be read ({why}): moved aside to {aside.name}; the item "
+        "asks the server again for what it held"
+    )
 
 
 def _database(cache_hook: Any) -> Any:

@@ -183,3 +183,66 @@ def task_data(name: str, paths: Iterable[Path]) -> TaskData | None:
         fewshot_split=fewshot,
         fewshot_size=size(fewshot),
     )
+
+
+# ---------------------------------------------------------------- what a name brings in
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """The tasks, tags and groups the YAMLs under the include paths declare, each YAML read
+    with its ``include`` chain applied."""
+
+    tasks: dict[str, list[Path]]  # task name -> the YAMLs that define it
+    tags: dict[str, list[str]]  # tag -> the tasks that carry it
+    groups: dict[str, list[tuple[Path, Any]]]  # group name -> (its YAML, its ``task`` list)
+
+
+@functools.lru_cache(maxsize=8)
+def _declared(paths: tuple[Path, ...]) -> _Declared:
+    found = _Declared({}, {}, {})
+    for root in paths:
+        for path in sorted(Path(root).rglob("*.yaml")):
+            data = _merged(path)
+            task, group = data.get("task"), data.get("group")
+            if isinstance(task, str):
+                found.tasks.setdefault(task, []).append(path)
+                tags = data.get("tag")
+                for tag in [tags] if isinstance(tags, str) else tags or []:
+                    if isinstance(tag, str):
+                        found.tags.setdefault(tag, []).append(task)
+            elif isinstance(group, str) and isinstance(task, list):
+                found.groups.setdefault(group, []).append((path, task))
+    return found
+
+
+def tasks_reached(name: str, paths: Iterable[Path]) -> list[tuple[str, Path]]:
+    """(task name, the YAML that names it) of each task of the YAMLs under ``paths`` that
+    ``name`` (a task, tag or group) runs: itself, a tag's tasks, a group's members (inline
+    ones too), recursively. What lm-eval's own tasks bring in is not followed."""
+    declared = _declared(tuple(Path(p).resolve() for p in paths))
+    reached: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        reached.extend((current, path) for path in declared.tasks.get(current, ()))
+        stack.extend(declared.tags.get(current, ()))
+        for path, members in declared.groups.get(current, ()):
+            pending = list(members)
+            while pending:
+                member = pending.pop()
+                if isinstance(member, str):
+                    stack.append(member)
+                elif isinstance(member, dict) and isinstance(member.get("group"), str):
+                    stack.append(member["group"])
+                    inner = member.get("task")
+                    pending.extend(inner if isinstance(inner, list) else [inner])
+                elif isinstance(member, dict) and isinstance(member.get("task"), str):
+                    # An inline task of the group: its name is given in the group's YAML.
+                    reached.append((member["task"], path))
+                    stack.append(member["task"])
+    return reached

@@ -5,12 +5,14 @@ request: by the plugin at collection and by ``run_evalchemy.sh --validate``. Rea
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core.config import EvalConfig, plan_items
 from ...core.errors import Problem
+from ...core.results import file_name_problem
 from . import catalog
 from .index import lm_eval_tasks_dir
 from .index import scan as _scan
@@ -55,6 +57,7 @@ def check_task_names(config: EvalConfig) -> NameCheck:
     include = config.lm_eval_include_paths
     known = _known(wanted, include, full_read=True)
     result = NameCheck()
+    _check_file_names(config, uses, result)
     public = lm_eval_tasks_dir()
     if public is None:
         result.public_checked = False
@@ -76,6 +79,34 @@ def check_task_names(config: EvalConfig) -> NameCheck:
         else:
             result.warnings.append(Problem(config.path, where, message + " (disabled)"))
     return result
+
+
+def _check_file_names(
+    config: EvalConfig, uses: list[tuple[str, str, bool]], result: NameCheck
+) -> None:
+    """A task name of the include paths' YAMLs that a config name runs becomes the name of a
+    file of the results folder (``samples_<task>.jsonl``): one that would leave the folder
+    or cannot name a file is refused, naming its YAML."""
+    bad: dict[tuple[Path, str], tuple[str, bool]] = {}  # (YAML, task) -> (use, enabled)
+    for where, name, enabled in uses:
+        for task, path in catalog.tasks_reached(name, config.lm_eval_include_paths):
+            if file_name_problem(task) is not None:
+                first = bad.get((path, task))
+                if first is None or (enabled and not first[1]):
+                    bad[(path, task)] = (where, enabled)  # an enabled use is the one named
+    for (path, task), (where, enabled) in bad.items():
+        fix = re.sub(r"[^A-Za-z0-9_-]+", "_", task).strip("_") or "my_task"
+        problem = Problem(
+            path,
+            "task",
+            f"{task!r} cannot name a file: it {file_name_problem(task)}, and the run writes "
+            f"samples_<task>.jsonl with it ({where} of {config.path} runs it); rename the task "
+            f"in this YAML, e.g. to {fix!r}",
+        )
+        if enabled:
+            result.errors.append(problem)
+        else:
+            result.warnings.append(Problem(path, "task", problem.message + " (disabled)"))
 
 
 @dataclass
