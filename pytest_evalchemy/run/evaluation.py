@@ -28,7 +28,7 @@ from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
 from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
-from .patience import OutageGaveUp
+from .patience import EndpointGone, OutageRegistry, item_deadline
 from .progress import RequestProgress, track
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
@@ -72,6 +72,9 @@ class RunSettings:
     # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
+    # The process's outage windows (one per endpoint), shared by the items this settings
+    # object runs: a server that is gone is waited for once per process.
+    outages: OutageRegistry = field(default_factory=OutageRegistry, compare=False, repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -281,7 +284,7 @@ def describe_error(exc: BaseException, attempts: int, include_paths: tuple[Path,
     import requests  # its client otherwise
 
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, OutageGaveUp):
+    if isinstance(exc, EndpointGone):
         return str(exc)  # says how long the server was away, and the last failure
     hint = data_path_hint(exc, include_paths)
     if hint:
@@ -449,7 +452,12 @@ def run_item(
             _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
-            results = harness.run(request, context=context, run_key=settings.paths.run_id)
+            results = harness.run(
+                request,
+                context=context,
+                outages=settings.outages,
+                until=item_deadline(item_timeout(item, settings.default_timeout), start),
+            )
     except ContextTooLong as exc:
         record["status"] = Status.FAILED
         record["message"] = f"{exc} (--evalchemy-strict-context)"
