@@ -9,6 +9,8 @@ bring it back on the same port (``away_after``/``away_for``). Backs rows of docs
 from __future__ import annotations
 
 import email.utils
+import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,13 +21,14 @@ from pytest_evalchemy.run.patience import Backoff, Transient, retry_after_second
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import expected, read_summary
+from .conftest import expected, offline_task, read_summary
 from .test_reliability import ARC2, SLOW_ARC, TWO, _Arm, _cfg, _no_traceback, _run
 
 
 @pytest.fixture
 def late_server(answer_key: list[AnswerEntry]) -> Iterator[Callable[..., EvalchemyTestServer]]:
-    """A test server whose port is held at once but which listens only after ``delay``."""
+    """A test server whose port is held at once but which listens only after ``delay``
+    (``math.inf``: once told to, ``listen_now()``)."""
     started: list[EvalchemyTestServer] = []
 
     def make(delay: float, **switches: Any) -> EvalchemyTestServer:
@@ -36,6 +39,19 @@ def late_server(answer_key: list[AnswerEntry]) -> Iterator[Callable[..., Evalche
     yield make
     for srv in started:
         srv.stop()
+
+
+def _listen_once_waited_for(monkeypatch: pytest.MonkeyPatch, srv: EvalchemyTestServer) -> None:
+    """``srv`` listens as soon as the run's terminal says the check is waiting for it: an
+    event, not a delay a slow start of the run could outlast."""
+    write_line = pytest.TerminalReporter.write_line
+
+    def observed(self: pytest.TerminalReporter, line: str, **markup: bool) -> None:
+        write_line(self, line, **markup)
+        if line.startswith("evalchemy: waiting for "):
+            srv.listen_now()
+
+    monkeypatch.setattr(pytest.TerminalReporter, "write_line", observed)
 
 
 # ---------------------------------------------------------------- the endpoint check
@@ -104,8 +120,10 @@ def test_wait_for_endpoint_waits_for_a_server_that_starts_late(
     monkeypatch: pytest.MonkeyPatch,
     how: str,
 ) -> None:
-    # Refused for 6 s (longer than the check's own patience), then loading: 503 twice.
-    srv = late_server(6, first_answers=["503", "503"])
+    # Refused until the check says it is waiting for it (however long starting the run
+    # takes), then loading: 503 twice.
+    srv = late_server(math.inf, first_answers=["503", "503"])
+    _listen_once_waited_for(monkeypatch, srv)
     args: list[str] = []
     if how == "flag":
         args.append("--evalchemy-wait-for-endpoint=120")
@@ -275,6 +293,87 @@ def test_an_outage_longer_than_the_window_errors_the_item_with_how_long(
         # The first item in its requests, the next one as lm-eval builds its tokenizer.
         assert "connection refused; --evalchemy-outage-timeout 2 s): " in record["message"]
     assert summary["settings"]["outage_timeout"] == 2
+    _no_traceback(result)
+
+
+# One item per offline benchmark, and a fourth: four items that all ask the same server.
+FOUR = {
+    **TWO,
+    "mini_hellaswag": offline_task("mini_hellaswag", limit=4),
+    "mini_arc_0shot": offline_task("mini_arc", limit=4, num_fewshot=0),
+}
+# The server's completion requests so far, at each item's start and end: what each sent.
+COUNTING_CONFTEST = """
+import json, urllib.request
+
+def _completions():
+    with urllib.request.urlopen({stats!r}) as resp:
+        return json.load(resp)["completions"]
+
+STARTS = {{}}
+
+def pytest_runtest_setup(item):
+    STARTS[item.nodeid] = _completions()
+
+def pytest_runtest_teardown(item):
+    with open("sent.jsonl", "a") as out:
+        out.write(json.dumps([item.name, _completions() - STARTS[item.nodeid]]) + "\\n")
+"""
+NOISE = ("Task exception was never retrieved", "Traceback", "Exception ignored", "Unclosed")
+
+
+def test_a_server_gone_for_good_is_waited_for_once_per_process(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    # Past the check's one-token completion, every completion request answers HTTP 500.
+    srv = make_server(fail_after=1, fail_status=500)
+    pytester.makeconftest(COUNTING_CONFTEST.format(stats=f"{srv.url}/stats"))
+    result = pytester.runpytest_subprocess(
+        f"--evalchemy-endpoint={srv.url}",
+        _cfg(pytester.path, FOUR),
+        "--evalchemy-outage-timeout=3",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",  # the items in the config's order: the first one waits
+    )
+    result.assert_outcomes(failed=4)
+    sent = [json.loads(line) for line in (pytester.path / "sent.jsonl").read_text().splitlines()]
+    assert [name for name, _ in sent] == list(FOUR)
+    # The first item waits out the window, asking again; each later one sends one request.
+    assert sent[0][1] > 1
+    assert [n for _, n in sent[1:]] == [1, 1, 1]
+    records = read_summary(pytester.path / "results")["tasks"]
+    assert len(records) == 4
+    for record in records.values():
+        assert record["status"] == "error"
+        assert record["message"].startswith("the endpoint was unreachable or failing for ")
+        # The server's last answer, body and all.
+        assert (
+            '(last: HTTP 500: {"error":{"message":"Simulated failure of completion request '
+            in record["message"]
+        )
+        assert "; --evalchemy-outage-timeout 3 s): ClientResponseError: 500" in record["message"]
+    text = result.stdout.str() + result.stderr.str()
+    for noise in NOISE:
+        assert noise not in text
+
+
+def test_an_item_timeout_shorter_than_the_window_errors_with_the_server_answer(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    # The default window (180 s) is longer than the item's timeout: the item gives up on the
+    # server a margin before its timeout, and says what the server answered.
+    srv = make_server(fail_after=1, fail_status=500)
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-timeout=10")
+    result.assert_outcomes(failed=1)
+    (record,) = read_summary(pytester.path / "results")["tasks"].values()
+    assert record["status"] == "error"
+    assert "(last: HTTP 500: {" in record["message"]
+    assert (
+        "the item's timeout comes before the end of --evalchemy-outage-timeout 180 s"
+        in record["message"]
+    )
     _no_traceback(result)
 
 

@@ -48,6 +48,7 @@ from .context_check import ContextCheck
 from .patience import (
     TRANSIENT_STATUSES,
     Backoff,
+    ItemOutage,
     Outage,
     Transient,
     connection_reason,
@@ -72,7 +73,7 @@ class ItemPolicy:
     """What the plugin asks of the model for one item, beyond lm-eval's model_args (which
     lm-eval copies into its results): the outage window and the context check."""
 
-    outage: Outage = field(default_factory=lambda: Outage(0.0))
+    outage: ItemOutage = field(default_factory=lambda: ItemOutage(Outage(0.0)))
     context: ContextCheck = field(default_factory=ContextCheck)
 
 
@@ -103,7 +104,7 @@ class _TokenizeClient:
         verify: bool | str,
         timeout: float,
         attempts: int,
-        outage: Outage | None = None,
+        outage: ItemOutage | None = None,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.url = url
@@ -157,9 +158,8 @@ class _TokenizeClient:
                     raise _Busy(response.status, response.getheader("Retry-After"))
                 if response.status >= 400:
                     raise OSError(f"HTTP {response.status}: {data[:200]!r}")
+                # Not the end of an outage: only a completion's answer says the server is back.
                 tokens = json.loads(data).get("tokens")
-                if self.outage is not None:
-                    self.outage.answered()
                 break
             except (_Busy, ConnectionError, http.client.HTTPException, ValueError) as exc:
                 # Refused, reset, cut off, 5xx, 429, garbled: the server is away or busy.
@@ -170,10 +170,7 @@ class _TokenizeClient:
                     if tries >= self.attempts:
                         self._fail(last)
                     continue
-                backoff = backoff or Backoff(self.outage.deadline())
-                delay = backoff.delay(_transient(exc))
-                if delay is None:
-                    self._fail(last)
+                backoff, delay = self.outage.wait_after(_transient(exc), exc, backoff)
                 time.sleep(delay)
             except OSError as exc:  # a timeout, a 4xx: lm-eval's attempts
                 last = exc
@@ -209,12 +206,64 @@ def _transient(exc: Exception) -> Transient:
     return Transient(type(exc).__name__)
 
 
+class _KeepErrorBodies:
+    """lm-eval's aiohttp session, whose error answers keep their body on the error that
+    ``raise_for_status`` raises (aiohttp's has the reason only): an item that gives up on a
+    failing server says what the server answered."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def post(self, *args: Any, **kwargs: Any) -> _BodyKept:
+        return _BodyKept(self._session.post(*args, **kwargs))
+
+
+class _BodyKept:
+    """``async with session.post(...)`` whose error answer is an ``_ErrorAnswer``."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    async def __aenter__(self) -> Any:
+        response = await self._request.__aenter__()
+        return response if response.ok else _ErrorAnswer(response)
+
+    async def __aexit__(self, *exc: object) -> Any:
+        return await self._request.__aexit__(*exc)
+
+
+class _ErrorAnswer:
+    """An aiohttp error answer whose body (read by lm-eval to log it) travels with the
+    ``ClientResponseError`` as ``body``, for ``patience.classify``."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self._body: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
+
+    async def text(self, *args: Any, **kwargs: Any) -> str:
+        self._body = await self._response.text(*args, **kwargs)
+        return self._body
+
+    def raise_for_status(self) -> None:
+        try:
+            self._response.raise_for_status()
+        except ClientResponseError as exc:
+            exc.body = self._body  # type: ignore[attr-defined]
+            raise
+
+
 class PrefetchingTokenizer:
     """lm-eval's ``RemoteTokenizer`` with ``encode`` served from strings tokenized ahead on
     ``workers`` threads (one HTTP connection each). A string nobody announced is tokenized on
     the spot, as lm-eval does: a wrong guess of lm-eval's order costs time, never a result."""
 
-    def __init__(self, inner: Any, workers: int, outage: Outage | None = None) -> None:
+    def __init__(self, inner: Any, workers: int, outage: ItemOutage | None = None) -> None:
         self._inner = inner
         self._outage = outage
         self._workers = max(1, min(MAX_WORKERS, workers))
@@ -350,7 +399,7 @@ class EvalchemyCompletions(
             else None
         )
 
-    def _init_patiently(self, outage: Outage, *args: Any, **kwargs: Any) -> None:
+    def _init_patiently(self, outage: ItemOutage, *args: Any, **kwargs: Any) -> None:
         """lm-eval's constructor, which reads the server's /tokenizer_info (three quick
         attempts): an item that starts while the server is away waits for it like a request."""
         backoff: Backoff | None = None
@@ -361,11 +410,8 @@ class EvalchemyCompletions(
             except RuntimeError as exc:
                 if not str(exc).startswith("RemoteTokenizer:") or outage.window_s <= 0:
                     raise
-                backoff = backoff or Backoff(outage.deadline())
                 failure = Transient(f"/tokenizer_info: {connection_reason(exc)}")
-                delay = backoff.delay(failure)
-                if delay is None:
-                    raise outage.give_up(failure, exc) from exc
+                backoff, delay = outage.wait_after(failure, exc, backoff)
                 time.sleep(delay)
 
     @property
@@ -390,9 +436,33 @@ class EvalchemyCompletions(
     async def amodel_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
         # The adaptive limit reacts to an overload first (it cuts and requeues); what is left
         # of an outage is ridden out here.
+        session = _KeepErrorBodies(session)
         return await self._outage.acall(
             lambda: self._limited_call(session, sem, messages, **kwargs)
         )
+
+    async def get_batched_requests(self, *args: Any, **kwargs: Any) -> Any:
+        """lm-eval's concurrent requests, each of whose outcomes is taken when one fails the
+        item: lm-eval stops at the first failure and leaves the rest to asyncio, which prints
+        "Task exception was never retrieved" and a traceback for every one."""
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = []
+
+        def keep(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+            task = asyncio.Task(coro, loop=loop, **options)
+            tasks.append(task)
+            return task
+
+        loop.set_task_factory(keep)
+        try:
+            return await super().get_batched_requests(*args, **kwargs)
+        except BaseException:
+            for task in tasks:
+                task.cancel()  # a request still in flight is of no use to a failed item
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            loop.set_task_factory(None)
 
     async def _limited_call(self, session: Any, sem: Any, messages: Any, **kwargs: Any) -> Any:
         """lm-eval's request, holding a place of the adaptive limit instead of its semaphore,

@@ -19,7 +19,15 @@ import requests
 import urllib3
 
 from ..core.errors import EndpointError
-from .patience import TRANSIENT_STATUSES, Backoff, Outage, OutageGaveUp, Transient, classify
+from .patience import (
+    TRANSIENT_STATUSES,
+    Backoff,
+    Outage,
+    OutageGaveUp,
+    Transient,
+    classify,
+    http_answer,
+)
 
 DEFAULT_MAX_LENGTH = 2048
 # Without --evalchemy-wait-for-endpoint the check still rides out a short hiccup (a 503 while
@@ -135,10 +143,7 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 def _describe(resp: requests.Response) -> str:
-    body = resp.text.strip().replace("\n", " ")
-    if len(body) > 300:
-        body = body[:300] + "..."
-    return f"HTTP {resp.status_code}: {body or '(empty body)'}"
+    return http_answer(resp.status_code, resp.text)
 
 
 def _get_json(

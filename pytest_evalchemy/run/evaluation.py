@@ -30,7 +30,7 @@ from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
 from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
-from .patience import OutageGaveUp
+from .patience import EndpointGone, OutageRegistry, item_deadline
 from .progress import RequestProgress, track
 from .request_cache import RequestCacheWarning, set_aside_unreadable
 
@@ -75,6 +75,9 @@ class RunSettings:
     # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
+    # The process's outage windows (one per endpoint), shared by the items this settings
+    # object runs: a server that is gone is waited for once per process.
+    outages: OutageRegistry = field(default_factory=OutageRegistry, compare=False, repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -284,7 +287,7 @@ def describe_error(exc: BaseException, attempts: int, include_paths: tuple[Path,
     import requests  # its client otherwise
 
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, OutageGaveUp):
+    if isinstance(exc, EndpointGone):
         return str(exc)  # says how long the server was away, and the last failure
     hint = data_path_hint(exc, include_paths)
     if hint:
@@ -483,7 +486,12 @@ def run_item(
             track(progress),
         ):
             _set_aside_unreadable_cache(item, request, record, item_log)
-            results = harness.run(request, context=context, run_key=settings.paths.run_id)
+            results = harness.run(
+                request,
+                context=context,
+                outages=settings.outages,
+                until=item_deadline(item_timeout(item, settings.default_timeout), start),
+            )
     except ContextTooLong as exc:
         record["status"] = Status.FAILED
         record["message"] = f"{exc} (--evalchemy-strict-context)"

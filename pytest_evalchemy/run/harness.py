@@ -20,7 +20,7 @@ from typing import Any
 
 from .context_check import ContextCheck
 from .endpoint import redact_url
-from .patience import outage_for
+from .patience import ItemOutage, OutageRegistry, reported
 from .reasoning import DEFAULT_THINK_END, DEFAULT_THINKING_BUDGET
 from .tasks import index as task_index
 from .template_cache import install as compile_templates_once
@@ -329,11 +329,17 @@ def capture_log(
 
 
 def run(
-    request: HarnessRequest, *, context: ContextCheck | None = None, run_key: str = ""
+    request: HarnessRequest,
+    *,
+    context: ContextCheck | None = None,
+    outages: OutageRegistry | None = None,
+    until: float | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's ``simple_evaluate``; the returned results are plain JSON values.
-    ``context`` receives the counts of prompts cut to fit; ``run_key`` scopes the outage
-    window (one per run and endpoint)."""
+    ``context`` receives the counts of prompts cut to fit; ``outages`` holds the process's
+    outage windows (a new one per call when None); no wait for a server goes past ``until``
+    (a ``time.monotonic()`` value: the item's own deadline). A server away for longer than
+    the window raises ``EndpointGone``."""
     tm = task_manager(request.include_paths, request.tasks)
     from lm_eval.utils import handle_non_serializable
 
@@ -356,11 +362,11 @@ def run(
         context = ContextCheck()
     context.strict = request.strict_context
     context.max_length = request.max_length
-    # One window per run and endpoint in this process, shared by its items: a server that is
-    # away is waited for once, not once per request or per item.
-    outage = outage_for((run_key, request.base_url), request.outage_timeout)
-    policy = ItemPolicy(outage=outage, context=context)
-    with item_policy(policy):
+    # One window per endpoint in this process, shared by its items: a server that is away is
+    # waited for once, not once per request or per item.
+    outage = (outages or OutageRegistry()).get(request.base_url, request.outage_timeout)
+    policy = ItemPolicy(outage=ItemOutage(outage, until), context=context)
+    with reported(), item_policy(policy):
         results = _evaluate(request, tm, model)
     if results is None:
         raise HarnessError("lm-eval returned no results")

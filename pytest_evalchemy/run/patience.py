@@ -17,9 +17,10 @@ import asyncio
 import email.utils
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -63,7 +64,8 @@ def classify(exc: BaseException) -> Transient | None:
     if isinstance(exc, requests.exceptions.SSLError):
         return None  # a certificate does not fix itself
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return _status(exc.response.status_code, exc.response.headers.get("Retry-After"))
+        response = exc.response
+        return _status(response.status_code, response.headers.get("Retry-After"), response.text)
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return Transient("the answer was cut off (truncated body)")
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -80,7 +82,8 @@ def classify(exc: BaseException) -> Transient | None:
         return None
     if isinstance(exc, aiohttp.ClientResponseError):
         headers = exc.headers or {}
-        return _status(exc.status, headers.get("Retry-After"))
+        # The body, where the completions model kept it (aiohttp's error has none).
+        return _status(exc.status, headers.get("Retry-After"), getattr(exc, "body", None))
     if isinstance(exc, aiohttp.ClientPayloadError):
         return Transient("the answer was cut off (truncated body)")
     if isinstance(exc, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError)):
@@ -92,10 +95,20 @@ def classify(exc: BaseException) -> Transient | None:
     return None
 
 
-def _status(status: int, retry_after: str | None) -> Transient | None:
+def http_answer(status: int, body: str | None) -> str:
+    """An HTTP error answer in words: ``HTTP 500: <body, on one line, cut at 300 chars>``."""
+    if body is None:
+        return f"HTTP {status}"
+    text = body.strip().replace("\n", " ")
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"HTTP {status}: {text or '(empty body)'}"
+
+
+def _status(status: int, retry_after: str | None, body: str | None = None) -> Transient | None:
     if status not in TRANSIENT_STATUSES:
         return None
-    return Transient(f"HTTP {status}", retry_after_seconds(retry_after))
+    return Transient(http_answer(status, body), retry_after_seconds(retry_after))
 
 
 def connection_reason(exc: BaseException) -> str:
@@ -125,18 +138,44 @@ class Backoff:
         return min(wanted, left)
 
 
-class OutageGaveUp(Exception):
-    """A server away for longer than the outage window; the last failure is the cause."""
+class OutageGaveUp(BaseException):
+    """A server away for longer than the outage window (or than the item's time allows); the
+    last failure is the cause. A ``BaseException`` while it travels up through lm-eval, whose
+    retries (tenacity) ask again after any ``Exception``: what the window waited for must not
+    be asked again ``--evalchemy-max-retries`` times. ``reported()`` turns it into
+    ``EndpointGone`` once out of lm-eval."""
+
+
+class EndpointGone(Exception):
+    """An item's requests gave up on a server that was away: the ``OutageGaveUp`` the item
+    reports, an ordinary error."""
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """``OutageGaveUp`` out of the block as ``EndpointGone``, with the same words and cause."""
+    try:
+        yield
+    except OutageGaveUp as exc:
+        raise EndpointGone(str(exc)) from exc.__cause__
 
 
 class Outage:
     """One endpoint's outage window, shared by every request to it in this process: the
-    window opens at the first transient failure and closes at the next answer, so a server
-    away for three minutes costs three minutes, not three minutes per request or per item."""
+    window opens at the first transient failure and closes at the next answer to a completion
+    request, so a server away for three minutes costs three minutes, not three minutes per
+    request or per item. Once the window is spent the server is gone: an item (a ``caller``)
+    then sends one request, and gives up with its failure (every request of the item, sent or
+    not); an answer ends the outage. The tokenizer's answers do not end it: a server that
+    tokenizes but fails every completion is not back."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._since: float | None = None
+        self._spent = False  # the window ran out and nothing answered since
+        self._gone_for: object | None = None  # the caller whose request of a spent outage failed
+        self._probe: asyncio.Event | None = None  # set when that request of a spent outage ends
+        self._last: tuple[Transient, BaseException] | None = None  # the last failure
         self._lock = threading.Lock()
 
     def deadline(self) -> float:
@@ -149,66 +188,198 @@ class Outage:
         with self._lock:
             return 0.0 if self._since is None else time.monotonic() - self._since
 
+    @property
+    def spent(self) -> bool:
+        """Whether the server has been away for longer than the window, answering nothing."""
+        return self._spent
+
     def answered(self) -> None:
         with self._lock:
             self._since = None
+            self._spent = False
+            self._gone_for = None
 
-    def give_up(self, failure: Transient, exc: BaseException) -> OutageGaveUp:
+    def give_up(self, failure: Transient, exc: BaseException, why: str = "") -> OutageGaveUp:
+        """The error that ends a request: how long the server was away, why the waiting
+        stops (the window by default) and the server's last answer."""
+        why = why or f"--evalchemy-outage-timeout {self.window_s:g} s"
         return OutageGaveUp(
             f"the endpoint was unreachable or failing for {self.away_for():.0f} s "
-            f"(last: {failure.reason}; --evalchemy-outage-timeout {self.window_s:g} s): "
-            f"{type(exc).__name__}: {exc}"
+            f"(last: {failure.reason}; {why}): {type(exc).__name__}: {exc}"
         )
 
-    def call(self, attempt: Callable[[], T]) -> T:
+    def wait_after(
+        self,
+        failure: Transient,
+        exc: BaseException,
+        backoff: Backoff | None,
+        until: float | None = None,
+        caller: object | None = None,
+    ) -> tuple[Backoff, float]:
+        """The back-off and the wait after a transient ``failure`` (``exc``); raises the
+        give-up error when the window is spent, was spent before, or the wait would pass
+        ``until`` (the item's own deadline: the item then errors with the server's last
+        answer instead of timing out)."""
+        self._last = (failure, exc)
+        if self._spent:
+            self._gone_for = caller
+            raise self.give_up(failure, exc) from exc
+        backoff = backoff or Backoff(self.deadline())
+        delay = backoff.delay(failure)
+        if delay is None:
+            self._spent = True
+            self._gone_for = caller
+            raise self.give_up(failure, exc) from exc
+        if until is not None and time.monotonic() + delay > until:
+            # Not spent: the next item waits for the rest of the window.
+            raise self.give_up(
+                failure,
+                exc,
+                f"the item's timeout comes before the end of --evalchemy-outage-timeout "
+                f"{self.window_s:g} s",
+            ) from exc
+        return backoff, delay
+
+    def _refuse(self, caller: object | None) -> None:
+        """Give up before sending when ``caller`` already failed on the spent outage."""
+        last = self._last
+        if caller is not None and self._spent and self._gone_for is caller and last is not None:
+            raise self.give_up(*last) from last[1]
+
+    def _after_failure(
+        self, backoff: Backoff | None, exc: Exception, until: float | None, caller: object | None
+    ) -> tuple[Backoff, float]:
+        """``wait_after`` for a failed attempt; raises ``exc`` (being handled by the caller)
+        when it is not transient or there is no window."""
+        failure = classify(exc)
+        if failure is None or self.window_s <= 0:
+            raise exc  # not transient, or no window: lm-eval's attempts decide
+        return self.wait_after(failure, exc, backoff, until, caller)
+
+    def call(
+        self,
+        attempt: Callable[[], T],
+        until: float | None = None,
+        caller: object | None = None,
+    ) -> T:
         """``attempt()`` until it answers, asking again after transient failures while the
-        window lasts; anything else, and the last failure after the window, is raised."""
+        window lasts (and, with ``until``, the caller's time); anything else, and the last
+        failure after the window, is raised."""
         backoff: Backoff | None = None
         while True:
+            self._refuse(caller)
             try:
                 result = attempt()
             except Exception as exc:
-                backoff, delay = self._after_failure(backoff, exc)
+                backoff, delay = self._after_failure(backoff, exc, until, caller)
                 time.sleep(delay)
                 continue
             self.answered()
             return result
 
-    def _after_failure(self, backoff: Backoff | None, exc: Exception) -> tuple[Backoff, float]:
-        """The back-off and the wait after a failed attempt; raises ``exc`` (being handled by
-        the caller) when it is not transient or there is no window, and the give-up error
-        when the window is spent."""
-        failure = classify(exc)
-        if failure is None or self.window_s <= 0:
-            raise exc  # not transient, or no window: lm-eval's attempts decide
-        backoff = backoff or Backoff(self.deadline())
-        delay = backoff.delay(failure)
-        if delay is None:
-            raise self.give_up(failure, exc) from exc
-        return backoff, delay
-
-    async def acall(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``call`` for a coroutine: waits with ``asyncio.sleep``, holding no connection."""
+    async def acall(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        until: float | None = None,
+        caller: object | None = None,
+    ) -> T:
+        """``call`` for a coroutine: waits with ``asyncio.sleep``, holding no connection. While
+        the outage is spent, one request at a time is sent (the others wait for how it went):
+        a server that is gone gets one request per item, not one per request in flight."""
         backoff: Backoff | None = None
         while True:
+            probe = await self._turn(caller)
             try:
                 result = await attempt()
             except Exception as exc:
-                backoff, delay = self._after_failure(backoff, exc)
+                self._end_probe(probe)
+                backoff, delay = self._after_failure(backoff, exc, until, caller)
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                self._end_probe(probe)
+                raise
             self.answered()
+            self._end_probe(probe)
             return result
 
+    async def _turn(self, caller: object | None) -> asyncio.Event | None:
+        """None when the request may go; when it is the one request of a spent outage, the
+        event to set when it ends. Waits while another request is that one."""
+        while True:
+            self._refuse(caller)
+            with self._lock:
+                if not self._spent:
+                    return None
+                if self._probe is None:
+                    self._probe = asyncio.Event()
+                    return self._probe
+                probe = self._probe
+            await probe.wait()
 
-_OUTAGES: dict[tuple[Any, ...], Outage] = {}
-_OUTAGES_LOCK = threading.Lock()
+    def _end_probe(self, probe: asyncio.Event | None) -> None:
+        if probe is None:
+            return
+        with self._lock:
+            self._probe = None
+        probe.set()
 
 
-def outage_for(key: tuple[Any, ...], window_s: float) -> Outage:
-    """The process's outage window for ``key`` (the run and the endpoint URL)."""
-    with _OUTAGES_LOCK:
-        outage = _OUTAGES.get(key)
-        if outage is None or outage.window_s != window_s:
-            outage = _OUTAGES[key] = Outage(window_s)
-        return outage
+@dataclass(frozen=True, eq=False)
+class ItemOutage:
+    """An endpoint's outage window as one item sees it: no wait goes past ``until`` (the
+    item's timeout less a margin, a ``time.monotonic()`` value), and once the
+    window is spent the item sends one request."""
+
+    outage: Outage
+    until: float | None = None
+
+    @property
+    def window_s(self) -> float:
+        return self.outage.window_s
+
+    def answered(self) -> None:
+        self.outage.answered()
+
+    def wait_after(
+        self, failure: Transient, exc: BaseException, backoff: Backoff | None
+    ) -> tuple[Backoff, float]:
+        return self.outage.wait_after(failure, exc, backoff, self.until, self)
+
+    def call(self, attempt: Callable[[], T]) -> T:
+        return self.outage.call(attempt, self.until, self)
+
+    async def acall(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        return await self.outage.acall(attempt, self.until, self)
+
+
+# An item gives up on an outage this long (and at least this share of its timeout) before its
+# own timeout would end it: it then errors with the server's last answer instead of timing
+# out, with time left to unwind lm-eval and report.
+GIVE_UP_MARGIN_S = 2.0
+GIVE_UP_MARGIN_SHARE = 0.05
+
+
+def item_deadline(timeout_s: float | None, start: float) -> float | None:
+    """Until when an item that started at ``start`` (``time.monotonic()``) may wait for a
+    server, given its timeout."""
+    if timeout_s is None:
+        return None
+    return start + timeout_s - max(GIVE_UP_MARGIN_S, GIVE_UP_MARGIN_SHARE * timeout_s)
+
+
+class OutageRegistry:
+    """The process's outage windows, one per endpoint URL: every item of the process (the
+    single process, or one xdist worker) shares them."""
+
+    def __init__(self) -> None:
+        self._outages: dict[str, Outage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str, window_s: float) -> Outage:
+        """The window of ``url``; a changed ``window_s`` starts a new one."""
+        with self._lock:
+            outage = self._outages.get(url)
+            if outage is None or outage.window_s != window_s:
+                outage = self._outages[url] = Outage(window_s)
+            return outage

@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -209,7 +210,9 @@ class EvalchemyTestServer:
     Fault switches: ``latency`` (seconds slept per completion request), ``max_concurrency`` (completion
     requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
-    ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
+    ``fail_after`` (every completion request after the first N fails with ``fail_status``: a
+    server that breaks for good once the endpoint check is done), ``hang_after`` (requests
+    after the first N hang until ``stop()``), ``null_logprobs``,
     ``no_tokenizer_endpoints``, ``no_health`` (404 on ``/health``: a server that is not vLLM),
     ``chat_only``, ``reject_over`` (429 for a completion request that arrives while that many
     are already in flight: a server with a hard admission limit);
@@ -247,6 +250,7 @@ class EvalchemyTestServer:
         max_concurrency: int | None = None,
         fail_first: int = 0,
         fail_status: int = 503,
+        fail_after: int | None = None,
         retry_after: float | None = None,
         null_logprobs: bool = False,
         no_tokenizer_endpoints: bool = False,
@@ -282,6 +286,7 @@ class EvalchemyTestServer:
         self.max_concurrency = max_concurrency
         self.fail_first = fail_first
         self.fail_status = fail_status
+        self.fail_after = fail_after
         self.retry_after = retry_after
         self.null_logprobs = null_logprobs
         self.no_tokenizer_endpoints = no_tokenizer_endpoints
@@ -313,6 +318,7 @@ class EvalchemyTestServer:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
         self._stopping = threading.Event()
+        self._listen_now = threading.Event()  # ends a start(delay=...) early
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -326,10 +332,12 @@ class EvalchemyTestServer:
     def start(self, delay: float = 0.0) -> EvalchemyTestServer:
         """Bind, listen and serve in a daemon thread; returns self. With ``delay`` the port is
         bound at once (``port`` and ``url`` are known) but listened on only after ``delay``
-        seconds: connecting is refused until then."""
+        seconds (or, ``delay=math.inf``, until ``listen_now()``): connecting is refused until
+        then."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
         self._stopping.clear()
+        self._listen_now.clear()
         self._final.clear()
         httpd = _HTTPServer((self.host, self.port), _Handler, bind_and_activate=False)
         try:
@@ -353,8 +361,10 @@ class EvalchemyTestServer:
 
         def serve() -> None:
             # A bound socket that does not listen refuses connections (Linux answers RST).
-            if delay > 0 and (self._stopping.wait(delay) or not listen()):
-                return
+            if delay > 0:
+                self._listen_now.wait(None if math.isinf(delay) else delay)
+                if not listen():  # stopped meanwhile
+                    return
             httpd.serve_forever(poll_interval=0.05)
 
         if delay <= 0:
@@ -363,6 +373,10 @@ class EvalchemyTestServer:
         self._thread = threading.Thread(target=serve, name="evalchemy-test-server", daemon=True)
         self._thread.start()
         return self
+
+    def listen_now(self) -> None:
+        """Listen at once: a server started with a delay stops refusing connections."""
+        self._listen_now.set()
 
     def restart(self, down_for: float) -> None:
         """Stop serving now and serve again on the same port after ``down_for`` seconds, the
@@ -386,6 +400,7 @@ class EvalchemyTestServer:
         if httpd is None:
             return
         self._stopping.set()
+        self._listen_now.set()  # a delayed start that still waits: give up listening
         with self._serve_lock:
             serving, self._serving = self._serving, False
         if serving:  # shutdown() waits for serve_forever, which a delayed start never ran
@@ -525,6 +540,8 @@ class EvalchemyTestServer:
             fault = "fail"
         elif seq <= self.reset_first + self.fail_first + self.invalid_json_first:
             fault = "invalid_json"
+        if fault is None and self.fail_after is not None and seq > self.fail_after:
+            fault = "fail"
         if fault is None and self.away_after is not None and seq == self.away_after + 1:
             fault = "away"
         if fault is not None:
@@ -1192,6 +1209,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-concurrency", type=int, help="completion requests served at once; the rest wait"
     )
     g.add_argument("--fail-first", type=int, default=0, help="fail the first N completion requests")
+    g.add_argument("--fail-after", type=int, help="fail every completion request after the first N")
     g.add_argument("--fail-status", type=int, default=503, help="HTTP status of those failures")
     g.add_argument(
         "--retry-after", type=float, help="Retry-After header (seconds) on those failures"
@@ -1278,6 +1296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_concurrency=args.max_concurrency,
         fail_first=args.fail_first,
         fail_status=args.fail_status,
+        fail_after=args.fail_after,
         retry_after=args.retry_after,
         null_logprobs=args.null_logprobs,
         no_tokenizer_endpoints=args.no_tokenizer_endpoints,
