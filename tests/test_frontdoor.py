@@ -380,7 +380,8 @@ def test_failed_item_report_is_the_message_and_a_short_log_tail(
     message = "broken/broken: lm-eval failed: ValueError: the data set is not there yet"
     # The one-line message first, then the last frames of where it was raised.
     assert section.splitlines()[1] == message
-    assert "Traceback (last 6 frames; --tb=long shows all):" in section
+    assert "where it was raised (last 6 frames, innermost last; --tb=long shows all):" in section
+    assert "Traceback" not in section  # Python's header means an exception nothing caught
     assert 'broken_data.py", line 2, in load' in section
     assert "last warnings of lm-eval's log: " in section
     assert "Captured" not in section
@@ -401,11 +402,12 @@ def test_failed_item_report_is_the_message_and_a_short_log_tail(
     long_section = long[long.index("___ broken::broken ___") : long.index("evalchemy scores")]
     assert long_section.count("  File ") == logged.count("  File ")
     assert "last 6 frames" not in long_section
+    assert "where it was raised (innermost last):" in long_section
     line = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={server.completions_url}", f"--evalchemy-config={cfg}", "--tb=line"
     ).stdout.str()
     assert message in line
-    assert "Traceback" not in line
+    assert "where it was raised" not in line
     # The table's word and pytest's: the legend says how they relate.
     result.stdout.fnmatch_lines(
         [

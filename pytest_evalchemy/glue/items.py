@@ -130,19 +130,22 @@ class ItemError(Exception):
         self.cause = cause or []  # traceback.format_exception's lines, chained causes included
 
     def cause_text(self, style: Any) -> str:
-        """The cause's traceback: all of it under ``--tb=long``/``native``, its last frames by
+        """Where lm-eval raised: every frame under ``--tb=long``/``native``, the last ones by
         default, none under ``--tb=line``/``no``."""
         if style in ("line", "no") or not self.cause:
             return ""
-        if style in ("long", "native"):
-            return "".join(self.cause)
+        lines = self.cause
+        frames = [line for line in lines if line.startswith("  File ")]
+        if style in ("long", "native") or len(frames) <= CAUSE_FRAMES:
+            return "".join(lines)
         # The last frames, where lm-eval and its HTTP client raised, and the exception's line.
-        body = [line for line in self.cause if line.startswith("  File ")]
-        if len(body) <= CAUSE_FRAMES:
-            return "".join(self.cause)
-        last = self.cause.index(body[-CAUSE_FRAMES])
-        head = f"Traceback (last {CAUSE_FRAMES} frames; --tb=long shows all):\n"
-        return head + "".join(self.cause[last:])
+        last = lines.index(frames[-CAUSE_FRAMES])
+        head = f"where it was raised (last {CAUSE_FRAMES} frames, innermost last; --tb=long shows all):\n"
+        return head + "".join(lines[last:])
+
+
+PYTHON_HEAD = "Traceback (most recent call last):\n"
+CAUSE_HEAD = "where it was raised (innermost last):\n"
 
 
 class ItemTimeout(pytest.fail.Exception):
@@ -247,7 +250,12 @@ def execute_item(
         record["message"] = scrub(
             describe_error(exc, settings.max_retries, settings.include_paths), settings.secrets
         )
-        cause = [scrub(line, settings.secrets) for line in traceback.format_exception(exc)]
+        # Headed in the report's own words: a Python traceback in the output still means one
+        # that nothing caught.
+        cause = [
+            CAUSE_HEAD if line == PYTHON_HEAD else scrub(line, settings.secrets)
+            for line in traceback.format_exception(exc)
+        ]
         log = settings.paths.item_dir(planned.benchmark, planned.task.key) / "lm_eval.log"
         with contextlib.suppress(OSError), log.open("a", encoding="utf-8") as out:
             # The log says why the item ended, not only what lm-eval logged before.
