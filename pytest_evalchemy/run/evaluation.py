@@ -19,6 +19,7 @@ from typing import Any
 
 from ..core.config import PlannedItem, Threshold
 from ..core.record import Status
+from ..core.redact import redact_logging, scrub, secrets_of
 from ..core.results import RunPaths, atomic_write_json, atomic_write_text
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
@@ -27,7 +28,7 @@ from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
 from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
 from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
-from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
+from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, split_credentials
 from .patience import OutageGaveUp
 from .progress import RequestProgress, track
 
@@ -75,8 +76,8 @@ class RunSettings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """What must never be written: the API key and the endpoint URL's credentials."""
-        return (*url_secrets(self.endpoint.url), *((self.api_key,) if self.api_key else ()))
+        """What must never be written: the API key and the endpoint URLs' credentials."""
+        return secrets_of((self.endpoint.url, self.endpoint.chat_url), self.api_key)
 
 
 class ItemFailed(Exception):
@@ -244,7 +245,7 @@ def scrub_results(results: dict[str, Any], secrets: tuple[str, ...]) -> dict[str
     if not secrets:
         return results
     text = json.dumps(results, default=str)
-    clean = harness.scrub(text, tuple(json.dumps(s)[1:-1] for s in secrets))
+    clean = scrub(text, tuple(json.dumps(s)[1:-1] for s in secrets))
     return results if clean == text else json.loads(clean)
 
 
@@ -436,10 +437,13 @@ def run_item(
     start = time.monotonic()
     limit: AdaptiveLimit | None = None
     if request.adaptive_concurrency:
-        limit = shared_limit(request.base_url, request.num_concurrent)
+        # The model's key: the URL it posts to, without credentials.
+        limit = shared_limit(split_credentials(request.base_url)[0], request.num_concurrent)
     before = limit.item_start() if limit else {}
     progress = RequestProgress(item.key, concurrency=lambda: limit.limit if limit else None)
     context = ContextCheck()
+    # Every log handler of the process, pytest's included, scrubs the secrets from here on.
+    redact_logging(settings.secrets)
     try:
         with (
             harness.capture_log(
