@@ -72,11 +72,16 @@ def auth_headers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]
     return seen
 
 
-@pytest.mark.parametrize("concurrency", ["auto", "1"])
+@pytest.mark.parametrize(
+    ("concurrency", "workers"),
+    [("auto", ()), ("1", ()), ("auto", ("-n", "2"))],
+    ids=["auto", "one-at-a-time", "auto-xdist"],
+)
 def test_url_credentials_never_written_when_the_server_fails_mid_run(
     pytester: pytest.Pytester,
     make_server: Callable[..., EvalchemyTestServer],
     concurrency: str,
+    workers: tuple[str, ...],
 ) -> None:
     """A server that wants basic auth and starts failing after a few answers: lm-eval logs
     each failed request, aiohttp's error with the request's headers (the basic-auth header)."""
@@ -101,6 +106,7 @@ def test_url_credentials_never_written_when_the_server_fails_mid_run(
         "-rA",
         "-p",
         "no:cacheprovider",
+        *workers,
     )
     result.assert_outcomes(failed=2)
     records = read_summary(pytester.path / "results")["tasks"]
