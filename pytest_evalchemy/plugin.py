@@ -18,6 +18,7 @@ import pytest
 from .core.config import load_config, plan_items
 from .core.errors import ConfigError, EndpointError, EvalchemyError, UsageProblem
 from .core.record import load_summary
+from .core.redact import redact_logging, secrets_of
 from .core.requirements import lm_eval_problem
 from .core.resources import missing_module
 from .core.results import (
@@ -41,6 +42,7 @@ from .run.endpoint import (
     check_endpoints,
     is_chat_url,
     redact_url,
+    unsent_credentials,
 )
 from .run.identity import differences, refusal
 from .run.reasoning import DEFAULT_THINK_END
@@ -211,6 +213,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     selected = [item for item in state.plan if item.key in state.selected]
     names = {n for item in selected for n in item.task.tasks}
     _check_tasks(state)
+    # Every log handler (pytest's, lm-eval's, the plugin's) scrubs the run's credentials.
+    redact_logging(secrets_of(options.endpoints, options.api_key))
+    unsent = unsent_credentials(options.endpoints, options.api_key)
+    if unsent:
+        state.config_warnings.append(unsent)
     try:
         check_outputs(config, options, selected)
         check_writable(options.output)

@@ -17,6 +17,7 @@ from pytest_timeout import PYTEST_FAILURE_MESSAGE, is_debugging
 
 from ..core.config import PlannedItem
 from ..core.record import FINISHED, Status
+from ..core.redact import scrub
 from ..judge.gating import (
     check_properties,
 )
@@ -29,7 +30,7 @@ from ..run.evaluation import (
     log_warnings,
     run_item,
 )
-from ..run.harness import HarnessRequest, scrub
+from ..run.harness import HarnessRequest
 from .state import RECORD_PROPERTY, STATE
 
 

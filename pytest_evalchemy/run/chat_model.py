@@ -13,21 +13,59 @@ completions endpoint, the chat-completions model, and reasoning payloads.
   field is put back in front of the content (closed by the think-end token) so that the raw
   responses keep the thinking and the filter takes it off again.
 
+- ``UrlCredentials`` (both models): a ``base_url`` with ``user:password@`` is sent as one
+  Authorization header to the URL without them.
+
 The private ``evalchemy_*`` model args never reach lm-eval's own classes. Imports lm-eval.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lm_eval.api.registry import get_model, register_model
 from lm_eval.models.openai_completions import LocalChatCompletion
 
 from . import chat_template
+from .endpoint import authorization, split_credentials
 from .reasoning import DEFAULT_THINK_END, start_token
 from .request_cache import QueuedCacheWrites
 
 CHAT_MODEL_NAME = "evalchemy-chat"
+
+
+class UrlCredentials:
+    """lm-eval's API models with a ``base_url`` that carries ``user:password@``: aiohttp (the
+    concurrent path) refuses such a URL next to lm-eval's bearer header, and requests sends
+    the URL's credentials over that header. Here the URL sent holds none, and every request
+    (the remote tokenizer's too) carries the one Authorization header of
+    ``endpoint.authorization``: the API key (lm-eval's OPENAI_API_KEY) when given, else the
+    URL's basic auth."""
+
+    def __init__(self, *args: Any, base_url: str | None = None, **kwargs: Any) -> None:
+        key = os.environ.get("OPENAI_API_KEY")  # lm-eval's local models read the key there
+        clean, self._auth = authorization(base_url, key) if base_url else (base_url, {})
+        if key:
+            # lm-eval's remote tokenizer sends the key only when given it as auth_token: the
+            # tokenizer endpoints get the header the check and the completions get.
+            kwargs.setdefault("auth_token", key)
+        if key or clean == base_url:
+            super().__init__(*args, base_url=clean, **kwargs)  # type: ignore[call-arg]
+            return
+        # lm-eval's constructor builds the remote tokenizer, which reads /tokenizer_info at
+        # once, through requests: the URL's credentials are its only way to send basic auth.
+        super().__init__(*args, base_url=base_url, **kwargs)  # type: ignore[call-arg]
+        self.base_url = clean
+        tokenizer = getattr(self, "tokenizer", None)
+        if hasattr(tokenizer, "session") and hasattr(tokenizer, "headers"):  # RemoteTokenizer
+            tokenizer.base_url = split_credentials(tokenizer.base_url)[0]
+            tokenizer.headers.update(self._auth)
+            tokenizer.session.headers.update(self._auth)
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {**super().header, **self._auth}  # type: ignore[misc]
 
 
 class ReasoningPayload:
@@ -103,7 +141,7 @@ class ServerChatTemplate:
         return self._server_template()[0] if chat_template else None
 
 
-class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, LocalChatCompletion):
+class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, UrlCredentials, LocalChatCompletion):
     """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
 
     def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:

@@ -20,7 +20,6 @@ Imports lm-eval: import this module only where lm-eval runs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import http.client
 import json
@@ -43,7 +42,7 @@ from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from . import concurrency
-from .chat_model import ReasoningPayload, ServerChatTemplate
+from .chat_model import ReasoningPayload, ServerChatTemplate, UrlCredentials
 from .context_check import ContextCheck
 from .patience import (
     TRANSIENT_STATUSES,
@@ -110,13 +109,7 @@ class _TokenizeClient:
         self.url = url
         self.outage = outage
         self.path = parts.path or "/"
-        self.headers = dict(headers)
-        if parts.username or parts.password:
-            # requests sends a URL's user:password as basic auth, over any Authorization header.
-            user = urllib.parse.unquote(parts.username or "")
-            password = urllib.parse.unquote(parts.password or "")
-            token = base64.b64encode(f"{user}:{password}".encode("latin1")).decode()
-            self.headers["Authorization"] = f"Basic {token}"
+        self.headers = dict(headers)  # the URL's credentials, if any, are among them
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self._https = parts.scheme == "https"
@@ -375,7 +368,7 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
 
 
 class EvalchemyCompletions(
-    QueuedCacheWrites, ServerChatTemplate, ReasoningPayload, LocalCompletionsAPI
+    QueuedCacheWrites, ServerChatTemplate, ReasoningPayload, UrlCredentials, LocalCompletionsAPI
 ):
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
     (and which renders the server's chat template and sends reasoning payloads)."""
@@ -413,16 +406,6 @@ class EvalchemyCompletions(
                 failure = Transient(f"/tokenizer_info: {connection_reason(exc)}")
                 backoff, delay = outage.wait_after(failure, exc, backoff)
                 time.sleep(delay)
-
-    @property
-    def header(self) -> dict[str, str]:
-        """lm-eval's headers, without its bearer token when the URL carries ``user:password``:
-        requests then sends basic auth over the header anyway, and aiohttp (the concurrent
-        path, so ``auto`` too) refuses the combination outright."""
-        header = dict(super().header)
-        if urllib.parse.urlsplit(self.base_url or "").password is not None:
-            header.pop("Authorization", None)
-        return header
 
     # ------------------------------------------------------------ patience with the server
     # lm-eval wraps each call in its own retries (max_retries attempts, 1-10 s apart); a call

@@ -7,6 +7,7 @@ Imports no pytest and no lm-eval.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import warnings
@@ -100,20 +101,45 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def url_secrets(url: str) -> tuple[str, ...]:
-    """The credentials of ``url`` as they can appear in text: ``user:pass@`` (messages quote
-    the whole URL) and the password alone, so that they can be scrubbed from what is written."""
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@``, and them as the value of an HTTP basic
+    ``Authorization`` header (None when the URL has none)."""
     parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
+    userinfo, at, host = parts.netloc.rpartition("@")
     if not at:
-        return ()
-    found = [f"{userinfo}@"]
-    password = userinfo.partition(":")[2]
-    # A very short password would blank out ordinary words; the user:pass@ form covers it.
-    for text in (password, unquote(password)):
-        if len(text) >= 4 and text not in found:
-            found.append(text)
-    return tuple(found)
+        return url, None
+    user, _, password = userinfo.partition(":")
+    pair = f"{unquote(user)}:{unquote(password)}"
+    try:
+        raw = pair.encode("latin1")  # what requests and aiohttp send
+    except UnicodeEncodeError:
+        raw = pair.encode("utf-8")
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return clean, f"Basic {base64.b64encode(raw).decode()}"
+
+
+def authorization(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """Where to send a request for ``url`` and its one ``Authorization`` header. An API key
+    given explicitly wins (``Bearer``), and the URL's credentials are then not sent at all;
+    without one, the URL's ``user:password`` become basic auth. The URL returned never holds
+    credentials: aiohttp refuses them next to an Authorization header, and requests would
+    send them over it."""
+    clean, basic = split_credentials(url)
+    if api_key:
+        return clean, {"Authorization": f"Bearer {api_key}"}
+    return clean, {"Authorization": basic} if basic else {}
+
+
+def unsent_credentials(urls: tuple[str, ...], api_key: str | None) -> str | None:
+    """The warning for an API key given with endpoint URLs that carry credentials: one
+    Authorization header is sent, the key's (``authorization``)."""
+    shown = [redact_url(u) for u in urls if split_credentials(u)[1]]
+    if not api_key or not shown:
+        return None
+    return (
+        f"endpoint {', '.join(shown)}: the URL's user:password are not sent, the API key is "
+        "(Authorization: Bearer, from EVALCHEMY_API_KEY or OPENAI_API_KEY); drop one of them"
+    )
 
 
 def server_root(completions_url: str) -> str:
@@ -127,15 +153,19 @@ def models_url(completions_url: str) -> str:
 
 
 class _Session(requests.Session):
-    """A session whose ``verify`` holds: requests lets REQUESTS_CA_BUNDLE replace a session's
-    ``verify`` (even False) unless each call passes it."""
+    """A session whose ``verify`` holds (requests lets REQUESTS_CA_BUNDLE replace a session's
+    ``verify``, even False, unless each call passes it) and whose URLs' credentials become
+    one Authorization header (``authorization``)."""
 
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        url, basic = split_credentials(url)
+        if basic and "Authorization" not in self.headers:  # the API key's header wins
+            kwargs["headers"] = {"Authorization": basic, **(kwargs.get("headers") or {})}
         kwargs.setdefault("verify", self.verify)
         with warnings.catch_warnings():
             # --evalchemy-insecure warns once; urllib3 would warn on every request.
             warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            return super().request(*args, **kwargs)
+            return super().request(method, url, *args, **kwargs)
 
 
 def _headers(api_key: str | None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..core.config import PlannedItem, Threshold
 from ..core.record import Status
+from ..core.redact import redact_logging, scrub, secrets_of
 from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child_path, inside
 from ..core.samples import samples_file_name
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
@@ -29,7 +30,7 @@ from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
 from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
 from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
-from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, url_secrets
+from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, split_credentials
 from .patience import EndpointGone, OutageRegistry, item_deadline
 from .progress import RequestProgress, track
 from .request_cache import RequestCacheWarning, set_aside_unreadable
@@ -81,8 +82,8 @@ class RunSettings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """What must never be written: the API key and the endpoint URL's credentials."""
-        return (*url_secrets(self.endpoint.url), *((self.api_key,) if self.api_key else ()))
+        """What must never be written: the API key and the endpoint URLs' credentials."""
+        return secrets_of((self.endpoint.url, self.endpoint.chat_url), self.api_key)
 
 
 class ItemFailed(Exception):
@@ -250,7 +251,7 @@ def scrub_results(results: dict[str, Any], secrets: tuple[str, ...]) -> dict[str
     if not secrets:
         return results
     text = json.dumps(results, default=str)
-    clean = harness.scrub(text, tuple(json.dumps(s)[1:-1] for s in secrets))
+    clean = scrub(text, tuple(json.dumps(s)[1:-1] for s in secrets))
     return results if clean == text else json.loads(clean)
 
 
@@ -472,10 +473,13 @@ def run_item(
     start = time.monotonic()
     limit: AdaptiveLimit | None = None
     if request.adaptive_concurrency:
-        limit = shared_limit(request.base_url, request.num_concurrent)
+        # The model's key: the URL it posts to, without credentials.
+        limit = shared_limit(split_credentials(request.base_url)[0], request.num_concurrent)
     before = limit.item_start() if limit else {}
     progress = RequestProgress(item.key, concurrency=lambda: limit.limit if limit else None)
     context = ContextCheck()
+    # Every log handler of the process, pytest's included, scrubs the secrets from here on.
+    redact_logging(settings.secrets)
     try:
         with (
             harness.capture_log(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.redact import Redactor
 from .context_check import ContextCheck
 from .endpoint import redact_url
 from .patience import ItemOutage, OutageRegistry, reported
@@ -282,29 +283,6 @@ def task_manager(include_paths: tuple[Path, ...], names: tuple[str, ...]) -> Any
         ) from None
 
 
-def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` without ``secrets``: a URL's ``user:pass@`` goes (the URL stays readable),
-    anything else becomes ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "" if secret.endswith("@") else "***")
-    return text
-
-
-class _Redact(logging.Filter):
-    def __init__(self, secrets: tuple[str, ...]) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = scrub(message, self.secrets)
-        if clean != message:
-            record.msg = clean
-            record.args = ()
-        return True
-
-
 @contextmanager
 def capture_log(
     path: Path, level: str = "INFO", secrets: tuple[str, ...] = ()
@@ -314,7 +292,7 @@ def capture_log(
     logger = logging.getLogger("lm_eval")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-    handler.addFilter(_Redact(secrets))
+    handler.addFilter(Redactor(secrets))
     old_level = logger.level
     logger.addHandler(handler)
     handler.setLevel(level)

@@ -34,7 +34,7 @@ from typing import IO, Any
 import requests
 
 from ..core.errors import EndpointError
-from .endpoint import CHECK_PATIENCE_S, EndpointInfo, redact_url, server_root
+from .endpoint import CHECK_PATIENCE_S, EndpointInfo, authorization, redact_url, server_root
 from .patience import TRANSIENT_STATUSES, Outage, OutageGaveUp, connection_reason
 from .serve import ServeError, free_port, log_tail, stop_process_group
 
@@ -186,7 +186,7 @@ def _tokenizer_fingerprint(
     url: str, api_key: str | None, verify: bool | str, timeout: float = 30.0
 ) -> Any:
     """What a replica's tokenizer makes of a probe string (None without /tokenize)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url, headers = authorization(url, api_key)
     try:
         resp = requests.post(
             f"{server_root(url)}/tokenize",

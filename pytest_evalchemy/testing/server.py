@@ -39,6 +39,7 @@ CLI: ``python -m pytest_evalchemy.testing.server [--benchmarks DIR] [--port 0] .
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
@@ -221,6 +222,9 @@ class EvalchemyTestServer:
     ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
     the order reset, fail,
     invalid JSON: with ``reset_first=1, fail_first=2`` request 1 is reset and requests 2-3 fail.
+    ``basic_auth="user:password"``: every
+    path but ``/health`` and ``/stats`` answers 401 without that HTTP basic auth (a proxy in
+    front of the server); ``api_key`` asks for ``Authorization: Bearer KEY`` on ``/v1/*``.
     ``ssl_context`` (a server-side ``ssl.SSLContext``) serves https; ``url`` then says https.
 
     Faults of the server as a whole: ``first_answers`` scripts the first answers of any kind
@@ -251,6 +255,7 @@ class EvalchemyTestServer:
         fail_first: int = 0,
         fail_status: int = 503,
         fail_after: int | None = None,
+        basic_auth: str | None = None,
         retry_after: float | None = None,
         null_logprobs: bool = False,
         no_tokenizer_endpoints: bool = False,
@@ -287,6 +292,7 @@ class EvalchemyTestServer:
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.fail_after = fail_after
+        self.basic_auth = basic_auth
         self.retry_after = retry_after
         self.null_logprobs = null_logprobs
         self.no_tokenizer_endpoints = no_tokenizer_endpoints
@@ -1019,6 +1025,11 @@ class _Handler(BaseHTTPRequestHandler):
             if self._scripted(app._scripted_fault(), app):
                 return
         try:
+            if app.basic_auth is not None and path not in ("/health", "/stats"):
+                expected = "Basic " + base64.b64encode(app.basic_auth.encode()).decode()
+                if self.headers.get("Authorization") != expected:
+                    self._send_json(401, {"error": "Unauthorized"}, [("WWW-Authenticate", "Basic")])
+                    return
             # vLLM's middleware guards every /v1 path, existing or not, and answers this exact body.
             if (
                 path.startswith("/v1")
@@ -1199,6 +1210,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument(
+        "--require-basic",
+        metavar="USER:PASSWORD",
+        help="require this HTTP basic auth on every path but /health and /stats",
+    )
     p.add_argument("--port-file", type=Path, help="also write the base URL to this file when ready")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     g = p.add_argument_group("fault injection and performance")
@@ -1209,8 +1225,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-concurrency", type=int, help="completion requests served at once; the rest wait"
     )
     g.add_argument("--fail-first", type=int, default=0, help="fail the first N completion requests")
-    g.add_argument("--fail-after", type=int, help="fail every completion request after the first N")
     g.add_argument("--fail-status", type=int, default=503, help="HTTP status of those failures")
+    g.add_argument(
+        "--fail-after",
+        type=int,
+        help="every completion request after the first N fails (with --fail-status)",
+    )
     g.add_argument(
         "--retry-after", type=float, help="Retry-After header (seconds) on those failures"
     )
@@ -1297,6 +1317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail_first=args.fail_first,
         fail_status=args.fail_status,
         fail_after=args.fail_after,
+        basic_auth=args.require_basic,
         retry_after=args.retry_after,
         null_logprobs=args.null_logprobs,
         no_tokenizer_endpoints=args.no_tokenizer_endpoints,
