@@ -15,8 +15,9 @@ NAME = "pytest_evalchemy"
 # (``pytest_evalchemy.testing``: the test server renders chat prompts as vLLM does) come last:
 # nothing of the plugin imports them.
 LAYERS = ["core", "judge", "run", "report", "glue", "cli", "testing"]
-# The modules at the top of the package are the public names: the pytest11 entry point and the
-# hook specifications belong to the glue, ``python -m pytest_evalchemy`` to the front end.
+# The modules at the top of the package are the public names: the hooks of a run (which the
+# pytest11 entry point, glue/entry.py, registers) and the hook specifications belong to the
+# glue, ``python -m pytest_evalchemy`` to the front end.
 TOP_LEVEL = {"__init__": "core", "hookspecs": "glue", "plugin": "glue", "__main__": "cli"}
 
 
