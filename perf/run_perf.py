@@ -309,8 +309,10 @@ def fig_collect(work: Path, repeats: int, report: Report) -> None:
             f"{a:.2f} s",
             f"{b:.2f} s",
             f"+{a - b:.2f} s",
-            "≤ +0.3 s; lm-eval not imported",
-            a - b <= 0.3 and not imported,
+            # The plugin's own imports (HTTP clients, YAML; ~0.35 s) are paid here, and only
+            # when it is active: the bare run no longer loads them (the startup figure).
+            "≤ +0.6 s; lm-eval not imported",
+            a - b <= 0.6 and not imported,
             f"lm-eval imported: {'yes' if imported else 'no'}",
             loads(res["plugin"] + res["bare"]),
         )
