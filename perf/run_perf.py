@@ -49,6 +49,9 @@ LONG_REQUESTS = 1600  # perf_mc_long: 400 documents x 4 choices
 PARALLEL_REQUESTS = 200  # per item of the -n 2 figure: 10 s of waiting, one at a time
 ONE_AT_A_TIME = "--evalchemy-concurrency=1"  # the -n 2 figure is about items, not requests
 ADAPTIVE_SLOTS = (1, 4, 16, 64)  # server slots of the adaptive-concurrency rows
+GATEWAY_CAP = 4  # the capped gateway of the concurrency rows: 429 past this many in flight
+FIXED_SETTINGS = (1, 4, 8, 64)  # the fixed concurrencies auto is compared with there
+AUTO_RUNS = 5  # auto runs on the 16-slot server: each must reach its target, not the median
 REPLICA_SLOTS = 8  # slots of each replica in the router row
 PUBLIC_TASKS = ["arc_easy", "hellaswag", "mmlu"]
 OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
@@ -129,11 +132,15 @@ def run(
 class TestServer:
     """The project's test server in its own process."""
 
-    def __init__(self, latency: float = 0.0, slots: int | None = None) -> None:
+    def __init__(
+        self, latency: float = 0.0, slots: int | None = None, cap: int | None = None
+    ) -> None:
         cmd = [PY, "-m", "pytest_evalchemy.testing.server", "--benchmarks", str(BENCHMARKS)]
         cmd += ["--latency", str(latency)]
         if slots:
             cmd += ["--max-concurrency", str(slots)]
+        if cap:  # a gateway: 429 without Retry-After past this many in flight
+            cmd += ["--reject-over", str(cap)]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env(), text=True
         )
@@ -681,6 +688,135 @@ def _machine_floor(folder: Path, config: Path, repeats: int, report: Report) -> 
     ]
 
 
+def _auto_against_fixed(
+    folder: Path,
+    config: Path,
+    server: TestServer,
+    repeats: int,
+    name: str,
+    keep: Sequence[int],
+) -> tuple[list[dict[str, Any]], dict[int, list[float]], list[Proc]]:
+    """``AUTO_RUNS`` pytest runs of the defaults and ``repeats`` of each fixed setting in
+    ``keep`` (one of the others), interleaved; the auto runs' perf_mc records (the second item
+    of each process) and the fixed settings' item times."""
+    autos: list[dict[str, Any]] = []
+    fixed: dict[int, list[float]] = {c: [] for c in FIXED_SETTINGS}
+    procs: list[Proc] = []
+
+    def one(run_id: str, *args: str) -> dict[str, Any]:
+        proc, summary = pytest_run(folder, config, server.url, run_id, *args)
+        procs.append(proc)
+        return summary["tasks"]["perf_mc/perf_mc"]
+
+    for i in range(max(AUTO_RUNS, repeats)):
+        # Settings far from the best run once: 1 takes requests x latency on any server, and
+        # above a gateway's cap every refused request waits out a back-off (minutes).
+        settings = [c for c in FIXED_SETTINGS if i < (repeats if c in keep else 1)]
+        for c in settings if i % 2 else reversed(settings):
+            record = one(f"{name}-{c}-{i}", f"--evalchemy-concurrency={c}")
+            fixed[c].append(record["duration_s"])
+        autos.append(one(f"{name}-auto-{i}"))
+    return autos, fixed, procs
+
+
+def _runs(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def fig_concurrency(work: Path, repeats: int, report: Report) -> None:
+    """The defaults against fixed concurrencies, whole pytest items: on a gateway that refuses
+    past ``GATEWAY_CAP`` in flight (429 without Retry-After, no slot limit) and on the 16-slot
+    latency-bound server beside this machine's floor."""
+    folder = work / "concurrency"
+    folder.mkdir()
+    config = _adaptive_config(folder)
+    rows: list[str] = []
+    with TestServer(LATENCY, cap=GATEWAY_CAP) as server:
+        autos, fixed, procs = _auto_against_fixed(
+            folder, config, server, repeats, "gw", keep=(GATEWAY_CAP,)
+        )
+        refused = server.stats()["faults"]["rejected"]
+    best_c = min(fixed, key=lambda c: median(fixed[c]))
+    best = median(fixed[best_c])
+    times = [r["duration_s"] for r in autos]
+    ratio = median(times) / best
+    report.add(
+        Row(
+            f"defaults on a gateway that refuses past {GATEWAY_CAP} in flight (429 without "
+            f"Retry-After, {LATENCY * 1000:.0f} ms, no slot limit), {PERF_REQUESTS} requests: "
+            "the whole pytest item",
+            f"the best fixed setting of {', '.join(map(str, FIXED_SETTINGS))} "
+            f"(concurrency {best_c})",
+            f"{median(times):.2f} s",
+            f"{best:.2f} s",
+            f"{ratio:.2f}x",
+            "≤ 1.3x, every run",
+            max(times) <= 1.3 * best,
+            f"auto runs {_runs(times)}, settled at "
+            f"{', '.join(str(r['requests']['concurrency']) for r in autos)}, cuts "
+            f"{', '.join(str(r['requests']['adaptive']['cuts']) for r in autos)} for "
+            f"{', '.join(str(r['requests']['adaptive']['overloads']) for r in autos)} refusals; "
+            + "; ".join(f"fixed {c}: {median(v):.2f} s" for c, v in fixed.items())
+            + f"; the gateway refused {refused} requests in all",
+            loads(procs),
+        )
+    )
+    rows.append(
+        f"| gateway, {GATEWAY_CAP} in flight | {PERF_REQUESTS * LATENCY / GATEWAY_CAP:.2f} | "
+        f"{_runs(times)} | "
+        + " | ".join(_runs(fixed[c]) for c in FIXED_SETTINGS)
+        + f" | {', '.join(str(r['requests']['concurrency']) for r in autos)} |"
+    )
+    ideal = PERF_REQUESTS * LATENCY / SLOTS
+    with TestServer(LATENCY, SLOTS) as server:
+        autos, fixed, procs = _auto_against_fixed(
+            folder, config, server, repeats, "sl", keep=(SLOTS, 64)
+        )
+    with TestServer(0.0) as server:
+        floors = [
+            pytest_run(folder, config, server.url, f"fl-{i}", "--evalchemy-concurrency=64")
+            for i in range(repeats)
+        ]
+    floor = median([s["tasks"]["perf_mc/perf_mc"]["duration_s"] for _, s in floors])
+    reference = max(ideal, floor)
+    times = [r["duration_s"] for r in autos]
+    shares = [reference / t for t in times]
+    report.add(
+        Row(
+            f"defaults on {SLOTS} slots x {LATENCY * 1000:.0f} ms (no cap), {PERF_REQUESTS} "
+            f"requests, {AUTO_RUNS} runs: the whole pytest item",
+            "the better of the ideal and this machine's floor (64 at once, no latency)",
+            f"{median(times):.2f} s",
+            f"{reference:.2f} s",
+            f"{min(shares):.2f}-{max(shares):.2f} of it",
+            "≥ 0.8 of it, every run",
+            min(shares) >= 0.8,
+            f"auto runs {_runs(times)}, settled at "
+            f"{', '.join(str(r['requests']['concurrency']) for r in autos)} (peak "
+            f"{', '.join(str(r['requests']['adaptive']['peak_in_flight']) for r in autos)}); "
+            f"ideal {ideal:.2f} s, floor {floor:.2f} s; "
+            + "; ".join(f"fixed {c}: {median(v):.2f} s" for c, v in fixed.items()),
+            loads(procs + [p for p, _ in floors]),
+        )
+    )
+    rows.append(
+        f"| {SLOTS} slots | {ideal:.2f} | {_runs(times)} | "
+        + " | ".join(_runs(fixed[c]) for c in FIXED_SETTINGS)
+        + f" | {', '.join(str(r['requests']['concurrency']) for r in autos)} |"
+    )
+    report.detail(
+        f"Auto against fixed concurrencies ({PERF_REQUESTS} requests at 50 ms, the whole pytest "
+        "item, the second of its process), seconds",
+        [
+            "| server | ideal | auto | "
+            + " | ".join(f"fixed {c}" for c in FIXED_SETTINGS)
+            + " | auto settled at |",
+            "|---|---|---|" + "---|" * len(FIXED_SETTINGS) + "---|",
+            *rows,
+        ],
+    )
+
+
 def fig_router(work: Path, repeats: int, report: Report) -> None:
     """One item through vllm-router in front of two replicas, against one replica."""
     from pytest_evalchemy.run import router
@@ -1108,6 +1244,7 @@ FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
     "resolve": fig_resolve,
     "latency": fig_latency,
     "adaptive": fig_adaptive,
+    "concurrency": fig_concurrency,
     "router": fig_router,
     "parallel": fig_parallel,
     "memory": fig_memory,

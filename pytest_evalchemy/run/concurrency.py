@@ -3,23 +3,34 @@
 A vLLM server batches many sequences at once, so one request at a time leaves it mostly idle,
 while too many only queue on it (and, on a shared server, delay everybody else's requests).
 ``AdaptiveLimit`` finds the knee from what it measures, in the manner of TCP congestion control
-(BBR's startup and its delivery-rate rounds, AIMD's multiplicative cut on a congestion signal):
+(BBR's startup and its delivery-rate rounds, AIMD's multiplicative cut on a congestion signal
+and additive increase after it):
 
 - a *round* is one limit's worth of answered prompts; its rate (prompts/s) and mean latency are
   what the limit is judged by;
 - **probe**: start at ``INITIAL`` and double the limit every round while the rate grows by at
   least ``GROWTH`` (20%); a doubling that buys less means the server is saturated;
-- **settle**: keep the smallest limit whose rate was within ``KNEE_SHARE`` (90%) of the best
-  seen, raised to ``HEADROOM`` x best rate x fastest latency (Little's law: what the server
-  works on at once, plus room for the client's turnaround), at most to the next limit tried.
-  When even the smallest limit tried already queued (mean latency above ``QUEUEING``x the
-  fastest answer), try fewer: by Little's law the server works on about rate x fastest latency
-  prompts at once, so ``HEADROOM`` x that is enough to keep it busy;
-- **back off**: a 429 or 503 while several requests were in flight cuts the limit to ``CUT``
-  (0.8, as inspect_ai does) and caps it below the number in flight when the server refused, for
-  ``RELAX_S`` seconds; a timeout halves it; a round whose latency is ``BLOWUP``x the settled one
-  (someone else is loading the server) cuts it to ``CUT``. At most one cut per round: one
-  overload answers many requests at once;
+- **settle**: keep the *knee*, the smallest limit whose rate was within ``KNEE_SHARE`` (90%) of
+  the best seen, raised to ``HEADROOM`` x best rate x fastest latency (Little's law: what the
+  server works on at once, plus room for the client's turnaround), at most to the next limit
+  tried. It never goes below a limit that measured short of the best rate: fewer in flight
+  than the server's slots leave slots idle, and a client short of CPU makes fewer *look* as
+  good. When the server clearly queues (mean latency above ``QUEUEING`` x the fastest answer)
+  it tries ``HEADROOM`` x rate x fastest latency (by Little's law what the server works on at
+  once), kept if the rate holds (that is then the knee), else never tried again: only above a
+  limit that measured short, and with nothing measured below the knee (it was the first limit
+  tried) only when that is at most half the knee;
+- **back off**: one *overload event* is one cut. A 429 or 503 cuts the limit to ``CUT`` (0.8,
+  as inspect_ai does), a timeout halves it, a round whose latency is ``BLOWUP`` x the settled
+  one (someone else is loading the server) cuts it to ``CUT``. Each cut starts a new
+  *generation*: the refusals and timeouts of requests sent before it (a burst answering
+  requests that were in flight together) are the event already answered and cut no further.
+  A refusal while other requests were in flight also caps the limit below the one it was sent
+  under (the server admitted fewer than that); the cap rises by one per round after
+  ``RELAX_ROUNDS`` rounds without an overload, so a gateway's limit is tried again now and then;
+- **recover**: after a cut, the limit grows back by an eighth (at least one) per round towards
+  the limit it had (the knee, or the probe's), never above the cap: against a gateway that
+  refuses past N it settles at N;
 - **re-probe**: every ``REPROBE_ROUNDS`` settled rounds, try twice the limit for a round, and
   keep it only if the rate grows as in the probe.
 
@@ -53,7 +64,8 @@ HEADROOM = 1.25
 BLOWUP = 3.0
 CUT = 0.8
 TIMEOUT_CUT = 0.5
-RELAX_S = 30.0
+RELAX_ROUNDS = 8  # rounds without an overload before the cap from a refusal rises again
+RECOVERY = 8  # after a cut the limit grows by limit / RECOVERY (at least 1) per round
 REPROBE_ROUNDS = 32
 MIN_ROUND = 16  # prompts a round lasts at least: fewer make a rate mostly timing noise
 IDLE_S = 1.0  # nothing in flight this long (between items): the next round starts afresh
@@ -63,12 +75,14 @@ AUTO = "auto"
 
 @dataclass
 class Ticket:
-    """One admitted request: its weight (prompts), when it was admitted, and how many prompts
-    were in flight then (itself included): what the server saw when it answered."""
+    """One admitted request: its weight (prompts), when it was admitted, how many prompts were
+    in flight then (itself included): what the server saw when it answered, and the limit's
+    generation then (how many cuts came before it)."""
 
     weight: int
     start: float
     position: int
+    generation: int = 0
     end: float | None = None
     settled: bool = False
 
@@ -98,15 +112,17 @@ class AdaptiveLimit:
         self._reference_latency: float | None = None  # of the settled limit, for BLOWUP
         self._rounds = 0
         self._held = 0  # settled rounds since the last probe
-        self._last_cut_round = -1
-        self._last_overload = -math.inf
+        self._generation = 0  # cuts so far: a ticket of an older generation was answered
+        self._goal = self.limit  # what the measurements chose; a cut lowers only the limit
+        self._knee: int | None = None  # the knee the last settle found
+        self._calm = 0  # rounds since the last overload answer
         self._round_limit = self.limit
         self._round_start: float | None = None
         self._round_done = 0
         self._round_latency = 0.0
         self._round_requests = 0
         self._draining = False
-        self._floor = 0  # a limit that measured short of the best rate: not probed down to
+        self._floor = 0  # the largest limit that measured short of the best rate: never again
         self._idle_since: float | None = None
         self._warmup = True
         # The last rounds (limit, prompts/s, mean latency, limit after): for logs and tests.
@@ -134,7 +150,7 @@ class AdaptiveLimit:
             self._new_round(now)
             self._warmup = True
         self._idle_since = None
-        return Ticket(weight, now, self._in_flight)
+        return Ticket(weight, now, self._in_flight, self._generation)
 
     async def acquire(self, weight: int = 1) -> Ticket:
         """Wait until ``weight`` more prompts fit under the limit (first come, first served)."""
@@ -223,11 +239,14 @@ class AdaptiveLimit:
             if not self._free(ticket):
                 return False
             self.overloads += 1
-            self._last_overload = self._clock()
-            crowded = ticket.position > 1
-            if crowded:
-                self.ceiling = max(1, min(self.ceiling, ticket.position - 1))
-            self._cut(CUT)
+            self._calm = 0
+            crowded = ticket.position > ticket.weight
+            if self._new_event(ticket):
+                if crowded:
+                    # No cut since it was sent, so the limit only rose meanwhile: at most this
+                    # many were in flight with it, and the server would not take them all.
+                    self.ceiling = max(1, min(self.ceiling, self.limit - 1))
+                self._cut(CUT)
             self._wake()
             return crowded
 
@@ -236,7 +255,9 @@ class AdaptiveLimit:
             if not self._free(ticket):
                 return
             self.timeouts += 1
-            self._cut(TIMEOUT_CUT)
+            self._calm = 0
+            if self._new_event(ticket):
+                self._cut(TIMEOUT_CUT)
             self._wake()
 
     def abandon(self, ticket: Ticket) -> None:
@@ -250,6 +271,20 @@ class AdaptiveLimit:
     def _set(self, value: int) -> None:
         self.limit = max(1, min(value, self.ceiling, self.maximum))
 
+    def _aim(self, value: int) -> None:
+        """The limit the measurements chose (a trial is only ``_set``): what a cut recovers
+        towards."""
+        self._goal = max(1, min(value, self.maximum))
+        self._set(value)
+
+    def _target(self) -> int:
+        return max(1, min(self._goal, self.ceiling, self.maximum))
+
+    def _new_event(self, ticket: Ticket) -> bool:
+        """Whether an overload answer is news: its request was sent under the current limit.
+        The others were in flight with the request whose answer caused the last cut."""
+        return ticket.generation == self._generation
+
     def _new_round(self, now: float) -> None:
         self._draining = self._in_flight > self.limit
         self._rounds += 1
@@ -260,38 +295,55 @@ class AdaptiveLimit:
         self._round_requests = 0
 
     def _cut(self, factor: float) -> None:
-        if self._rounds > self._last_cut_round:
-            self._last_cut_round = self._rounds
-            self.cuts += 1
-            self._set(math.floor(self.limit * factor))
-        else:
-            self._set(self.limit)  # a lower ceiling still applies at once
-        self.phase = "hold"
+        """One overload event: the limit drops, a new generation starts, and the limit
+        recovers towards the goal from the next round on. The rates measured before belong to
+        a server in another state; the knee and the floor stay (it has as many slots)."""
+        self._generation += 1
+        self.cuts += 1
+        if self.phase == "probe":
+            # The rate grew up to this trial: recover towards it, under the cap a refusal set.
+            self._goal = max(self._goal, self.limit)
+        self._set(math.floor(self.limit * factor))
+        self.phase = "recover"
         self._reference_latency = None
-        self._floor = 0
         self._rates.clear()
         self._latencies.clear()
         self._new_round(self._clock())
+
+    def _recover(self) -> None:
+        """Additive increase after a cut, up to the goal under the cap."""
+        target = self._target()
+        if self.limit < target:
+            self._set(min(target, self.limit + max(1, self.limit // RECOVERY)))
+        if self.limit >= target:
+            self.phase = "hold"
+            self._held = 0
+            self._reference_latency = None
 
     def _end_round(self, rate: float, latency: float) -> None:
         size = self._round_limit
         if self._warmup:
             self._warmup = False
             return
-        if self.ceiling < self.maximum and self._clock() - self._last_overload > RELAX_S:
-            self.ceiling += 1  # the server may have room again: let the probe find out
+        self._calm += 1
+        if self.ceiling < self.maximum and self._calm > RELAX_ROUNDS:
+            self.ceiling += 1  # the server may have room again: recovery or the probe finds out
+        if self.phase == "recover" or (self.phase == "hold" and self.limit < self._target()):
+            self.phase = "recover"
+            self._recover()
+            return
         if self.phase == "hold" and size in self._rates:
             # Settled rounds smooth the reference a re-probe is compared with.
             rate = 0.7 * self._rates[size] + 0.3 * rate
         self._rates[size] = rate
         self._latencies[size] = latency
         if self.phase == "probe-down":
-            self._settle(probed=size)
+            self._settle()
             return
         if self.phase == "probe":
             below = [r for s, r in self._rates.items() if s < size]
             if rate >= GROWTH * max(below, default=0.0) and size < min(self.ceiling, self.maximum):
-                self._set(size * 2)
+                self._set(size * 2)  # a trial: the goal stays what was measured
                 return
             self._settle()
             return
@@ -301,29 +353,36 @@ class AdaptiveLimit:
         elif latency > BLOWUP * self._reference_latency:
             self._cut(CUT)
             return
-        if latency > QUEUEING * self._min_latency:
+        if self._knee is not None and latency > QUEUEING * self._min_latency:
             # Requests wait on the server: by Little's law it works on about rate x fastest
-            # latency prompts at once. Try that (with headroom) unless it already fell short.
+            # latency prompts at once. Try that (with headroom), but never what measured short
+            # (the floor); with nothing measured below the knee, only on clear evidence (half
+            # of it or less): a client short of CPU answers late too and makes it look smaller.
             estimate = math.ceil(HEADROOM * rate * self._min_latency)
-            if self._floor < estimate < size:
+            if self._floor < estimate < size and (self._floor or estimate <= self._knee // 2):
                 self.phase = "probe-down"
                 self._set(estimate)
                 return
         self._held += 1
         if self._held >= REPROBE_ROUNDS and self.limit < min(self.ceiling, self.maximum):
             self._held = 0
-            self._floor = 0
             self.phase = "probe"
             self._rates = {size: rate}
             self._latencies = {size: latency}
             self._set(size * 2)
 
-    def _settle(self, probed: int | None = None) -> None:
+    def _settle(self) -> None:
         """Keep the smallest limit within KNEE_SHARE of the best rate seen."""
         best = max(self._rates.values())
         knee = min(s for s, r in self._rates.items() if r >= KNEE_SHARE * best)
-        if probed is not None and knee != probed:
-            self._floor = max(self._floor, probed)  # fewer cost throughput: do not try again
+        short = [s for s in self._rates if s < knee]
+        if short:
+            # Fewer cost throughput: a probe-down that fell short is never tried again. The
+            # probe's rounds are brief (their first answers are of requests sent together), so
+            # the largest limit it found short may still be measured once more, settled.
+            lowest = max(short) if self.phase == "probe-down" else max(short) - 1
+            self._floor = max(self._floor, lowest)
+        self._knee = knee
         self.phase = "hold"
         self._held = 0
         self._reference_latency = None
@@ -336,7 +395,7 @@ class AdaptiveLimit:
         if larger and math.isfinite(self._min_latency):
             needed = math.ceil(HEADROOM * best * self._min_latency)
             knee = max(knee, min(needed, min(larger)))
-        self._set(knee)
+        self._aim(knee)
 
     def item_start(self) -> dict[str, int]:
         """Counters at the start of an item (items of a process run one after the other)."""

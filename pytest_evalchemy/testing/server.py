@@ -1124,11 +1124,11 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         seq = app._begin_completion()
         if not app._admitted():
-            try:
-                message = f"Too many requests: more than {app.reject_over} in flight"
-                self._send_json(429, APIError(429, message).payload())
-            finally:
-                app._end_completion()
+            # Done before the answer leaves, like an answered request: a client that keeps at
+            # most reject_over in flight is then never refused.
+            app._end_completion()
+            message = f"Too many requests: more than {app.reject_over} in flight"
+            self._send_json(429, APIError(429, message).payload())
             return
         ended = False
         try:
