@@ -289,6 +289,35 @@ def test_stats_count_requests() -> None:
         assert srv.stats()["completions"] == 0
 
 
+# Each reply below is read back at once, many times over: a counter updated after the reply
+# leaves (or by another thread) would be missed about every other time.
+ROUNDS = 40
+
+
+@pytest.mark.parametrize(
+    ("switches", "path", "body", "status"),
+    [
+        ({}, "/v1/completions", {"prompt": "x", "max_tokens": 1}, 200),
+        ({}, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 200),
+        ({"fail_first": ROUNDS}, "/v1/completions", {"prompt": "x"}, 503),
+        ({"reject_over": 0}, "/v1/completions", {"prompt": "x"}, 429),
+    ],
+    ids=["answer", "chat", "error", "rejected"],
+)
+def test_a_reply_is_counted_before_it_leaves(
+    switches: dict[str, Any], path: str, body: dict[str, Any], status: int
+) -> None:
+    with EvalchemyTestServer(ENTRIES, **switches) as srv, requests.Session() as session:
+        for n in range(1, ROUNDS + 1):
+            assert session.post(f"{srv.url}{path}", json=body, timeout=10).status_code == status
+            stats = srv.stats()
+            assert stats["in_flight"] == 0, f"reply {n} left while its request still counted"
+            answered = n if status == 200 else 0
+            assert stats["answered"] == answered, f"reply {n} left before it was counted"
+        assert stats["completions"] == ROUNDS
+        assert stats["max_concurrent"] == 1  # one after the other: none overlapped the next
+
+
 # --- fault switches --------------------------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -52,7 +53,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -227,8 +228,10 @@ class EvalchemyTestServer:
     S seconds (connection refused until then: a server loading its weights). ``away_after=N``,
     ``away_for=S``: completion request N+1 is reset and the server stops listening for S
     seconds, then serves again on the same port, its counters kept (a restart).
-    ``stats()["answered"]`` counts completion answers fully written, ``"answered_twice"`` the
-    prompts answered more than once.
+    ``stats()["answered"]`` counts completion answers written (counted before the first byte
+    leaves, taken back if the write fails: a client that has its answer finds it counted),
+    ``"answered_twice"`` the prompts answered more than once. Every counter of a request is
+    updated before its reply leaves, so a stats read right after a reply sees it.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -503,13 +506,24 @@ class EvalchemyTestServer:
             self._scripted[kind] = self._scripted.get(kind, 0) + 1
             return kind
 
-    def _record_answer(self, raw: bytes) -> None:
+    def _record_answer(self, raw: bytes) -> str:
+        """Count one answer to this request body; returns the key to take it back with."""
         try:
-            key = json.dumps(json.loads(raw).get("prompt"), sort_keys=True)
+            body = json.loads(raw)
+            # What was asked: a completion's prompt, a chat request's messages.
+            key = json.dumps(body.get("prompt", body.get("messages")), sort_keys=True)
         except (ValueError, AttributeError):
             key = raw.decode("utf-8", "replace")
         with self._lock:
             self._answered[key] = self._answered.get(key, 0) + 1
+        return key
+
+    def _unrecord_answer(self, key: str) -> None:
+        """Take back an answer counted by ``_record_answer`` whose write failed."""
+        with self._lock:
+            self._answered[key] -= 1
+            if not self._answered[key]:
+                del self._answered[key]
 
     def _fault_for(self, seq: int) -> str | None:
         """Which fault request number ``seq`` (1-based) gets, if any."""
@@ -1088,62 +1102,74 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _completion(self, raw: bytes, answer: Any) -> None:
-        """Run one completion request through the fault switches, the concurrency cap and the model."""
+        """Run one completion request through the fault switches, the concurrency cap and the
+        model, then answer it."""
         app = self.server.app
         seq = app._begin_completion()
-        if not app._admitted():
-            try:
-                message = f"Too many requests: more than {app.reject_over} in flight"
-                self._send_json(429, APIError(429, message).payload())
-            finally:
-                app._end_completion()
-            return
-        ended = False
+        admitted = app._admitted()
         try:
-            fault = app._fault_for(seq)
-            if fault == "hang":
-                app._stopping.wait()
-                self._drop_connection()
-                return
-            if fault == "reset":
-                self._drop_connection()
-                return
-            if fault == "away":
+            reply = self._completion_reply(seq, raw, answer) if admitted else self._rejection()
+        finally:
+            # No longer in flight once its reply is decided, on every path (answer, error,
+            # reset, away): end before anything leaves, or the client's next request (on another
+            # connection) could start while this one still counts, and a stats read right after
+            # the client has its reply could still see it in flight.
+            if admitted:
+                app._end_admitted()
+            app._end_completion()
+        reply()
+
+    def _rejection(self) -> Callable[[], None]:
+        message = f"Too many requests: more than {self.server.app.reject_over} in flight"
+        return functools.partial(self._send_json, 429, APIError(429, message).payload())
+
+    def _completion_reply(self, seq: int, raw: bytes, answer: Any) -> Callable[[], None]:
+        """How request ``seq`` is answered: decided, and the model's answer computed, while the
+        request counts as in flight; sent by the caller once it no longer does."""
+        app = self.server.app
+        fault = app._fault_for(seq)
+        if fault == "hang":
+            app._stopping.wait()
+            return self._drop_connection
+        if fault == "reset":
+            return self._drop_connection
+        if fault == "away":
+
+            def go_away() -> None:
                 self._drop_connection()
                 app.restart(app.away_for)
-                return
-            if fault == "fail":
-                headers = (
-                    [("Retry-After", _fmt_seconds(app.retry_after))]
-                    if app.retry_after is not None
-                    else []
-                )
-                message = f"Simulated failure of completion request {seq} (HTTP {app.fail_status})"
-                self._send_json(
-                    app.fail_status, APIError(app.fail_status, message).payload(), headers
-                )
-                return
-            if fault == "invalid_json":
-                self._send(
-                    200,
-                    b'{"id":"cmpl-truncated","object":"text_completion","choices":[{"index":0,"te',
-                )
-                return
-            with app._slot():
-                payload = answer(self._json_body(raw))
-            # No longer in flight once answered: end before the answer leaves, or the
-            # client's next request (on another connection) could start while this one
-            # still counts.
-            app._end_admitted()
-            app._end_completion()
-            ended = True
+
+            return go_away
+        if fault == "fail":
+            headers = (
+                [("Retry-After", _fmt_seconds(app.retry_after))]
+                if app.retry_after is not None
+                else []
+            )
+            message = f"Simulated failure of completion request {seq} (HTTP {app.fail_status})"
+            payload = APIError(app.fail_status, message).payload()
+            return functools.partial(self._send_json, app.fail_status, payload, headers)
+        if fault == "invalid_json":
+            truncated = (
+                b'{"id":"cmpl-truncated","object":"text_completion","choices":[{"index":0,"te'
+            )
+            return functools.partial(self._send, 200, truncated)
+        with app._slot():
+            payload = answer(self._json_body(raw))
+        return functools.partial(self._send_answer, raw, payload)
+
+    def _send_answer(self, raw: bytes, payload: object) -> None:
+        """Count the answer, then write it: a client that has its answer finds it counted (a
+        large body leaves while it is written, before any flush). A write that fails takes
+        the count back."""
+        app = self.server.app
+        key = app._record_answer(raw)
+        try:
             self._send_json(200, payload)
             self.wfile.flush()  # raises when the client or a stopping server cut us off
-            app._record_answer(raw)
-        finally:
-            if not ended:
-                app._end_admitted()
-                app._end_completion()
+        except BaseException:
+            app._unrecord_answer(key)
+            raise
 
 
 _ANSWER_FAULTS = ("reset", "truncated", "invalid_json")
