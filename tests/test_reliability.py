@@ -252,6 +252,7 @@ def test_resets_and_truncated_json_are_retried(
         "invalid_json": 1,
         "hang": 0,
         "rejected": 0,
+        "held": 0,
     }
     assert srv.mid_body_first == 0  # type: ignore[attr-defined]
     metrics = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]["metrics"]

@@ -210,7 +210,10 @@ class EvalchemyTestServer:
     Fault switches: ``latency`` (seconds slept per completion request), ``max_concurrency`` (completion
     requests served at once; the others wait), ``fail_first``/``fail_status``/``retry_after``,
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
-    ``hang_after`` (requests after the first N hang until ``stop()``), ``null_logprobs``,
+    ``hang_after`` (requests after the first N hang until ``stop()``), ``hold_after``
+    (requests after the first N wait, holding their ``max_concurrency`` slot, until
+    ``release()``, then are answered; ``faults["held"]`` counts them: a test waits for that
+    event, not for a duration), ``null_logprobs``,
     ``no_tokenizer_endpoints``, ``chat_only``, ``reject_over`` (429 for a completion request that
     arrives while that many are already in flight: a server with a hard admission limit);
     ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
@@ -257,6 +260,7 @@ class EvalchemyTestServer:
         reasoning: str | None = None,
         record_prompts: bool = False,
         hang_after: int | None = None,
+        hold_after: int | None = None,
         reset_first: int = 0,
         invalid_json_first: int = 0,
         reject_over: int | None = None,
@@ -297,6 +301,7 @@ class EvalchemyTestServer:
         # what two clients sent.
         self.prompts: list[tuple[str, Any]] | None = [] if record_prompts else None
         self.hang_after = hang_after
+        self.hold_after = hold_after
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
         self.reject_over = reject_over
@@ -318,6 +323,7 @@ class EvalchemyTestServer:
         self._connections: set[socket.socket] = set()
         self._serve_lock = threading.Lock()
         self._final = threading.Event()
+        self._released = threading.Event()  # release(): held requests go on
         self._serving = False
         self._reset_counters()
 
@@ -377,11 +383,16 @@ class EvalchemyTestServer:
 
         threading.Thread(target=cycle, name="evalchemy-test-server-restart", daemon=True).start()
 
+    def release(self) -> None:
+        """Let the requests ``hold_after`` holds (and every later one) be answered."""
+        self._released.set()
+
     def stop(self, final: bool = True) -> None:
         """Stop serving, release hung requests and drop open keep-alive connections (and,
         ``final``, cancel a ``restart`` that is waiting to serve again)."""
         if final:
             self._final.set()
+            self._released.set()
         httpd = self._httpd
         if httpd is None:
             return
@@ -433,7 +444,14 @@ class EvalchemyTestServer:
         self._max_concurrent = 0
         self._active = 0
         self._max_active = 0
-        self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0, "rejected": 0}
+        self._faults = {
+            "reset": 0,
+            "fail": 0,
+            "invalid_json": 0,
+            "hang": 0,
+            "rejected": 0,
+            "held": 0,
+        }
         self._answer_seq = 0  # requests of any kind, for first_answers
         self._scripted: dict[str, int] = {}
         self._answered: dict[str, int] = {}
@@ -543,6 +561,14 @@ class EvalchemyTestServer:
                 self._faults[fault] = self._faults.get(fault, 0) + 1
         return fault
 
+    def _hold(self, seq: int) -> None:
+        """Wait for ``release()`` when ``hold_after`` holds request number ``seq``."""
+        if self.hold_after is None or seq <= self.hold_after or self._released.is_set():
+            return
+        with self._lock:
+            self._faults["held"] += 1
+        self._released.wait()
+
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
         """Hold one of the ``max_concurrency`` slots (if capped) for the simulated compute."""
@@ -554,7 +580,7 @@ class EvalchemyTestServer:
                 self._max_active = max(self._max_active, self._active)
             try:
                 if self.latency > 0:
-                    time.sleep(self.latency)
+                    self._stopping.wait(self.latency)  # cut short by stop()
                 yield
             finally:
                 with self._lock:
@@ -1155,6 +1181,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return functools.partial(self._send, 200, truncated)
         with app._slot():
+            app._hold(seq)
             payload = answer(self._json_body(raw))
         return functools.partial(self._send_answer, raw, payload)
 
