@@ -1034,6 +1034,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         # Read the body first, even for errors, so the next request on a keep-alive connection parses cleanly.
         raw = self._read_body() if method == "POST" else b""
+        if app._stopping.is_set():
+            # A stopping server answers nothing more, not even on a kept-alive connection
+            # that stop() has yet to close: its clients see it go at once.
+            self._drop_connection()
+            return
         if path != "/stats":  # reading stats must not change them
             app._count(path)
             if self._scripted(app._scripted_fault(), app):
@@ -1143,6 +1148,9 @@ class _Handler(BaseHTTPRequestHandler):
             if admitted:
                 app._end_admitted()
             app._end_completion()
+        if app._stopping.is_set():  # stopped while computing (a latency cut short, a hang)
+            self._drop_connection()
+            return
         reply()
 
     def _rejection(self) -> Callable[[], None]:
