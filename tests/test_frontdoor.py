@@ -461,9 +461,11 @@ def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 def test_interrupted_item_records_its_time_and_requests(
     tmp_path: Path, make_server, workers: list[str]
 ) -> None:
-    server = make_server(latency=0.05)
+    # The 21st completion request (the probe counted) waits until release(): the item is
+    # interrupted mid-way however fast this machine is. The latency gives it a time to record.
+    server = make_server(latency=0.05, hold_after=20)
     tasks = {"mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0)}
-    # One request at a time: the item runs long enough to be interrupted mid-way.
+    # One request at a time: at most one in flight when interrupted.
     proc = _start_run(
         tmp_path,
         server.completions_url,
@@ -472,9 +474,10 @@ def test_interrupted_item_records_its_time_and_requests(
         "--evalchemy-concurrency=1",
         *workers,
     )
-    _wait_for_requests(server, 20, proc)
+    _wait_for_requests(server, 1, proc, key="held")
     # Ctrl-C in a terminal reaches the whole process group (xdist's workers too).
     os.killpg(proc.pid, signal.SIGINT)
+    server.release()  # the signal is sent: whether the answer still arrives decides nothing
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     record = read_summary(tmp_path / "results")["tasks"]["mini_arc/mini_arc"]

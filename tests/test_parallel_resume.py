@@ -130,11 +130,20 @@ def _start_run(root: Path, url: str, *args: str) -> subprocess.Popen[str]:
     return spawn(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for_requests(server: EvalchemyTestServer, n: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while server.stats()["completions"] < n:
+def _wait_for_requests(
+    server: EvalchemyTestServer, n: int, proc: subprocess.Popen[str], key: str = "completions"
+) -> None:
+    """Wait until the server has counted ``n`` (completion requests, or the faults ``key``
+    names); the deadline is a failsafe that fails saying so."""
+    deadline = time.monotonic() + 120
+
+    def count() -> int:
+        stats = server.stats()
+        return stats[key] if key in stats else stats["faults"][key]
+
+    while count() < n:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "the run sent too few requests"
+        assert time.monotonic() < deadline, f"the run never got to {n} {key}"
         time.sleep(0.02)
 
 
@@ -174,7 +183,9 @@ def test_interrupted_run_resumes_without_asking_twice(
     tmp_path: Path, make_server, how: str
 ) -> None:
     clean = _clean_run_requests(tmp_path, make_server)
-    server = make_server(latency=0.05)
+    # The 21st completion request (the probe counted) waits until release(): the run is
+    # stopped mid-item with one request in flight, however fast or slow this machine is.
+    server = make_server(hold_after=20)
     cfg = _cfg(tmp_path, SLOW_TASK)
     # One request at a time, so that at most one is in flight when the run stops (under the
     # default `auto`, what was in flight then is asked again: up to the settled concurrency).
@@ -188,11 +199,12 @@ def test_interrupted_run_resumes_without_asking_twice(
             "mini_arc",
             "--evalchemy-concurrency=1",
         )
-    _wait_for_requests(server, 20, proc)
+    _wait_for_requests(server, 1, proc, key="held")
     if how.startswith("sigint"):
         os.kill(proc.pid, signal.SIGINT)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
+    server.release()  # the signal is sent: whether the answer still arrives decides nothing
     out, _ = proc.communicate(timeout=60)
     first = server.stats()["completions"]
     summary_path = tmp_path / "results" / "r" / "evalchemy_summary_r.json"
@@ -308,21 +320,19 @@ def test_one_item_times_out_the_others_pass_and_the_worker_survives(
         "quick2": offline_task("mini_hellaswag", limit=1, batch_size=4, timeout=60),
         "quick3": offline_task("mini_mmlu", limit=2, batch_size=8, timeout=60),
     }
-    start = time.monotonic()
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={server.completions_url}",
         _cfg(pytester.path, tasks),
         "-n",
         "2",
         "--evalchemy-concurrency=1",  # the slow item's requests one after the other
+        timeout=600,  # a failsafe against a run that never ends, not a measure
     )
     result.assert_outcomes(passed=3, failed=1)
-    assert time.monotonic() - start < 60
     result.stdout.no_fnmatch_line("*crashed*")
     summary = read_summary(pytester.path / "results")
     slow = summary["tasks"]["slow/slow"]
     assert slow["status"] == "timeout"
-    assert 2.9 <= slow["duration_s"] < 10
-    assert "timed out after" in slow["message"]
+    assert slow["message"].startswith("timed out after"), slow["message"]
     assert [summary["tasks"][f"quick{i}/quick{i}"]["status"] for i in (1, 2, 3)] == ["passed"] * 3
     assert summary["totals"]["timeout"] == 1

@@ -512,7 +512,7 @@ def test_item_errors_when_the_server_dies_mid_run(pytester: pytest.Pytester, mak
     result.assert_outcomes(failed=2)
     summary = read_summary(pytester.path / "results")
     assert {v["status"] for v in summary["tasks"].values()} == {"timeout"}
-    assert summary["tasks"]["mini_arc/mini_arc"]["duration_s"] >= 2.9
+    assert summary["tasks"]["mini_arc/mini_arc"]["message"].startswith("timed out after")
     assert summary["totals"]["timeout"] == 2
 
 

@@ -252,6 +252,7 @@ def test_resets_and_truncated_json_are_retried(
         "invalid_json": 1,
         "hang": 0,
         "rejected": 0,
+        "held": 0,
     }
     assert srv.mid_body_first == 0  # type: ignore[attr-defined]
     metrics = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]["metrics"]
@@ -317,27 +318,38 @@ def test_a_hanging_request_times_out_its_item_and_the_others_go_on(
     summary = read_summary(pytester.path / "results")
     arc = summary["tasks"]["mini_arc/mini_arc"]
     assert arc["status"] == "timeout"
-    assert 2.9 <= arc["duration_s"] < 10
+    assert arc["message"].startswith("timed out after"), arc["message"]
     assert summary["tasks"]["mini_mmlu/mini_mmlu"]["status"] == "passed"
 
 
 # ---------------------------------------------------------------- server restarts
 
 
-def _stop_after(srv: EvalchemyTestServer, completions: int, then: Callable[[], None]) -> Any:
-    """Stop ``srv`` once it has answered ``completions`` completion requests, then call
-    ``then``; runs beside the pytester run (the server lives in this process)."""
+class _StopAfter(threading.Thread):
+    """Stop ``srv`` once it has received ``completions`` completion requests, then call
+    ``then``; runs beside the pytester run (the server lives in this process). ``finish()``
+    fails, saying so, when the run never got that far (the deadline is only a failsafe)."""
 
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while srv.stats()["completions"] < completions and time.monotonic() < deadline:
+    def __init__(self, srv: EvalchemyTestServer, completions: int, then: Callable[[], None]):
+        super().__init__(daemon=True)
+        self.srv, self.completions, self.then = srv, completions, then
+        self.reached = False
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not (reached := self.srv.stats()["completions"] >= self.completions):
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.01)
-        srv.stop()
-        then()
+        self.reached = reached
+        self.srv.stop()  # stopped either way, so the run does not wait on it
+        self.then()
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    def finish(self) -> None:
+        self.join(120)
+        assert not self.is_alive(), "the server was never stopped"
+        assert self.reached, f"the run never sent {self.completions} completion requests"
 
 
 # mini_arc with one prompt per request: 4 documents x 4 choices = 16 requests.
@@ -353,15 +365,17 @@ def test_server_restart_mid_run_is_survived_by_retries(
     second: list[EvalchemyTestServer] = []
 
     def restart() -> None:
-        time.sleep(0.3)  # down for a moment, shorter than lm-eval's first back-off (1 s)
+        # Down for a moment. Its length decides nothing: the default outage window (180 s)
+        # waits for the server whatever lm-eval's own attempts make of it.
+        time.sleep(0.3)
         second.append(EvalchemyTestServer(answer_key, port=first.port).start())
 
-    watcher = _stop_after(first, 6, restart)
+    watcher = _StopAfter(first, 6, restart)
     try:
         # One at a time: requests are still to be sent when the first server goes away.
         result = _run(pytester, first.url, _cfg(pytester.path, SLOW_ARC), ONE_AT_A_TIME)
     finally:
-        watcher.join(timeout=30)
+        watcher.finish()
         for srv in second:
             srv.stop()
     result.assert_outcomes(passed=1)
@@ -377,7 +391,7 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
 ) -> None:
     cfg = _cfg(pytester.path, SLOW_ARC)
     first = make_server(latency=0.02)
-    watcher = _stop_after(first, 7, lambda: None)  # the probe and 6 answers, then gone
+    watcher = _StopAfter(first, 7, lambda: None)  # the probe and 6 answers, then gone
     # No outage window: the item errors as soon as lm-eval's attempts are used up.
     result = _run(
         pytester,
@@ -387,7 +401,7 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
         "--evalchemy-outage-timeout=0",
         ONE_AT_A_TIME,
     )
-    watcher.join(timeout=30)
+    watcher.finish()
     result.assert_outcomes(failed=1)
     record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
     assert record["status"] == "error"

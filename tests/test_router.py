@@ -123,13 +123,19 @@ def test_a_replica_killed_mid_item_costs_nothing(
         plugins=(_AfterCheck(clean),),
     ).assert_outcomes(passed=1)
     requests_of_item = clean.stats()["completions"]
-    a, b = make_server(latency=0.02), make_server(latency=0.02)
+    # B holds its requests after the 10th until stopped: it always dies mid-item, with requests
+    # in flight, however fast the item would otherwise run.
+    a, b = make_server(latency=0.02), make_server(latency=0.02, hold_after=10)
     killed = threading.Event()
 
     def kill_b_mid_item() -> None:
         def watch() -> None:
-            deadline = time.monotonic() + 60
-            while b.stats()["answered"] < 10 and time.monotonic() < deadline:
+            def mid_item() -> bool:
+                stats = b.stats()
+                return stats["answered"] == 10 and stats["faults"]["held"] >= 1
+
+            deadline = time.monotonic() + 120  # a failsafe: sb["answered"] == 10 says so
+            while not mid_item() and time.monotonic() < deadline:
                 time.sleep(0.005)
             b.stop()  # connections dropped, requests in flight unanswered
             killed.set()
@@ -143,12 +149,13 @@ def test_a_replica_killed_mid_item_costs_nothing(
         "--evalchemy-run-id=killed",
         plugins=(_AfterCheck(a, b, then=kill_b_mid_item),),
     )
-    assert killed.wait(5)
+    assert killed.wait(120), "replica B was never stopped"  # a failsafe, not a measure
     result.assert_outcomes(passed=1)
     root = pytester.path / "results"
     assert _metrics(root, "killed") == _metrics(root, "clean")
     sa, sb = a.stats(), b.stats()
-    assert sb["answered"] >= 10
+    assert sb["answered"] == 10
+    assert sb["faults"]["held"] >= 1  # it had requests in flight when it went
     assert sa["answered"] > 0
     # Every request answered exactly once; what was asked twice is what B had in flight.
     assert sa["answered"] + sb["answered"] == requests_of_item

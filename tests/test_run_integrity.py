@@ -115,17 +115,26 @@ def test_a_run_id_in_use_is_refused_and_nothing_is_written(
 def test_two_runs_with_one_id_the_second_refused_the_first_complete(
     tmp_path: Path, make_server: MakeServer
 ) -> None:
-    srv = make_server(latency=0.05)
+    # The first run's requests after the probe and one answer wait until release(): it is
+    # mid-item for as long as the second run takes to start, however slow that is.
+    srv = make_server(hold_after=2)
     tasks = {"mini_arc": offline_task("mini_arc", limit=8, batch_size=1, num_fewshot=0)}
     cfg = _cfg(tmp_path, tasks)
     first = _start(tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same")
     with _stopped_at_end(first):
-        _wait_for(lambda: _statuses(tmp_path, "same").get("mini_arc/mini_arc") == "running", first)
+        _wait_for(
+            lambda: (
+                srv.stats()["faults"]["held"] >= 1
+                and _statuses(tmp_path, "same").get("mini_arc/mini_arc") == "running"
+            ),
+            first,
+        )
         second = _start(tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same")
         with _stopped_at_end(second):
             out, _ = second.communicate(timeout=120)
         assert second.returncode == pytest.ExitCode.USAGE_ERROR, out
         assert f"run id 'same' is in use by another run (pid {first.pid} on host" in out
+        srv.release()
         out, _ = first.communicate(timeout=120)
         assert first.returncode == 0, out
     summary = _summary(tmp_path, "same")
@@ -332,7 +341,8 @@ def test_resume_force_without_resume_is_a_usage_error(
 def test_interrupted_run_lists_pending_and_skipped_items(
     tmp_path: Path, make_server: MakeServer, xdist: list[str]
 ) -> None:
-    srv = make_server(latency=0.05)
+    # Completion requests after the 10th wait until release(): interrupted mid-item, always.
+    srv = make_server(hold_after=10)
     tasks = {
         "mini_arc": offline_task(
             "mini_arc", limit=12, batch_size=1, num_fewshot=0, priority="high"
@@ -348,8 +358,9 @@ def test_interrupted_run_lists_pending_and_skipped_items(
         *xdist,
     )
     with _stopped_at_end(proc):
-        _wait_for(lambda: srv.stats()["completions"] > 10, proc)
+        _wait_for(lambda: srv.stats()["faults"]["held"] >= 1, proc)
         os.kill(proc.pid, signal.SIGINT)
+        srv.release()  # the signal is sent: whether the answer still arrives decides nothing
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
     summary = _summary(tmp_path, "cut")

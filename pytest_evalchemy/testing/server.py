@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import io
 import json
 import math
@@ -54,7 +55,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -213,10 +214,14 @@ class EvalchemyTestServer:
     ``reset_first`` (close the connection without answering), ``invalid_json_first`` (a truncated 200 body),
     ``fail_after`` (every completion request after the first N fails with ``fail_status``: a
     server that breaks for good once the endpoint check is done), ``hang_after`` (requests
-    after the first N hang until ``stop()``), ``null_logprobs``,
-    ``no_tokenizer_endpoints``, ``no_health`` (404 on ``/health``: a server that is not vLLM),
-    ``chat_only``, ``reject_over`` (429 for a completion request that arrives while that many
-    are already in flight: a server with a hard admission limit);
+    after the first N hang until ``stop()``), ``hold_after`` (requests after the first N wait,
+    holding their ``max_concurrency`` slot, until ``release()``, then are answered;
+    ``faults["held"]`` counts them: a test waits for that event, not for a duration),
+    ``null_logprobs``, ``no_tokenizer_endpoints``, ``no_health`` (404 on ``/health``: a server
+    that is not vLLM), ``chat_only``, ``reject_over`` (429 for a completion request that
+    arrives while that many are already in flight: a server with a hard admission limit; a
+    refused request stops counting before its 429 leaves, so a client that keeps at most
+    ``reject_over`` in flight is never refused);
     ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
     ``chat_template`` (None: no template), ``reasoning`` (None, ``"content"`` or ``"field"``);
     ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
@@ -235,8 +240,10 @@ class EvalchemyTestServer:
     S seconds (connection refused until then: a server loading its weights). ``away_after=N``,
     ``away_for=S``: completion request N+1 is reset and the server stops listening for S
     seconds, then serves again on the same port, its counters kept (a restart).
-    ``stats()["answered"]`` counts completion answers fully written, ``"answered_twice"`` the
-    prompts answered more than once.
+    ``stats()["answered"]`` counts completion answers written (counted before the first byte
+    leaves, taken back if the write fails: a client that has its answer finds it counted),
+    ``"answered_twice"`` the prompts answered more than once. Every counter of a request is
+    updated before its reply leaves, so a stats read right after a reply sees it.
     """
 
     __test__ = False  # not a pytest test class despite the name
@@ -265,6 +272,7 @@ class EvalchemyTestServer:
         reasoning: str | None = None,
         record_prompts: bool = False,
         hang_after: int | None = None,
+        hold_after: int | None = None,
         reset_first: int = 0,
         invalid_json_first: int = 0,
         reject_over: int | None = None,
@@ -308,6 +316,7 @@ class EvalchemyTestServer:
         # what two clients sent.
         self.prompts: list[tuple[str, Any]] | None = [] if record_prompts else None
         self.hang_after = hang_after
+        self.hold_after = hold_after
         self.reset_first = reset_first
         self.invalid_json_first = invalid_json_first
         self.reject_over = reject_over
@@ -330,6 +339,7 @@ class EvalchemyTestServer:
         self._connections: set[socket.socket] = set()
         self._serve_lock = threading.Lock()
         self._final = threading.Event()
+        self._released = threading.Event()  # release(): held requests go on
         self._serving = False
         self._reset_counters()
 
@@ -397,11 +407,16 @@ class EvalchemyTestServer:
 
         threading.Thread(target=cycle, name="evalchemy-test-server-restart", daemon=True).start()
 
+    def release(self) -> None:
+        """Let the requests ``hold_after`` holds (and every later one) be answered."""
+        self._released.set()
+
     def stop(self, final: bool = True) -> None:
         """Stop serving, release hung requests and drop open keep-alive connections (and,
         ``final``, cancel a ``restart`` that is waiting to serve again)."""
         if final:
             self._final.set()
+            self._released.set()
         httpd = self._httpd
         if httpd is None:
             return
@@ -454,7 +469,14 @@ class EvalchemyTestServer:
         self._max_concurrent = 0
         self._active = 0
         self._max_active = 0
-        self._faults = {"reset": 0, "fail": 0, "invalid_json": 0, "hang": 0, "rejected": 0}
+        self._faults = {
+            "reset": 0,
+            "fail": 0,
+            "invalid_json": 0,
+            "hang": 0,
+            "rejected": 0,
+            "held": 0,
+        }
         self._answer_seq = 0  # requests of any kind, for first_answers
         self._scripted: dict[str, int] = {}
         self._answered: dict[str, int] = {}
@@ -527,13 +549,24 @@ class EvalchemyTestServer:
             self._scripted[kind] = self._scripted.get(kind, 0) + 1
             return kind
 
-    def _record_answer(self, raw: bytes) -> None:
+    def _record_answer(self, raw: bytes) -> str:
+        """Count one answer to this request body; returns the key to take it back with."""
         try:
-            key = json.dumps(json.loads(raw).get("prompt"), sort_keys=True)
+            body = json.loads(raw)
+            # What was asked: a completion's prompt, a chat request's messages.
+            key = json.dumps(body.get("prompt", body.get("messages")), sort_keys=True)
         except (ValueError, AttributeError):
             key = raw.decode("utf-8", "replace")
         with self._lock:
             self._answered[key] = self._answered.get(key, 0) + 1
+        return key
+
+    def _unrecord_answer(self, key: str) -> None:
+        """Take back an answer counted by ``_record_answer`` whose write failed."""
+        with self._lock:
+            self._answered[key] -= 1
+            if not self._answered[key]:
+                del self._answered[key]
 
     def _fault_for(self, seq: int) -> str | None:
         """Which fault request number ``seq`` (1-based) gets, if any."""
@@ -555,6 +588,14 @@ class EvalchemyTestServer:
                 self._faults[fault] = self._faults.get(fault, 0) + 1
         return fault
 
+    def _hold(self, seq: int) -> None:
+        """Wait for ``release()`` when ``hold_after`` holds request number ``seq``."""
+        if self.hold_after is None or seq <= self.hold_after or self._released.is_set():
+            return
+        with self._lock:
+            self._faults["held"] += 1
+        self._released.wait()
+
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
         """Hold one of the ``max_concurrency`` slots (if capped) for the simulated compute."""
@@ -566,7 +607,7 @@ class EvalchemyTestServer:
                 self._max_active = max(self._max_active, self._active)
             try:
                 if self.latency > 0:
-                    time.sleep(self.latency)
+                    self._stopping.wait(self.latency)  # cut short by stop()
                 yield
             finally:
                 with self._lock:
@@ -1020,6 +1061,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         # Read the body first, even for errors, so the next request on a keep-alive connection parses cleanly.
         raw = self._read_body() if method == "POST" else b""
+        if app._stopping.is_set():
+            # A stopping server answers nothing more, not even on a kept-alive connection
+            # that stop() has yet to close: its clients see it go at once.
+            self._drop_connection()
+            return
         if path != "/stats":  # reading stats must not change them
             app._count(path)
             if self._scripted(app._scripted_fault(), app):
@@ -1120,62 +1166,78 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _completion(self, raw: bytes, answer: Any) -> None:
-        """Run one completion request through the fault switches, the concurrency cap and the model."""
+        """Run one completion request through the fault switches, the concurrency cap and the
+        model, then answer it."""
         app = self.server.app
         seq = app._begin_completion()
-        if not app._admitted():
-            # Done before the answer leaves, like an answered request: a client that keeps at
-            # most reject_over in flight is then never refused.
-            app._end_completion()
-            message = f"Too many requests: more than {app.reject_over} in flight"
-            self._send_json(429, APIError(429, message).payload())
-            return
-        ended = False
+        admitted = app._admitted()
         try:
-            fault = app._fault_for(seq)
-            if fault == "hang":
-                app._stopping.wait()
-                self._drop_connection()
-                return
-            if fault == "reset":
-                self._drop_connection()
-                return
-            if fault == "away":
+            reply = self._completion_reply(seq, raw, answer) if admitted else self._rejection()
+        finally:
+            # No longer in flight once its reply is decided, on every path (answer, error,
+            # reset, away): end before anything leaves, or the client's next request (on another
+            # connection) could start while this one still counts, and a stats read right after
+            # the client has its reply could still see it in flight.
+            if admitted:
+                app._end_admitted()
+            app._end_completion()
+        if app._stopping.is_set():  # stopped while computing (a latency cut short, a hang)
+            self._drop_connection()
+            return
+        reply()
+
+    def _rejection(self) -> Callable[[], None]:
+        message = f"Too many requests: more than {self.server.app.reject_over} in flight"
+        return functools.partial(self._send_json, 429, APIError(429, message).payload())
+
+    def _completion_reply(self, seq: int, raw: bytes, answer: Any) -> Callable[[], None]:
+        """How request ``seq`` is answered: decided, and the model's answer computed, while the
+        request counts as in flight; sent by the caller once it no longer does."""
+        app = self.server.app
+        fault = app._fault_for(seq)
+        if fault == "hang":
+            app._stopping.wait()
+            return self._drop_connection
+        if fault == "reset":
+            return self._drop_connection
+        if fault == "away":
+
+            def go_away() -> None:
                 self._drop_connection()
                 app.restart(app.away_for)
-                return
-            if fault == "fail":
-                headers = (
-                    [("Retry-After", _fmt_seconds(app.retry_after))]
-                    if app.retry_after is not None
-                    else []
-                )
-                message = f"Simulated failure of completion request {seq} (HTTP {app.fail_status})"
-                self._send_json(
-                    app.fail_status, APIError(app.fail_status, message).payload(), headers
-                )
-                return
-            if fault == "invalid_json":
-                self._send(
-                    200,
-                    b'{"id":"cmpl-truncated","object":"text_completion","choices":[{"index":0,"te',
-                )
-                return
-            with app._slot():
-                payload = answer(self._json_body(raw))
-            # No longer in flight once answered: end before the answer leaves, or the
-            # client's next request (on another connection) could start while this one
-            # still counts.
-            app._end_admitted()
-            app._end_completion()
-            ended = True
+
+            return go_away
+        if fault == "fail":
+            headers = (
+                [("Retry-After", _fmt_seconds(app.retry_after))]
+                if app.retry_after is not None
+                else []
+            )
+            message = f"Simulated failure of completion request {seq} (HTTP {app.fail_status})"
+            payload = APIError(app.fail_status, message).payload()
+            return functools.partial(self._send_json, app.fail_status, payload, headers)
+        if fault == "invalid_json":
+            truncated = (
+                b'{"id":"cmpl-truncated","object":"text_completion","choices":[{"index":0,"te'
+            )
+            return functools.partial(self._send, 200, truncated)
+        with app._slot():
+            app._hold(seq)
+            payload = answer(self._json_body(raw))
+        return functools.partial(self._send_answer, raw, payload)
+
+    def _send_answer(self, raw: bytes, payload: object) -> None:
+        """Count the answer, then write it: a client that has its answer finds it counted (a
+        large body leaves while it is written, before any flush). A write that fails takes
+        the count back."""
+        app = self.server.app
+        key = app._record_answer(raw)
+        try:
             self._send_json(200, payload)
             self.wfile.flush()  # raises when the client or a stopping server cut us off
-            app._record_answer(raw)
-        finally:
-            if not ended:
-                app._end_admitted()
-                app._end_completion()
+        except BaseException:
+            app._unrecord_answer(key)
+            raise
 
 
 _ANSWER_FAULTS = ("reset", "truncated", "invalid_json")
