@@ -15,6 +15,7 @@ import pytest
 
 from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.run.serve import ServeSpec, VllmServer
+from pytest_evalchemy.testing import server as server_module
 from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -32,6 +33,20 @@ def server(answer_key: list[AnswerEntry]) -> Iterator[EvalchemyTestServer]:
     """A well-behaved test server shared by the session."""
     with EvalchemyTestServer(answer_key) as srv:
         yield srv
+
+
+@pytest.fixture
+def auth_headers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
+    """(path, Authorization header) of every request the test servers of this test get."""
+    seen: list[tuple[str, str | None]] = []
+    dispatch = server_module._Handler._dispatch
+
+    def recording(self: Any, method: str) -> None:
+        seen.append((self.path, self.headers.get("Authorization")))
+        dispatch(self, method)
+
+    monkeypatch.setattr(server_module._Handler, "_dispatch", recording)
+    return seen
 
 
 @pytest.fixture

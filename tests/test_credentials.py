@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.testing import server as server_module
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .conftest import offline_task, read_summary, write_config
@@ -56,20 +55,6 @@ def _assert_nowhere(secrets: list[str], root: Path, result: pytest.RunResult) ->
 
 def _cfg(root: Path, tasks: dict[str, Any]) -> str:
     return f"--evalchemy-config={write_config(root / 'eval.json', {'tasks': tasks})}"
-
-
-@pytest.fixture
-def auth_headers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
-    """(path, Authorization header) of every request the test servers of this test get."""
-    seen: list[tuple[str, str | None]] = []
-    dispatch = server_module._Handler._dispatch
-
-    def recording(self: Any, method: str) -> None:
-        seen.append((self.path, self.headers.get("Authorization")))
-        dispatch(self, method)
-
-    monkeypatch.setattr(server_module._Handler, "_dispatch", recording)
-    return seen
 
 
 @pytest.mark.parametrize(

@@ -662,20 +662,6 @@ def test_api_key_is_absent_from_dry_run(tmp_path: Path) -> None:
         _assert_nowhere(secret, tmp_path, done.stdout, done.stderr)
 
 
-@pytest.fixture
-def auth_headers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None]]:
-    """(path, Authorization header) of every request the test servers of this test get."""
-    seen: list[tuple[str, str | None]] = []
-    dispatch = server_module._Handler._dispatch
-
-    def recording(self: Any, method: str) -> None:
-        seen.append((self.path, self.headers.get("Authorization")))
-        dispatch(self, method)
-
-    monkeypatch.setattr(server_module._Handler, "_dispatch", recording)
-    return seen
-
-
 @pytest.mark.parametrize("outcome", ["passes", "errors"])
 def test_credentials_in_the_endpoint_url_are_used_and_never_written(
     pytester: pytest.Pytester,
