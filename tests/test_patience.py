@@ -363,9 +363,11 @@ def test_an_item_timeout_shorter_than_the_window_errors_with_the_server_answer(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     # The default window (180 s) is longer than the item's timeout: the item gives up on the
-    # server a margin before its timeout, and says what the server answered.
+    # server a margin before its timeout, and says what the server answered. The timeout
+    # leaves lm-eval's set-up on a loaded machine ample time to send its first request (a
+    # 10 s timeout was sometimes spent before the server's first failure came back).
     srv = make_server(fail_after=1, fail_status=500)
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-timeout=10")
+    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-timeout=30")
     result.assert_outcomes(failed=1)
     (record,) = read_summary(pytester.path / "results")["tasks"].values()
     assert record["status"] == "error"
@@ -390,6 +392,45 @@ def test_backoff_doubles_honours_retry_after_and_stops_at_the_deadline() -> None
     late = Backoff(deadline=time.monotonic() + 5).delay(Transient("HTTP 429", retry_after=600))
     assert late is not None
     assert late <= 5
+
+
+class _Clock:
+    """``time.monotonic`` for the outage rule, moved by the test: the rule's arithmetic
+    checked without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_request_refused_while_others_are_answered_never_spends_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway capping what is in flight answers some requests and refuses the rest with
+    429: the server is not away, so a request refused again and again for longer than the
+    window keeps asking (slowly) instead of ending its item as ``EndpointGone``."""
+    from pytest_evalchemy.run import patience
+
+    clock = _Clock()
+    monkeypatch.setattr(patience, "time", clock)
+    outage = patience.Outage(window_s=5)
+    busy = Transient("HTTP 429")
+    backoff, waited = None, 0.0
+    for _ in range(20):  # 20 refusals over far more than the 5 s window
+        backoff, delay = outage.wait_after(busy, RuntimeError("429"), backoff)
+        clock.now += delay
+        waited += delay
+        outage.answered()  # another request got through meanwhile
+    assert waited > 5 * outage.window_s
+    assert not outage.spent
+    # Nothing answered: the same request gives up once the window is spent.
+    with pytest.raises(patience.OutageGaveUp, match="unreachable or failing for 5 s"):
+        while True:
+            backoff, delay = outage.wait_after(busy, RuntimeError("429"), backoff)
+            clock.now += delay
+    assert outage.spent
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:

@@ -225,6 +225,11 @@ class Outage:
             self._gone_for = caller
             raise self.give_up(failure, exc) from exc
         backoff = backoff or Backoff(self.deadline())
+        # The window is the endpoint's, not the request's: when other requests were answered
+        # since this one first failed (a gateway capping what is in flight answers some and
+        # refuses the rest with 429), the server is not away, and this request's time starts
+        # again with the window the next failure opened.
+        backoff.deadline = self.deadline()
         delay = backoff.delay(failure)
         if delay is None:
             self._spent = True
