@@ -25,8 +25,8 @@ from ..judge.baseline import presence_notes
 from ..judge.gating import (
     unmatched_overrides,
 )
-from ..report.html import write_report
 from ..report.markdown import render_markdown
+from ..report.run_page import write_report
 from ..report.summary import RunRecorder, format_table, interval_legend, status_legend, table_rows
 from ..run.evaluation import (
     base_record,

@@ -15,10 +15,10 @@ from ..core.results import (
     append_text,
     atomic_write_json,
     atomic_write_text,
+    merge_results,
     now_iso,
     versions,
 )
-from ..run.harness import merge_results
 
 
 @dataclass
