@@ -193,7 +193,7 @@ class EvalchemyReporter:
             self._close_unfinished()
             self._not_started()
             self._recorder.header = self.state.header()
-            self._recorder.header["gate"]["notes"] = self._gate_notes()
+            self._recorder.gate_notes = self._gate_notes()
             self._recorder.finish(
                 int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
             )
@@ -242,7 +242,7 @@ class EvalchemyReporter:
         for legend in (interval_legend(ordered), status_legend(ordered)):
             if legend:
                 terminalreporter.write_line(legend)
-        gate = recorder.header.get("gate", {})
+        gate = recorder.summary().get("gate", {})
         if gate.get("mode") == "ci" or gate.get("baseline"):
             line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"
             if gate.get("baseline"):

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..core.defaults import DEFAULT_CONFIDENCE
-from ..core.record import MetricEntry, metric_entries
+from ..core.record import ItemRecord, MetricEntry, metric_entries
 from .baseline import higher_is_better
 from .gating import drop_p_value
 
@@ -21,7 +21,7 @@ class ScoredRun(Protocol):
     """A run as the comparison reads it: its item records by key (``report.runs.RunInfo``)."""
 
     @property
-    def tasks(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def tasks(self) -> Mapping[str, ItemRecord]: ...
 
 
 @dataclass(frozen=True)

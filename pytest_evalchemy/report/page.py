@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..core.record import Summary
 from ..judge.per_sample import RIGHT_TO_WRONG, WRONG_TO_RIGHT, Flip
 from .samples import MAX_SAMPLES, FlipSet
 
 
 def esc(value: Any) -> str:
+    """``value`` as HTML text (quotes escaped too: it goes into attributes)."""
     return html.escape(str(value), quote=True)
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
+    """A score to 4 places, "-" for none."""
     if value is None:
         return "-"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
@@ -132,7 +135,7 @@ def inline(mapping: dict[str, Any] | None) -> str:
     return esc(", ".join(f"{k}={v}" for k, v in mapping.items()))
 
 
-def totals_badges(summary: dict[str, Any]) -> str:
+def totals_badges(summary: Summary) -> str:
     counts = summary.get("totals") or {}
     return (
         " ".join(

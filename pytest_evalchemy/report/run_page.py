@@ -9,7 +9,7 @@ from typing import Any
 
 from ..core.defaults import DEFAULT_CONFIDENCE
 from ..core.errors import UsageProblem
-from ..core.record import NOT_PASSED, Status, as_float, metric_entries
+from ..core.record import NOT_PASSED, ItemRecord, Status, Summary, as_float, metric_entries
 from ..core.redact import redact_url
 from ..core.results import atomic_write_text, parse_iso
 from ..core.samples import Sample
@@ -41,7 +41,7 @@ _SAMPLES_JS = filter_js(
 )
 
 
-def _duration(summary: dict[str, Any]) -> str:
+def _duration(summary: Summary) -> str:
     start, end = parse_iso(summary.get("started_at")), parse_iso(summary.get("finished_at"))
     if start is None or end is None:
         return "unfinished"
@@ -51,7 +51,7 @@ def _duration(summary: dict[str, Any]) -> str:
     return f"{hours}h {minutes}m {seconds}s" if hours else f"{minutes}m {seconds}s"
 
 
-def _verdict(summary: dict[str, Any]) -> str:
+def _verdict(summary: Summary) -> str:
     tasks = summary.get("tasks") or {}
     bad = sum((summary.get("totals") or {}).get(s, 0) for s in NOT_PASSED)
     if bad:
@@ -59,7 +59,7 @@ def _verdict(summary: dict[str, Any]) -> str:
     return '<span class="badge passed">all items passed</span>' if tasks else "no items"
 
 
-def _run_files(summary: dict[str, Any], run_dir: Path) -> str:
+def _run_files(summary: Summary, run_dir: Path) -> str:
     run_id = str(summary.get("run_id") or "")
     names = [
         f"evalchemy_summary_{run_id}.json",
@@ -75,7 +75,7 @@ def _run_files(summary: dict[str, Any], run_dir: Path) -> str:
     return '<span class="files">' + (" ".join(links) or "-") + "</span>"
 
 
-def _header(summary: dict[str, Any], run_dir: Path) -> str:
+def _header(summary: Summary, run_dir: Path) -> str:
     config = summary.get("config") or {}
     gate = summary.get("gate") or {}
     gate_text = (
@@ -126,7 +126,7 @@ def _delta_html(checks: list[dict[str, Any]]) -> str:
     return f'<span class="{"pass" if base.get("passed") else "fail"}">{esc(text)}</span>'
 
 
-def _item_files(run_dir: Path, record: dict[str, Any]) -> str:
+def _item_files(run_dir: Path, record: ItemRecord) -> str:
     item_dir = record.get("item_dir")
     if not item_dir or not (run_dir / item_dir).is_dir():
         return "-"
@@ -140,14 +140,14 @@ def _item_files(run_dir: Path, record: dict[str, Any]) -> str:
     return '<span class="files">' + (" ".join(links) or "-") + "</span>"
 
 
-def _n_samples(record: dict[str, Any], lm_task: str) -> str:
+def _n_samples(record: ItemRecord, lm_task: str) -> str:
     counts = (record.get("n_samples") or {}).get(lm_task) or {}
     if "effective" not in counts:
         return "-"
     return f"{counts['effective']} / {counts.get('original', '?')}"
 
 
-def _items_table(summary: dict[str, Any], run_dir: Path, confidence: float) -> str:
+def _items_table(summary: Summary, run_dir: Path, confidence: float) -> str:
     pct = f"{confidence * 100:g}%"
     head = (
         "<tr><th>item</th><th>status</th><th>metric</th><th>value ± stderr</th>"
@@ -215,7 +215,7 @@ def _items_table(summary: dict[str, Any], run_dir: Path, confidence: float) -> s
     return f'<h2>Items</h2><table id="items">{head}{"".join(rows)}</table>'
 
 
-def _scores_chart(summary: dict[str, Any], confidence: float) -> str:
+def _scores_chart(summary: Summary, confidence: float) -> str:
     fractions, others = [], []
     for key, record in (summary.get("tasks") or {}).items():
         for m in metric_entries(record):
@@ -266,7 +266,7 @@ def _sample_html(s: Sample) -> str:
     )
 
 
-def _samples_section(summary: dict[str, Any], run_dir: Path, max_samples: int) -> str:
+def _samples_section(summary: Summary, run_dir: Path, max_samples: int) -> str:
     samples: list[Sample] = []
     files: list[SamplesFile] = []
     for key, record in (summary.get("tasks") or {}).items():
@@ -303,7 +303,7 @@ def _samples_section(summary: dict[str, Any], run_dir: Path, max_samples: int) -
     )
 
 
-def _baseline_flips(summary: dict[str, Any], run_dir: Path) -> str:
+def _baseline_flips(summary: Summary, run_dir: Path) -> str:
     """The flips view of a run gated against a baseline (when the baseline is still there)."""
     path = (summary.get("gate") or {}).get("baseline")
     if not path or not Path(path).is_file():
@@ -316,7 +316,7 @@ def _baseline_flips(summary: dict[str, Any], run_dir: Path) -> str:
     return flips_section(sets, f"baseline {base.run_id}", "this run")
 
 
-def render_report(summary: dict[str, Any], run_dir: Path, *, max_samples: int = MAX_SAMPLES) -> str:
+def render_report(summary: Summary, run_dir: Path, *, max_samples: int = MAX_SAMPLES) -> str:
     """The run's report page."""
     run_dir = Path(run_dir)
     gate = summary.get("gate") or {}
@@ -331,7 +331,7 @@ def render_report(summary: dict[str, Any], run_dir: Path, *, max_samples: int = 
     return html_page(f"Evalchemy run {summary.get('run_id')}", body, _SAMPLES_JS + FLIPS_JS)
 
 
-def write_report(summary: dict[str, Any], run_dir: Path, path: Path | None = None) -> Path:
+def write_report(summary: Summary, run_dir: Path, path: Path | None = None) -> Path:
     """Write the run's report (``<run_dir>/report.html`` unless ``path``) and return its path."""
     target = Path(path) if path is not None else Path(run_dir) / REPORT_NAME
     atomic_write_text(target, render_report(summary, Path(run_dir)))

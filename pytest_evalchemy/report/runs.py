@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.errors import UsageProblem
-from ..core.record import SUMMARY_GLOB, load_summary
+from ..core.record import SUMMARY_GLOB, ItemRecord, Summary, load_summary
 from ..core.results import parse_iso
 
 
@@ -17,7 +16,7 @@ from ..core.results import parse_iso
 class RunInfo:
     """A finished (or interrupted) run: its summary and where it lives."""
 
-    summary: dict[str, Any]
+    summary: Summary
     summary_path: Path
 
     @property
@@ -29,7 +28,7 @@ class RunInfo:
         return str(self.summary.get("run_id") or self.folder.name)
 
     @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
+    def tasks(self) -> dict[str, ItemRecord]:
         return self.summary.get("tasks") or {}
 
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..core.record import metric_entries
+from ..core.record import ItemRecord, Summary, metric_entries
 from ..core.samples import Sample, item_samples, parse_sample, samples_task
 from ..judge.baseline import higher_is_better
 from ..judge.per_sample import Pairing, pair
@@ -29,13 +28,13 @@ class SamplesFile:
     shown: int
 
 
-def task_label(key: str, record: dict[str, Any], lm_task: str) -> str:
+def task_label(key: str, record: ItemRecord, lm_task: str) -> str:
     """How the sample browser names an item's lm-eval task."""
     return key if lm_task == record.get("task") else f"{key}: {lm_task}"
 
 
 def load_samples(
-    run_dir: Path, key: str, record: dict[str, Any], max_samples: int = MAX_SAMPLES
+    run_dir: Path, key: str, record: ItemRecord, max_samples: int = MAX_SAMPLES
 ) -> tuple[list[Sample], list[SamplesFile]]:
     """The first ``max_samples`` samples of each samples file of the item."""
     item_dir = record.get("item_dir")
@@ -74,9 +73,7 @@ class FlipSet:
     reason: str  # why there is no pairing
 
 
-def flip_sets(
-    new: dict[str, Any], new_dir: Path, old: dict[str, Any], old_dir: Path
-) -> list[FlipSet]:
+def flip_sets(new: Summary, new_dir: Path, old: Summary, old_dir: Path) -> list[FlipSet]:
     """Every metric both runs report, paired document by document where both logged samples."""
     out = []
     old_tasks = old.get("tasks") or {}

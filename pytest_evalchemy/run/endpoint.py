@@ -20,7 +20,7 @@ import requests
 import urllib3
 
 from ..core.errors import EndpointError
-from ..core.redact import redact_url as redact_url  # where run/ has imported it from
+from ..core.redact import redact_url
 from .patience import (
     TRANSIENT_STATUSES,
     Backoff,
