@@ -11,17 +11,12 @@ from typing import Any
 import pytest
 
 from pytest_evalchemy.cli import main as cli_main
-from pytest_evalchemy.judge import gating
-from pytest_evalchemy.report import html as html_report
-from pytest_evalchemy.report.html import (
-    RunInfo,
-    compare,
-    delta_test,
-    history,
-    load_run,
-    parse_sample,
-    render_report,
-)
+from pytest_evalchemy.core.errors import UsageProblem
+from pytest_evalchemy.core.samples import parse_sample
+from pytest_evalchemy.judge import comparison, gating
+from pytest_evalchemy.judge.comparison import compare, delta_test
+from pytest_evalchemy.report.run_page import render_report
+from pytest_evalchemy.report.runs import RunInfo, history, load_run
 from pytest_evalchemy.report.svg import domain
 
 MC_ROW = {
@@ -211,7 +206,7 @@ def test_report_escapes_text_and_loads_nothing_from_elsewhere(tmp_path: Path) ->
 
 
 def test_delta_test_is_the_gates_z_test_two_sided() -> None:
-    assert html_report.drop_p_value is gating.drop_p_value  # reused, not copied
+    assert comparison.drop_p_value is gating.drop_p_value  # reused, not copied
     delta, p, significant = delta_test(0.80, 0.02, 0.70, 0.03)
     assert delta == pytest.approx(0.10)
     assert p == pytest.approx(2 * gating.drop_p_value(0.10, 0.02, 0.03))
@@ -259,12 +254,12 @@ def test_history_orders_by_started_at(tmp_path: Path) -> None:
 
 def test_load_run_errors_say_what_to_do(tmp_path: Path) -> None:
     _run(tmp_path, "r1", "2026-01-02T10:00:00+00:00", {})
-    with pytest.raises(html_report.UsageProblem, match="try --history"):
+    with pytest.raises(UsageProblem, match="try --history"):
         load_run(tmp_path)
-    with pytest.raises(html_report.UsageProblem, match="does not exist"):
+    with pytest.raises(UsageProblem, match="does not exist"):
         load_run(tmp_path / "nope")
     (tmp_path / "bad.json").write_text("[]")
-    with pytest.raises(html_report.UsageProblem, match="not an evalchemy summary"):
+    with pytest.raises(UsageProblem, match="not an evalchemy summary"):
         load_run(tmp_path / "bad.json")
 
 

@@ -274,7 +274,7 @@ def test_intervals_in_the_summary(pytester: pytest.Pytester, server: EvalchemyTe
 
 def test_report_without_its_baseline_has_no_flips(tmp_path: Path) -> None:
     # The flips view of a run whose baseline folder is gone: no section, no error.
-    from pytest_evalchemy.report.html import render_report
+    from pytest_evalchemy.report.run_page import render_report
 
     summary = {"run_id": "x", "gate": {"baseline": str(tmp_path / "gone.json")}, "tasks": {}}
     assert "Flips" not in render_report(summary, tmp_path)

@@ -10,18 +10,12 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.errors import UsageProblem
+from ..judge.comparison import REFERENCES
 from ..judge.gating import DEFAULT_CONFIDENCE
-from ..report.html import (
-    COMPARE_NAME,
-    REFERENCES,
-    REPORT_NAME,
-    RunInfo,
-    flip_sets,
-    history,
-    load_run,
-    write_comparison,
-    write_report,
-)
+from ..report.compare_page import COMPARE_NAME, write_comparison
+from ..report.run_page import REPORT_NAME, write_report
+from ..report.runs import RunInfo, history, load_run
+from ..report.samples import flip_sets
 from .parsing import EXIT_OK, EXIT_USAGE_ERROR, UsageParser
 
 # pytest's exit statuses, as the rest of the front end uses them.

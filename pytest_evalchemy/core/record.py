@@ -108,7 +108,7 @@ FINISHED: tuple[str, ...] = (Status.PASSED, Status.FAILED)
 UNFINISHED: tuple[str, ...] = (Status.PENDING, Status.RUNNING)
 
 
-def totals(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+def totals(tasks: Mapping[str, ItemRecord]) -> dict[str, int]:
     """Count of items per status."""
     counts = dict.fromkeys(STATUSES, 0)
     for record in tasks.values():
@@ -119,8 +119,9 @@ def totals(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 # ---------------------------------------------------------------- the record and the summary
 
 
-class Interval(TypedDict):
-    """A metric's confidence interval as the record keeps it (``Interval.to_dict``)."""
+class IntervalRecord(TypedDict):
+    """A metric's confidence interval as the record keeps it: the JSON form of
+    ``judge.statistics.Interval`` (its ``to_dict``)."""
 
     low: float
     high: float
@@ -129,10 +130,11 @@ class Interval(TypedDict):
 
 
 class ItemRecord(TypedDict, total=False):
-    """One item of the summary's ``tasks`` (``base_record`` and then the run fill it)."""
+    """One item of the summary's ``tasks``: ``base_record`` builds it, the run fills it in place
+    (so that a timeout still leaves what was known), the reporter completes it."""
 
     benchmark: str
-    task: str  # the item key
+    task: str  # the item key's task part
     lm_eval_tasks: list[str]
     description: str | None
     status: StatusName
@@ -141,15 +143,27 @@ class ItemRecord(TypedDict, total=False):
     settings: dict[str, Any]  # what of the request changes or explains a score
     endpoint: str  # redacted
     item_dir: str  # relative to the run folder
+    request_cache: str  # the unreadable request cache set aside, when there was one
+    lm_eval_command: str  # the equivalent lm-eval command line, credentials left out
+    requests: dict[str, Any]  # done, total, per_s, concurrency (and "adaptive")
+    context: dict[str, Any]  # prompts cut to fit the model's context (``ContextCheck``)
+    thinking: dict[str, Any]  # reasoning: responses with thinking, its length
     # {lm_eval_task: {"acc,none": 0.75, "acc_stderr,none": 0.07}}
     metrics: dict[str, dict[str, Any]]
     n_samples: dict[str, dict[str, int]]
-    intervals: dict[str, dict[str, Interval]]
+    versions: dict[str, Any]  # lm-eval's task versions
+    n_shot: dict[str, Any]
+    higher_is_better: dict[str, dict[str, bool]]  # lm-eval's direction of each metric
+    intervals: dict[str, dict[str, IntervalRecord]]
     checks: list[dict[str, Any]]  # ``Check.to_dict``: thresholds and the baseline's
+    gate_notes: list[str]  # why a baseline comparison is not like for like
+    nodeid: str  # the test of an ``evalchemy.run()`` record
+    resumed: bool  # kept from the run being resumed
 
 
 class Summary(TypedDict, total=False):
-    """``evalchemy_summary_<run id>.json`` (``configs/summary.schema.json`` describes it)."""
+    """``evalchemy_summary_<run id>.json`` (``configs/summary.schema.json`` describes it;
+    ``report.summary.assemble_summary`` builds it)."""
 
     format_version: int
     run_id: str
@@ -158,7 +172,7 @@ class Summary(TypedDict, total=False):
     endpoints: list[str]
     router: str
     replicas: list[str]
-    config: dict[str, str]  # path, sha256
+    config: dict[str, str | None]  # path, sha256
     config_warnings: list[str]
     settings: dict[str, Any]
     seeds: dict[str, int]
@@ -179,7 +193,7 @@ class Summary(TypedDict, total=False):
 FORMAT_VERSION = 1
 
 
-def load_summary(path: Path, *, label: str = "", shown: str | None = None) -> dict[str, Any]:
+def load_summary(path: Path, *, label: str = "", shown: str | None = None) -> Summary:
     """Read a summary file: ``UsageProblem`` (prefixed ``label``, the file ``shown``, by default
     its quoted path) when it cannot be read or is no summary. A missing file raises
     ``FileNotFoundError``: each caller says what to pass instead."""
@@ -204,7 +218,7 @@ def split_metric(metric: str) -> tuple[str, str]:
     return name, flt
 
 
-def metric_label(record: Mapping[str, Any], lm_task: str, metric: str) -> str:
+def metric_label(record: ItemRecord, lm_task: str, metric: str) -> str:
     """``acc,none``, or ``subtask:acc,none`` for a group's subtask."""
     return metric if lm_task == record.get("task") else f"{lm_task}:{metric}"
 
@@ -222,7 +236,7 @@ class MetricEntry:
     raw_stderr: Any = None
 
 
-def metric_entries(record: Mapping[str, Any]) -> list[MetricEntry]:
+def metric_entries(record: ItemRecord) -> list[MetricEntry]:
     """The item's metrics in lm-eval's order, stderrs beside their metric rather than as rows:
     the rows of the score table, the Markdown and the HTML reports."""
     out = []

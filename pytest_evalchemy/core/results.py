@@ -44,6 +44,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def parse_iso(text: Any) -> datetime | None:
+    """A time ``now_iso`` wrote (a summary's ``started_at``); None for what is not one."""
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The seed guide's results layout under ``<output>/<run_id>/``."""
@@ -270,6 +278,22 @@ def output_folder_problem(path: Path) -> str | None:
         return "it is a file, not a folder"
     with _missing_folders_made(path) as problem:
         return problem or _new_file_problem(path)
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One lm-eval results document from the results of several items of a benchmark."""
+    if not parts:
+        return {}
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key == "samples":
+                continue
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            elif key not in merged:
+                merged[key] = value
+    return merged
 
 
 def versions() -> dict[str, str]:

@@ -25,8 +25,8 @@ from ..judge.baseline import presence_notes
 from ..judge.gating import (
     unmatched_overrides,
 )
-from ..report.html import write_report
 from ..report.markdown import render_markdown
+from ..report.run_page import write_report
 from ..report.summary import RunRecorder, format_table, interval_legend, status_legend, table_rows
 from ..run.evaluation import (
     base_record,
@@ -193,7 +193,7 @@ class EvalchemyReporter:
             self._close_unfinished()
             self._not_started()
             self._recorder.header = self.state.header()
-            self._recorder.header["gate"]["notes"] = self._gate_notes()
+            self._recorder.gate_notes = self._gate_notes()
             self._recorder.finish(
                 int(exitstatus), interrupted=int(exitstatus) == int(pytest.ExitCode.INTERRUPTED)
             )
@@ -242,7 +242,7 @@ class EvalchemyReporter:
         for legend in (interval_legend(ordered), status_legend(ordered)):
             if legend:
                 terminalreporter.write_line(legend)
-        gate = recorder.header.get("gate", {})
+        gate = recorder.summary().get("gate", {})
         if gate.get("mode") == "ci" or gate.get("baseline"):
             line = f"gate: {gate['mode']} at {gate['confidence']:g} confidence"
             if gate.get("baseline"):

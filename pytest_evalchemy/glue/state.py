@@ -8,16 +8,17 @@ from typing import Any
 import pytest
 
 from ..core.config import EvalConfig, PlannedItem
+from ..core.record import Summary
 from ..core.results import (
     RunPaths,
     versions,
 )
+from ..report.summary import summary_header
 from ..run.chat_check import endpoint_findings
 from ..run.endpoint import (
     DEFAULT_MAX_LENGTH,
     EndpointInfo,
     pick_endpoint,
-    redact_url,
 )
 from ..run.evaluation import (
     RunSettings,
@@ -122,40 +123,32 @@ class EvalchemyState:
             "chat": o.chat.to_dict(),
         }
 
-    def header(self) -> dict[str, Any]:
-        """The summary's run-wide fields (no credentials)."""
+    def header(self) -> Summary:
+        """The summary's run-wide fields (``summary_header`` redacts the URLs)."""
         endpoint = self.settings.endpoint if self.settings else None
         resumes = list(self.previous_summary.get("resumes") or [])
         if self.resume_entry is not None:
             resumes.append(self.resume_entry)
-        return {
-            "run_id": self.run_id,
-            "endpoint": redact_url(endpoint.url)
-            if endpoint
-            else (redact_url(self.options.endpoint or "")),
-            "model": endpoint.model if endpoint else self.options.model,
-            # Every endpoint of the run (items record the one that served them).
-            "endpoints": [redact_url(u) for u in self.replicas]
-            or [redact_url(e.url) for e in self.endpoints]
-            or [redact_url(u) for u in self.options.endpoints],
-            **(
-                {
-                    "router": redact_url(self.router),
-                    "replicas": [redact_url(u) for u in self.replicas],
-                }
-                if self.router
-                else {}
-            ),
-            "config": {"path": str(self.eval_config.path), "sha256": self.eval_config.sha256},
-            "config_warnings": list(self.config_warnings),
-            "gate": self.options.gate.to_dict(),
-            "seeds": {
+        return summary_header(
+            run_id=self.run_id,
+            endpoint=endpoint.url if endpoint else (self.options.endpoint or ""),
+            model=endpoint.model if endpoint else self.options.model,
+            endpoints=self.replicas
+            or [e.url for e in self.endpoints]
+            or list(self.options.endpoints),
+            router=self.router,
+            replicas=self.replicas,
+            config_path=str(self.eval_config.path),
+            config_sha256=self.eval_config.sha256,
+            config_warnings=self.config_warnings,
+            gate=self.options.gate.to_dict(),
+            seeds={
                 "random_seed": 0,
                 "numpy_random_seed": 1234,
                 "torch_random_seed": 1234,
                 "fewshot_random_seed": 1234,
             },
-            "settings": {
+            settings={
                 "batch_size": self.options.batch_size,
                 "limit": self.options.limit,
                 "max_length": self.options.max_length
@@ -170,10 +163,10 @@ class EvalchemyState:
                 "strict_context": self.options.strict_context,
                 "chat": self.options.chat.to_dict(),
             },
-            **({"endpoint_check": endpoint_findings(endpoint)} if endpoint else {}),
-            "identity": self.identity(),
-            "resumes": resumes,
-        }
+            endpoint_check=endpoint_findings(endpoint) if endpoint else None,
+            identity=self.identity(),
+            resumes=resumes,
+        )
 
 
 STATE = pytest.StashKey[EvalchemyState]()

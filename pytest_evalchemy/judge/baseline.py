@@ -4,13 +4,13 @@ and saying when a comparison is not like for like. Imports no pytest."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageProblem
-from ..core.record import LIKE_FOR_LIKE_DEFAULTS, SUMMARY_GLOB, load_summary
+from ..core.record import LIKE_FOR_LIKE_DEFAULTS, SUMMARY_GLOB, ItemRecord, Summary, load_summary
 from ..core.samples import item_samples
 
 # Record settings that change what a score means; batch size and concurrency do not.
@@ -22,13 +22,13 @@ class Baseline:
     """A loaded baseline summary."""
 
     path: Path  # the summary file itself
-    summary: dict[str, Any] = field(repr=False)
+    summary: Summary = field(repr=False)
 
     @property
     def run_id(self) -> str | None:
         return self.summary.get("run_id")
 
-    def record(self, key: str) -> dict[str, Any] | None:
+    def record(self, key: str) -> ItemRecord | None:
         """The baseline's record of item ``key`` (``benchmark/task``), if it has metrics."""
         record = self.summary.get("tasks", {}).get(key)
         return record if record and record.get("metrics") else None
@@ -71,7 +71,7 @@ def _show(value: Any) -> str:
     return "default" if value is None else json.dumps(value)
 
 
-def comparability_problems(record: dict[str, Any], base: dict[str, Any]) -> list[str]:
+def comparability_problems(record: ItemRecord, base: ItemRecord) -> list[str]:
     """Why ``record`` and its baseline ``base`` are not like for like (settings, task versions)."""
     problems = []
     now, then = record.get("settings", {}), base.get("settings", {})
@@ -92,7 +92,7 @@ def comparability_problems(record: dict[str, Any], base: dict[str, Any]) -> list
     return problems
 
 
-def presence_notes(baseline: Baseline, tasks: dict[str, dict[str, Any]]) -> list[str]:
+def presence_notes(baseline: Baseline, tasks: Mapping[str, ItemRecord]) -> list[str]:
     """Notes on the items only one of the two runs scored (never a failure)."""
     notes = []
     for key in baseline.keys_with_metrics():

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.config import PlannedItem, Threshold
 from ..core.defaults import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP
-from ..core.record import as_float, is_stderr, stderr_key
+from ..core.record import ItemRecord, as_float, is_stderr, stderr_key
 from ..core.samples import Rows
 from . import statistics
 from .baseline import Baseline, comparability_problems, higher_is_better
@@ -146,7 +146,7 @@ drop_p_value = statistics.two_sample_p
 
 
 def metric_interval(
-    record: dict[str, Any], task: str, metric: str, confidence: float
+    record: ItemRecord, task: str, metric: str, confidence: float
 ) -> Interval | None:
     """A metric's interval as the reports show it: the record's (Wilson, normal or bootstrap,
     computed when the item ran), Wilson again for a proportion asked at another confidence,
@@ -170,7 +170,7 @@ def _pct(confidence: float) -> str:
     return f"{confidence * 100:g}%"
 
 
-def _n_of(record: dict[str, Any], task: str) -> int | None:
+def _n_of(record: ItemRecord, task: str) -> int | None:
     n = record.get("n_samples", {}).get(task, {}).get("effective")
     return n if isinstance(n, int) else None
 
@@ -284,7 +284,7 @@ def check_thresholds(
     overrides: tuple[Threshold, ...] = (),
     *,
     gate: GateSettings | None = None,
-    record: dict[str, Any] | None = None,
+    record: ItemRecord | None = None,
 ) -> list[Check]:
     """Compare ``metrics`` (``{task: {"acc,none": v}}``) with the config's ``thresholds`` and
     the command line's ``overrides`` (already scoped to the item). A threshold without a
@@ -500,15 +500,15 @@ def _max_drop_for(task: str, metric: str, per_metric: dict[str, float], default:
     return per_metric.get(f"{task}:{metric}", per_metric.get(metric, default))
 
 
-def _is_wilson(record: dict[str, Any], task: str, metric: str) -> bool:
+def _is_wilson(record: ItemRecord, task: str, metric: str) -> bool:
     stored = ((record.get("intervals") or {}).get(task) or {}).get(metric) or {}
     return stored.get("method") == "wilson"
 
 
 def check_baseline(
     item: PlannedItem,
-    record: dict[str, Any],
-    base: dict[str, Any],
+    record: ItemRecord,
+    base: ItemRecord,
     gate: GateSettings,
     thresholded: set[tuple[str, str]] | None = None,
     samples: dict[str, Rows] | None = None,
@@ -586,7 +586,7 @@ def check_baseline(
 
 def gate_item(
     item: PlannedItem,
-    record: dict[str, Any],
+    record: ItemRecord,
     overrides: tuple[Threshold, ...],
     gate: GateSettings,
     samples: dict[str, Rows] | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.record import NOT_PASSED, metric_entries
+from ..core.record import NOT_PASSED, ItemRecord, Summary, metric_entries
 
 _HEADER = (
     "Item",
@@ -43,7 +43,7 @@ def _verdict(checks: list[dict[str, Any]]) -> str:
     return "✅ pass" + (f" ({notes})" if notes else "")
 
 
-def _interval(record: dict[str, Any], task: str, metric: str, stderr: Any) -> str:
+def _interval(record: ItemRecord, task: str, metric: str, stderr: Any) -> str:
     """``[0.1078, 0.6032] wilson``, or ``± stderr`` for a record without intervals."""
     iv = ((record.get("intervals") or {}).get(task) or {}).get(metric)
     if isinstance(iv, dict):
@@ -51,7 +51,7 @@ def _interval(record: dict[str, Any], task: str, metric: str, stderr: Any) -> st
     return f"± {_num(stderr)}" if _num(stderr) != "-" else "-"
 
 
-def _flips(base: dict[str, Any] | None) -> str:
+def _flips(base: ItemRecord | None) -> str:
     pairing = (base or {}).get("pairing")
     if not pairing:
         return "-"
@@ -61,7 +61,7 @@ def _flips(base: dict[str, Any] | None) -> str:
     )
 
 
-def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
+def _rows(key: str, record: ItemRecord) -> list[tuple[str, ...]]:
     """One row per metric of the item (stderrs go beside their metric)."""
     by_metric: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for check in record.get("checks", []):
@@ -97,7 +97,7 @@ def _rows(key: str, record: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
+def render_markdown(summary: Summary) -> str:
     """A Markdown report of ``summary``: verdict, gate settings, a per-metric table with the
     deltas against the baseline, and the notes on the comparison."""
     tasks = summary.get("tasks", {})

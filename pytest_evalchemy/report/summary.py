@@ -5,20 +5,102 @@ the records the items send; imports no pytest."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.record import FORMAT_VERSION, NOT_PASSED, Status, metric_entries, split_metric, totals
+from ..core.record import (
+    FORMAT_VERSION,
+    NOT_PASSED,
+    ItemRecord,
+    Status,
+    Summary,
+    metric_entries,
+    split_metric,
+    totals,
+)
+from ..core.redact import redact_url
 from ..core.results import (
     RunPaths,
     append_text,
     atomic_write_json,
     atomic_write_text,
+    merge_results,
     now_iso,
     versions,
 )
-from ..run.harness import merge_results
+
+
+def summary_header(
+    *,
+    run_id: str,
+    endpoint: str,
+    model: str | None,
+    endpoints: Sequence[str],
+    router: str | None,
+    replicas: Sequence[str],
+    config_path: str,
+    config_sha256: str | None,
+    config_warnings: Sequence[str],
+    gate: dict[str, Any],
+    seeds: Mapping[str, int],
+    settings: dict[str, Any],
+    endpoint_check: dict[str, Any] | None,
+    identity: dict[str, Any],
+    resumes: Sequence[dict[str, Any]],
+) -> Summary:
+    """The summary's run-wide fields, every URL redacted here (callers pass them as given)."""
+    header: Summary = {
+        "run_id": run_id,
+        "endpoint": redact_url(endpoint),
+        "model": model,
+        # Every endpoint of the run (items record the one that served them).
+        "endpoints": [redact_url(u) for u in endpoints],
+    }
+    if router:
+        header["router"] = redact_url(router)
+        header["replicas"] = [redact_url(u) for u in replicas]
+    header.update(
+        {
+            "config": {"path": config_path, "sha256": config_sha256},
+            "config_warnings": list(config_warnings),
+            "gate": gate,
+            "seeds": dict(seeds),
+            "settings": settings,
+        }
+    )
+    if endpoint_check is not None:
+        header["endpoint_check"] = endpoint_check
+    header["identity"] = identity
+    header["resumes"] = list(resumes)
+    return header
+
+
+def assemble_summary(
+    header: Summary,
+    tasks: Mapping[str, ItemRecord],
+    *,
+    started_at: str,
+    finished_at: str | None,
+    exit_status: int | None,
+    gate_notes: Sequence[str] | None = None,
+) -> Summary:
+    """The summary file's content: the run-wide ``header`` (``summary_header``), the run's
+    times and versions, the totals and the item records (in the order given)."""
+    summary: Summary = {"format_version": FORMAT_VERSION, **header}
+    if gate_notes is not None:
+        summary["gate"] = {**summary.get("gate", {}), "notes": list(gate_notes)}
+    summary.update(
+        {
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "exit_status": exit_status,
+            "versions": versions(),
+            "totals": totals(tasks),
+            "tasks": dict(tasks),
+        }
+    )
+    return summary
 
 
 @dataclass
@@ -26,14 +108,16 @@ class RunRecorder:
     """Collects item records and keeps the files of ``paths`` up to date after each one."""
 
     paths: RunPaths
-    header: dict[str, Any]  # run_id, endpoint, model, config, ... (no credentials)
+    header: Summary  # ``summary_header``: run_id, endpoint, model, config, ... (no credentials)
     order: list[str]  # item keys in config order, so parallel runs write the same summary
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, ItemRecord] = field(default_factory=dict)
     started_at: str = field(default_factory=now_iso)
     finished_at: str | None = None
     exit_status: int | None = None
+    # What a reader of the gate should know, known once the run is over (the gate's "notes").
+    gate_notes: list[str] | None = None
     # Plugins' say on the summary (the pytest_evalchemy_*summary hooks), applied on each write.
-    amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    amend: Callable[[Summary], Summary] | None = None
     _written: bool = False
 
     def log(self, line: str) -> None:
@@ -46,7 +130,7 @@ class RunRecorder:
             append_text(self.paths.log, f"{now_iso()} started: {json.dumps(head)}\n")
         append_text(self.paths.log, f"{now_iso()} {line}\n")
 
-    def update(self, key: str, record: dict[str, Any], longrepr: str = "") -> None:
+    def update(self, key: str, record: ItemRecord, longrepr: str = "") -> None:
         """Take an item's record (last report wins) and rewrite what depends on it."""
         self.tasks[key] = record
         status = record["status"]
@@ -86,20 +170,18 @@ class RunRecorder:
         rank = {k: i for i, k in enumerate(self.order)}
         return sorted(self.tasks, key=lambda k: (rank.get(k, len(rank)), k))
 
-    def summary(self) -> dict[str, Any]:
-        ordered = {k: self.tasks[k] for k in self._sorted_keys()}
-        return {
-            "format_version": FORMAT_VERSION,
-            **self.header,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "exit_status": self.exit_status,
-            "versions": versions(),
-            "totals": totals(ordered),
-            "tasks": ordered,
-        }
+    def summary(self) -> Summary:
+        """The summary as the plugin makes it (``assemble_summary``), items in config order."""
+        return assemble_summary(
+            self.header,
+            {k: self.tasks[k] for k in self._sorted_keys()},
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            exit_status=self.exit_status,
+            gate_notes=self.gate_notes,
+        )
 
-    def written_summary(self) -> dict[str, Any]:
+    def written_summary(self) -> Summary:
         """The summary as it is written: ``summary()`` after ``amend``."""
         data = self.summary()
         return self.amend(data) if self.amend is not None else data
@@ -139,7 +221,7 @@ def _fmt(value: Any) -> str:
 
 
 def table_rows(
-    tasks: dict[str, dict[str, Any]], metric_filter: dict[str, tuple[str, ...]]
+    tasks: Mapping[str, ItemRecord], metric_filter: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, ...]]:
     """Rows of the score table: benchmark, task, metric, value with its interval (the
     record's: Wilson for a 0/1 metric) or ± stderr, status, time."""
@@ -164,7 +246,7 @@ def table_rows(
     return rows
 
 
-def interval_legend(tasks: dict[str, dict[str, Any]]) -> str:
+def interval_legend(tasks: Mapping[str, ItemRecord]) -> str:
     """What the table's intervals are: ``95% intervals: wilson (0/1 scores), normal``."""
     methods: dict[str, float] = {}
     for rec in tasks.values():
@@ -202,7 +284,7 @@ _LEGEND = {
 }
 
 
-def status_legend(tasks: dict[str, dict[str, Any]]) -> str | None:
+def status_legend(tasks: Mapping[str, ItemRecord]) -> str | None:
     """One line saying what the table's statuses mean next to pytest's words, when the table
     shows a status pytest spells differently (pytest shows F / FAILED for each of them)."""
     shown = {rec.get("status") for rec in tasks.values()}

@@ -20,6 +20,7 @@ import requests
 import urllib3
 
 from ..core.errors import EndpointError
+from ..core.redact import redact_url
 from .patience import (
     TRANSIENT_STATUSES,
     Backoff,
@@ -90,15 +91,6 @@ def normalize_endpoint(url: str) -> str:
     if not path.endswith("/completions"):
         path = f"{path}/completions" if path.endswith("/v1") else f"{path}/v1/completions"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def redact_url(url: str) -> str:
-    """The URL without credentials or query string, safe to write into logs and results."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import PlannedItem, Threshold
-from ..core.record import Status
+from ..core.record import ItemRecord, Status
 from ..core.redact import redact_logging, scrub, secrets_of
 from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child_path, inside
 from ..core.samples import samples_file_name
@@ -377,10 +377,10 @@ def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str 
                 shutil.copy2(path, copy)
 
 
-def base_record(item: PlannedItem, settings: RunSettings | None) -> dict[str, Any]:
+def base_record(item: PlannedItem, settings: RunSettings | None) -> ItemRecord:
     """The summary entry of an item before it has run."""
     task = item.task
-    record: dict[str, Any] = {
+    record: ItemRecord = {
         "benchmark": item.benchmark,
         "task": task.key,
         "lm_eval_tasks": list(task.tasks),

@@ -452,19 +452,3 @@ def completeness_problem(results: dict[str, Any], limit: int | float | None) -> 
     if short:
         return "fewer samples evaluated than asked for (" + "; ".join(short) + ")"
     return None
-
-
-def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One lm-eval results document from the results of several items of a benchmark."""
-    if not parts:
-        return {}
-    merged: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if key == "samples":
-                continue
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = {**merged[key], **value}
-            elif key not in merged:
-                merged[key] = value
-    return merged
