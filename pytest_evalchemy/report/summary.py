@@ -18,7 +18,7 @@ from ..core.results import (
     now_iso,
     versions,
 )
-from ..run.harness import merge_results
+from ..run.lmeval.harness import merge_results
 
 
 @dataclass
