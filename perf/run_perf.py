@@ -226,7 +226,7 @@ def item_durations(summary: dict[str, Any]) -> list[float]:
 
 def cli_command(url: str, task: str, **settings: Any) -> list[str]:
     """The plugin's equivalent ``lm-eval run`` command of an item (HarnessRequest.cli_command)."""
-    from pytest_evalchemy.run.harness import HarnessRequest
+    from pytest_evalchemy.run.lmeval.harness import HarnessRequest
 
     request = HarnessRequest(
         tasks=(task,),

@@ -49,7 +49,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     from lm_eval.tasks import TaskManager
 
-    from pytest_evalchemy.run.tasks import index as task_index
+    from pytest_evalchemy.run.lmeval import task_index
 
     imported = time.perf_counter() - t0
     cached = task_index.index_path(task_index._tasks_root(None), args.cache).exists()
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     import lm_eval
     from lm_eval.api.registry import get_model
 
-    from pytest_evalchemy.run import concurrency, harness
+    from pytest_evalchemy.run import concurrency
+    from pytest_evalchemy.run.lmeval import harness
 
     imported = time.perf_counter() - t0
     limit = args.limit
@@ -130,16 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "local":
         cls = _local_tokenizer_model()
     else:
-        from pytest_evalchemy.run import completions_model
+        from pytest_evalchemy.run.lmeval import completions_model
 
         name = completions_model.MODEL_NAME if args.model == "evalchemy" else "local-completions"
         cls = get_model(name)
     start = time.perf_counter()
     tm = harness.task_manager(request.include_paths, request.tasks)
     model_args = request.model_args()
-    if adaptive:
-        model_args["adaptive_concurrency"] = True  # the plugin's model only
-    lm = cls.create_from_arg_obj(model_args, {"batch_size": request.batch_size})
+    extra: dict[str, Any] = {"batch_size": request.batch_size}
+    limits = concurrency.LimitRegistry()
+    if args.model == "evalchemy":
+        # The plugin's model takes its policy (the adaptive limit) as a constructor argument.
+        from pytest_evalchemy.run.lmeval.policy import ModelPolicy
+
+        limit = limits.get(args.url, request.num_concurrent) if adaptive else None
+        extra["policy"] = ModelPolicy(limit=limit)
+    lm = cls.create_from_arg_obj(model_args, extra)
     phase = [0.0]
 
     def timed(method: Any) -> Any:
@@ -174,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "metrics": harness.metrics_of(results),
                 "load": os.getloadavg()[0],
-                "limit": (concurrency.existing_limit(args.url) or {})
-                and concurrency.existing_limit(args.url).snapshot(),  # type: ignore[union-attr]
+                "limit": (limits.existing(args.url) or {}) and limits.existing(args.url).snapshot(),  # type: ignore[union-attr]
             },
             default=str,
         )

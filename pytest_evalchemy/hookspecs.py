@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .run.harness import HarnessRequest
+    from .run.lmeval.harness import HarnessRequest
 
 
 @pytest.hookspec(firstresult=True)

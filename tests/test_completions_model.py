@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.run import harness
+from pytest_evalchemy.run.lmeval import harness
 from pytest_evalchemy.testing.server import EvalchemyTestServer, encode
 
 from .conftest import REPO
@@ -21,7 +21,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     import lm_eval
 
-    from pytest_evalchemy.run import completions_model  # registers the model
+    from pytest_evalchemy.run.lmeval import completions_model  # registers the model
 
     assert completions_model.MODEL_NAME == "evalchemy-completions"
     request = harness.HarnessRequest(
@@ -102,7 +102,7 @@ def test_prefetching_tokenizer_answers_unannounced_and_reordered_strings(
 ) -> None:
     from lm_eval.utils import RemoteTokenizer
 
-    from pytest_evalchemy.run.completions_model import PrefetchingTokenizer
+    from pytest_evalchemy.run.lmeval.completions_model import PrefetchingTokenizer
 
     server = make_server()
     tok = PrefetchingTokenizer(RemoteTokenizer(server.completions_url), workers=4)
@@ -126,7 +126,7 @@ def test_tricky_contexts_score_the_same(
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
-    from pytest_evalchemy.run.completions_model import MODEL_NAME
+    from pytest_evalchemy.run.lmeval.completions_model import MODEL_NAME
 
     server = make_server()
     pairs = [("", "Paris"), ("The capital is ", "Paris"), ("The capital is", " Rome")]

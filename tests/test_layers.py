@@ -80,7 +80,7 @@ def test_the_walk_sees_the_imports() -> None:
     # The checks below mean nothing if the walk finds no edges: the plugin imports the glue.
     edges = graph()
     assert f"{NAME}.glue.options" in edges[f"{NAME}.plugin"]
-    assert f"{NAME}.run.tasks.index" in edges[f"{NAME}.run.harness"]
+    assert f"{NAME}.run.lmeval.task_index" in edges[f"{NAME}.run.lmeval.harness"]
     assert all(layer(m) in LAYERS for m in edges)
 
 
@@ -157,3 +157,114 @@ def test_no_import_circle() -> None:
 def test_the_circle_finder_finds_a_circle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# ---------------------------------------------------------------- the seam to lm-eval
+
+SEAM = f"{NAME}.run.lmeval"
+# The one module below the glue that writes os.environ: the switches lm-eval's libraries read
+# only from there (progress bars, advisories). A child process's environment is a dict of its
+# own (run/serve.py) and is no write to os.environ.
+ENVIRONMENT_WRITER = f"{SEAM}.switches"
+BELOW_GLUE = ("core", "judge", "run", "report")
+_IMPORT_CALLS = {"import_module", "__import__"}
+_ENVIRON_CHANGES = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
+
+
+def _is_lm_eval(name: str | None) -> bool:
+    return name is not None and (name == "lm_eval" or name.startswith("lm_eval."))
+
+
+def lm_eval_imports(tree: ast.AST) -> list[int]:
+    """The lines of ``tree`` that import lm-eval: import statements and importlib calls."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found = any(_is_lm_eval(alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found = node.level == 0 and _is_lm_eval(node.module)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            first = node.args[0] if node.args else None
+            found = (
+                called in _IMPORT_CALLS
+                and isinstance(first, ast.Constant)
+                and isinstance(first.value, str)
+                and _is_lm_eval(first.value)
+            )
+        else:
+            continue
+        if found:
+            lines.append(node.lineno)
+    return lines
+
+
+def _is_environ(node: ast.AST) -> bool:
+    if isinstance(node, ast.Attribute) and node.attr == "environ":
+        return isinstance(node.value, ast.Name) and node.value.id == "os"
+    return isinstance(node, ast.Name) and node.id == "environ"
+
+
+def environment_writes(tree: ast.AST) -> list[int]:
+    """The lines of ``tree`` that change os.environ (item assignment or deletion, its changing
+    methods, os.putenv / os.unsetenv)."""
+    lines = []
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        if any(isinstance(t, ast.Subscript) and _is_environ(t.value) for t in targets):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            func = node.func
+            if (func.attr in _ENVIRON_CHANGES and _is_environ(func.value)) or (
+                func.attr in ("putenv", "unsetenv")
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "os"
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
+def _parsed() -> dict[str, ast.AST]:
+    return {name: ast.parse(path.read_text(encoding="utf-8")) for name, path in modules().items()}
+
+
+def test_only_the_seam_imports_lm_eval() -> None:
+    wrong = [
+        f"{name}:{line} imports lm_eval (only {SEAM} may: add a function there)"
+        for name, tree in _parsed().items()
+        if name != SEAM and not name.startswith(f"{SEAM}.")
+        for line in lm_eval_imports(tree)
+    ]
+    assert wrong == []
+
+
+def test_no_module_below_the_glue_writes_the_environment() -> None:
+    # A value set in os.environ for another module to read is a side channel: hand it over.
+    wrong = [
+        f"{name}:{line} changes os.environ"
+        for name, tree in _parsed().items()
+        if layer(name) in BELOW_GLUE and name != ENVIRONMENT_WRITER
+        for line in environment_writes(tree)
+    ]
+    assert wrong == []
+
+
+def test_the_seam_rules_see_what_they_forbid() -> None:
+    # The two rules above mean nothing if their walks miss the forms they forbid.
+    code = (
+        "import lm_eval\nfrom lm_eval.tasks import TaskManager\nimport importlib\n"
+        "importlib.import_module('lm_eval.models')\nfrom .lm_eval import x\nimport lm_evalx\n"
+    )
+    assert sorted(lm_eval_imports(ast.parse(code))) == [1, 2, 4]
+    code = (
+        "import os\nos.environ['A'] = '1'\nos.environ.setdefault('B', '1')\n"
+        "del os.environ['A']\nos.environ.pop('B', None)\nos.putenv('C', '1')\n"
+        "env = dict(os.environ)\nenv['D'] = '1'\nos.environ.get('E')\n"
+    )
+    assert sorted(environment_writes(ast.parse(code))) == [2, 3, 4, 5, 6]
+    assert ENVIRONMENT_WRITER in modules()

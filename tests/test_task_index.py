@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.run.tasks import index as task_index
+from pytest_evalchemy.run.lmeval import task_index
 from pytest_evalchemy.testing.task_configs import config_snapshot
 
 _TASK = """\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from pytest_evalchemy.run import template_cache
+from pytest_evalchemy.run.lmeval import template_cache
 
 CASES = [
     ("Question: {{question}}\nAnswer:", {"question": "Which colour?"}),

@@ -26,12 +26,12 @@ from ..core.config import PlannedItem, parse_config
 from ..core.errors import ConfigError
 from ..core.record import is_stderr, split_metric, stderr_key
 from ..judge.gating import DEFAULT_CONFIDENCE, check_properties, metric_interval
-from ..run.evaluation import ItemFailed, base_record
+from ..run.evaluation import ItemFailed, base_record, build_request
 from .state import API_RECORD_PROPERTY
 
 if TYPE_CHECKING:
     from ..run.evaluation import RunSettings
-    from ..run.harness import HarnessRequest
+    from ..run.lmeval.harness import HarnessRequest
     from .state import EvalchemyState
 
 # A test name becomes a folder name: parametrize ids may hold any character.
@@ -178,10 +178,11 @@ class Evalchemy:
         settings = self._state.settings_for(planned)
         if settings is None:
             pytest.fail("evalchemy.run(): the endpoint check did not run", pytrace=False)
-        record = base_record(planned, settings)
+        request = build_request(planned, settings)  # once per item
+        record = base_record(planned, settings, request)
         record["nodeid"] = self._node.nodeid
         try:
-            self._execute(planned, settings, record, self._adjust)
+            self._execute(planned, settings, record, self._adjust, request)
         except ItemFailed as exc:
             pytest.fail(str(exc), pytrace=False)
         finally:

@@ -25,12 +25,13 @@ from ..run.evaluation import (
     ItemFailed,
     RunSettings,
     base_record,
+    build_request,
     describe_error,
     item_timeout,
     log_warnings,
     run_item,
 )
-from ..run.harness import HarnessRequest
+from ..run.lmeval.harness import HarnessRequest
 from .state import RECORD_PROPERTY, STATE
 
 
@@ -89,9 +90,10 @@ class TaskItem(pytest.Item):
             return
         if settings is None:
             raise ItemFailed("the endpoint check did not run; no endpoint information")
-        record = base_record(self.planned, settings)
+        request = build_request(self.planned, settings)  # once per item
+        record = base_record(self.planned, settings, request)
         try:
-            execute_item(self.planned, settings, record, request_hook(self))
+            execute_item(self.planned, settings, record, request_hook(self), request)
         finally:
             self._publish(record)
 
@@ -226,11 +228,12 @@ def execute_item(
     settings: RunSettings,
     record: dict[str, Any],
     adjust: Callable[[HarnessRequest], HarnessRequest] | None = None,
+    request: HarnessRequest | None = None,
 ) -> None:
     """Run an item into ``record``, which says how it ended however it ends; re-raises (a
     config item and ``evalchemy.run()`` share this)."""
     try:
-        run_item(planned, settings, record, adjust)
+        run_item(planned, settings, record, adjust, request)
     except ItemFailed:
         raise
     except pytest.fail.Exception as exc:

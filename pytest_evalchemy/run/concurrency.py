@@ -34,8 +34,8 @@ and additive increase after it):
 - **re-probe**: every ``REPROBE_ROUNDS`` settled rounds, try twice the limit for a round, and
   keep it only if the rate grows as in the probe.
 
-One ``AdaptiveLimit`` per endpoint URL per process (``shared_limit``), shared by every item the
-process runs, so the second item starts where the first settled. With several prompts per
+One ``AdaptiveLimit`` per endpoint URL per process (a ``LimitRegistry`` the caller creates
+once per process and hands to every item), shared by every item the process runs, so the second item starts where the first settled. With several prompts per
 request (lm-eval's ``batch_size``) it counts prompts, not requests. It is a semaphore whose size
 changes, usable from any event loop and thread (lm-eval runs one ``asyncio.run`` per call).
 
@@ -463,26 +463,29 @@ class Permit:
         self._outcome(self.limit.abandon)
 
 
-_LIMITS: dict[str, AdaptiveLimit] = {}
-_LIMITS_LOCK = threading.Lock()
+class LimitRegistry:
+    """The process's adaptive limits, one per endpoint URL (without credentials): every item
+    of the process (the single process, or one xdist worker) shares them."""
 
+    def __init__(self) -> None:
+        self._limits: dict[str, AdaptiveLimit] = {}
+        self._lock = threading.Lock()
 
-def shared_limit(url: str, maximum: int = DEFAULT_MAX) -> AdaptiveLimit:
-    """The process's limit for ``url`` (created on first use; a new maximum applies at once)."""
-    with _LIMITS_LOCK:
-        limit = _LIMITS.get(url)
-        if limit is None:
-            limit = _LIMITS[url] = AdaptiveLimit(maximum)
-        elif limit.maximum != maximum:
-            with limit._lock:
-                limit.maximum = max(1, maximum)
-                limit._set(limit.limit)
-        return limit
+    def get(self, url: str, maximum: int = DEFAULT_MAX) -> AdaptiveLimit:
+        """The limit of ``url`` (created on first use; a new maximum applies at once)."""
+        with self._lock:
+            limit = self._limits.get(url)
+            if limit is None:
+                limit = self._limits[url] = AdaptiveLimit(maximum)
+            elif limit.maximum != maximum:
+                with limit._lock:
+                    limit.maximum = max(1, maximum)
+                    limit._set(limit.limit)
+            return limit
 
-
-def existing_limit(url: str) -> AdaptiveLimit | None:
-    with _LIMITS_LOCK:
-        return _LIMITS.get(url)
+    def existing(self, url: str) -> AdaptiveLimit | None:
+        with self._lock:
+            return self._limits.get(url)
 
 
 def parse_concurrency(text: str) -> int | str:

@@ -7,13 +7,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,15 @@ from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child
 from ..core.samples import samples_file_name
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
-from . import harness
 from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
-from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, shared_limit
+from .concurrency import AUTO, DEFAULT_MAX, AdaptiveLimit, LimitRegistry
 from .concurrency import INITIAL as INITIAL_CONCURRENCY
 from .context_check import ContextCheck, ContextTooLong, ContextWarning
 from .endpoint import DEFAULT_MAX_LENGTH, EndpointInfo, redact_url, split_credentials
-from .patience import EndpointGone, OutageRegistry, item_deadline
-from .progress import RequestProgress, track
-from .request_cache import RequestCacheWarning, set_aside_unreadable
+from .lmeval import harness
+from .lmeval.progress import RequestProgress, track
+from .lmeval.request_cache import RequestCacheWarning, set_aside_unreadable
+from .patience import EndpointGone, ItemOutage, OutageRegistry, item_deadline
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
@@ -76,9 +74,11 @@ class RunSettings:
     # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
-    # The process's outage windows (one per endpoint), shared by the items this settings
-    # object runs: a server that is gone is waited for once per process.
+    # The process's outage windows and adaptive limits (one per endpoint), created once per
+    # process with the settings and shared by the items they run: a server that is gone is
+    # waited for once per process, and the second item starts where the first settled.
     outages: OutageRegistry = field(default_factory=OutageRegistry, compare=False, repr=False)
+    limits: LimitRegistry = field(default_factory=LimitRegistry, compare=False, repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -178,7 +178,7 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         remote_tokenizer=settings.endpoint.remote_tokenizer,
         include_paths=settings.include_paths,
         lm_eval_config=lm_eval_config,
-        cache_prefix=cache_prefix(item, settings, max_length),
+        cache_prefix=cache_prefix(item, settings, max_length, chat),
         verify_certificate=settings.verify is not False,
         ca_cert_path=settings.verify if isinstance(settings.verify, str) else None,
         confirm_run_unsafe_code=settings.allow_unsafe_code,
@@ -195,7 +195,9 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
     )
 
 
-def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> str | None:
+def cache_prefix(
+    item: PlannedItem, settings: RunSettings, max_length: int, chat: ItemChat | None = None
+) -> str | None:
     """Where the item's lm-eval response cache lives. lm-eval keys a response by the request
     alone, not by the model: the folder is namespaced by the run (a new checkpoint served under
     the same name must never get the old one's answers; a resumed run keeps its id) and by what
@@ -213,7 +215,7 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
         tokenizer,
         metadata.version("lm_eval"),
     ]
-    chat = chat_of(item, settings)
+    chat = chat or chat_of(item, settings)
     if chat.templated or chat.reasoning:
         # lm-eval's cache key holds the prompt, not how the answer was asked for (a chat
         # endpoint, no stop strings) or read (the thinking): a change must not reuse answers.
@@ -223,26 +225,6 @@ def cache_prefix(item: PlannedItem, settings: RunSettings, max_length: int) -> s
     key = json.dumps(parts)
     namespace = hashlib.sha256(key.encode()).hexdigest()[:16]
     return str(settings.cache_root / namespace / item.benchmark / item.task.key / "requests")
-
-
-@contextmanager
-def _env_var(name: str, value: str | None):
-    """``name=value`` in the environment while the block runs (nothing when ``value`` is
-    None). lm-eval's local-completions reads the key from OPENAI_API_KEY only (in model_args
-    it would be copied into lm-eval's results and log), and its sync client trusts a CA only
-    through REQUESTS_CA_BUNDLE (it ignores ``ca_cert_path``)."""
-    if not value:
-        yield
-        return
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def scrub_results(results: dict[str, Any], secrets: tuple[str, ...]) -> dict[str, Any]:
@@ -377,7 +359,11 @@ def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str 
                 shutil.copy2(path, copy)
 
 
-def base_record(item: PlannedItem, settings: RunSettings | None) -> ItemRecord:
+def base_record(
+    item: PlannedItem,
+    settings: RunSettings | None,
+    request: harness.HarnessRequest | None = None,
+) -> ItemRecord:
     """The summary entry of an item before it has run."""
     task = item.task
     record: ItemRecord = {
@@ -397,7 +383,7 @@ def base_record(item: PlannedItem, settings: RunSettings | None) -> ItemRecord:
         },
     }
     if settings is not None:
-        record["settings"] = request_settings(build_request(item, settings))
+        record["settings"] = request_settings(request or build_request(item, settings))
         record["endpoint"] = redact_url(settings.endpoint.url)
         record["item_dir"] = str(
             settings.paths.item_dir(item.benchmark, task.key).relative_to(settings.paths.root)
@@ -452,12 +438,14 @@ def run_item(
     settings: RunSettings,
     record: dict[str, Any],
     adjust: Callable[[harness.HarnessRequest], harness.HarnessRequest] | None = None,
+    request: harness.HarnessRequest | None = None,
 ) -> None:
     """Run ``item`` and fill ``record`` in place (so a timeout or an interrupt that ends the
     run midway still leaves what was known). Raises ``ItemFailed`` when the result is not
     acceptable and lets lm-eval's own errors through. ``adjust`` may change the request (the
-    ``pytest_evalchemy_item_request`` hook)."""
-    request = build_request(item, settings)
+    ``pytest_evalchemy_item_request`` hook); ``request`` is ``build_request``'s, when the
+    caller built it already (for ``base_record``)."""
+    request = request or build_request(item, settings)
     if adjust is not None:
         request = adjust(request)
         # The record says what ran, not what the config asked for.
@@ -474,7 +462,7 @@ def run_item(
     limit: AdaptiveLimit | None = None
     if request.adaptive_concurrency:
         # The model's key: the URL it posts to, without credentials.
-        limit = shared_limit(split_credentials(request.base_url)[0], request.num_concurrent)
+        limit = settings.limits.get(split_credentials(request.base_url)[0], request.num_concurrent)
     before = limit.item_start() if limit else {}
     progress = RequestProgress(item.key, concurrency=lambda: limit.limit if limit else None)
     context = ContextCheck()
@@ -485,17 +473,20 @@ def run_item(
             harness.capture_log(
                 item_dir / "lm_eval.log", level=settings.log_level, secrets=settings.secrets
             ) as item_log,
-            _env_var("OPENAI_API_KEY", settings.api_key),
-            _env_var("REQUESTS_CA_BUNDLE", request.ca_cert_path),
             track(progress),
         ):
             _set_aside_unreadable_cache(item, request, record, item_log)
-            results = harness.run(
-                request,
-                context=context,
-                outages=settings.outages,
-                until=item_deadline(item_timeout(item, settings.default_timeout), start),
+            # One window per endpoint in this process, shared by its items: a server that is
+            # away is waited for once, not once per request or per item; no wait goes past the
+            # item's own deadline.
+            outage = ItemOutage(
+                settings.outages.get(request.base_url, request.outage_timeout),
+                item_deadline(item_timeout(item, settings.default_timeout), start),
             )
+            policy = request.model_policy(
+                outage, limit=limit, context=context, api_key=settings.api_key
+            )
+            results = harness.run(request, policy)
     except ContextTooLong as exc:
         record["status"] = Status.FAILED
         record["message"] = f"{exc} (--evalchemy-strict-context)"

@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..run.lmeval import task_index
+
 
 def _plain(value: Any) -> Any:
     """JSON-like data; a function (``!function utils.process_docs``) becomes its module and name,
@@ -29,19 +31,8 @@ def _plain(value: Any) -> Any:
 @contextmanager
 def _no_download() -> Iterator[None]:
     # ConfigurableTask downloads its data set as soon as it is built; the config is all we need.
-    from lm_eval.api.task import ConfigurableTask, TaskConfig
-    from lm_eval.tasks import _factory
-
-    class _ConfigOnly(ConfigurableTask):
-        def __init__(self, config: dict[str, Any] | None = None, **_: Any) -> None:
-            self._config = TaskConfig(**(config or {}))
-
-    original = _factory.ConfigurableTask
-    _factory.ConfigurableTask = _ConfigOnly  # type: ignore[misc]
-    try:
+    with task_index.configs_only():
         yield
-    finally:
-        _factory.ConfigurableTask = original  # type: ignore[misc]
 
 
 def _group(group: Any) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from ...core.config import EvalConfig, plan_items
 from ...core.errors import Problem
 from ...core.results import file_name_problem
+from ..lmeval.task_index import lm_eval_tasks_dir
+from ..lmeval.task_index import scan as _scan
 from . import catalog
-from .index import lm_eval_tasks_dir
-from .index import scan as _scan
 
 
 def _known(names: set[str], roots: Iterable[Path], *, full_read: bool) -> set[str]:

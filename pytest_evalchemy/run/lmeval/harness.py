@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.redact import Redactor
-from .context_check import ContextCheck
-from .endpoint import redact_url
-from .patience import ItemOutage, OutageRegistry, reported
-from .reasoning import DEFAULT_THINK_END, DEFAULT_THINKING_BUDGET
-from .tasks import index as task_index
+from ...core.redact import Redactor
+from ..concurrency import AdaptiveLimit
+from ..context_check import ContextCheck
+from ..endpoint import redact_url
+from ..patience import ItemOutage, reported
+from ..reasoning import DEFAULT_THINK_END, DEFAULT_THINKING_BUDGET
+from . import private, task_index
+from .policy import ModelPolicy, Reasoning
+from .switches import quiet_libraries
 from .template_cache import install as compile_templates_once
 
 # lm-eval's own defaults (evaluator.simple_evaluate), recorded in every result so a run can be
@@ -150,26 +153,45 @@ class HarnessRequest:
         return args
 
     def lm_eval_model_args(self) -> dict[str, Any]:
-        """``model_args`` as handed to lm-eval: its concurrent client (aiohttp) ignores
-        ``ca_cert_path`` and takes ``verify_certificate`` as its ``ssl``, so the CA goes
-        there as an SSL context (its sync client gets REQUESTS_CA_BUNDLE from the caller)."""
+        """``model_args`` as handed to lm-eval's model. Both its clients ignore
+        ``ca_cert_path`` and pass ``verify_certificate`` on: the concurrent one (aiohttp) as
+        its ``ssl``, so the CA goes there as an SSL context; the sync one (requests) as its
+        ``verify``, which takes the bundle's path."""
         args = self.model_args()
-        if self.ca_cert_path and self.verify_certificate and self.num_concurrent > 1:
-            import ssl
+        if self.ca_cert_path and self.verify_certificate:
+            if self.num_concurrent > 1:
+                import ssl
 
-            args["verify_certificate"] = ssl.create_default_context(cafile=self.ca_cert_path)
+                args["verify_certificate"] = ssl.create_default_context(cafile=self.ca_cert_path)
+            else:
+                args["verify_certificate"] = self.ca_cert_path
         args.pop("think_end_token", None)  # the filter takes the thinking off, not lm-eval
-        if self.reasoning:
-            args |= {
-                "evalchemy_reasoning": True,
-                "evalchemy_thinking_budget": self.thinking_budget,
-                "evalchemy_think_end_token": self.think_end_token,
-            }
-        if isinstance(self.apply_chat_template, str) and self.chat_url is None:
-            args["evalchemy_chat_template"] = self.apply_chat_template
-        if self.adaptive_concurrency:
-            args["adaptive_concurrency"] = True  # the project's model only; not in cli_command
         return args
+
+    def model_policy(
+        self,
+        outage: ItemOutage,
+        *,
+        limit: AdaptiveLimit | None = None,
+        context: ContextCheck | None = None,
+        api_key: str | None = None,
+    ) -> ModelPolicy:
+        """The policy of this request's model: ``outage`` and ``limit`` come from the caller's
+        per-process registries, ``context`` receives the counts of prompts cut to fit."""
+        context = context or ContextCheck()
+        context.strict = self.strict_context
+        context.max_length = self.max_length
+        chat_template = self.apply_chat_template if self.chat_url is None else False
+        return ModelPolicy(
+            outage=outage,
+            context=context,
+            limit=limit if self.adaptive_concurrency else None,
+            reasoning=Reasoning(self.thinking_budget, self.think_end_token)
+            if self.reasoning
+            else None,
+            chat_template=chat_template if isinstance(chat_template, str) else None,
+            api_key=api_key,
+        )
 
     def lm_eval_chat_args(self) -> dict[str, Any]:
         """``simple_evaluate``'s chat arguments."""
@@ -187,7 +209,7 @@ class HarnessRequest:
         # The URL lm-eval posts to may carry credentials; the command is shown and written.
         args = self.cli_model_args()
         if self.adaptive_concurrency:
-            from .concurrency import INITIAL
+            from ..concurrency import INITIAL
 
             args["num_concurrent"] = self.shown_concurrency or min(INITIAL, self.num_concurrent)
         cmd += [f"{k}={redact_url(v) if k == 'base_url' else v}" for k, v in args.items()]
@@ -240,21 +262,12 @@ class HarnessError(Exception):
     """lm-eval could not run the item; the message says why."""
 
 
-def _quiet_env() -> None:
-    # Progress bars would interleave with pytest's output; users can still turn them on.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # transformers says at import that it found no PyTorch; lm-eval's API models need none.
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
 def _quiet_git() -> None:
     """lm-eval records the git hash of the working directory with ``git describe``, which
     prints ``fatal: not a git repository`` to the terminal outside one; ask git the same with
     its stderr closed (lm-eval's own fallback when git fails is kept)."""
     import subprocess
 
-    import lm_eval.evaluator
     from lm_eval.loggers.utils import get_commit_from_path
 
     def git_commit_hash() -> str | None:
@@ -266,14 +279,14 @@ def _quiet_git() -> None:
         except (subprocess.CalledProcessError, FileNotFoundError):
             return get_commit_from_path(os.getcwd())
 
-    lm_eval.evaluator.get_git_commit_hash = git_commit_hash
+    private.set_git_commit_hash(git_commit_hash)
 
 
 def task_manager(include_paths: tuple[Path, ...], names: tuple[str, ...]) -> Any:
     """A TaskManager that knows ``names``, built once per process: the include paths alone
     when they suffice (~0 s), plus only the lm-eval task folders a public task needs (~0.1 s
     with the cached index of ``task_index``, where lm-eval's full index takes ~15 s)."""
-    _quiet_env()
+    quiet_libraries()
     try:
         return task_index.task_manager(names, include_paths)
     except task_index.UnknownTasks as exc:
@@ -306,50 +319,25 @@ def capture_log(
         handler.close()
 
 
-def run(
-    request: HarnessRequest,
-    *,
-    context: ContextCheck | None = None,
-    outages: OutageRegistry | None = None,
-    until: float | None = None,
-) -> dict[str, Any]:
-    """Run lm-eval's ``simple_evaluate``; the returned results are plain JSON values.
-    ``context`` receives the counts of prompts cut to fit; ``outages`` holds the process's
-    outage windows (a new one per call when None); no wait for a server goes past ``until``
-    (a ``time.monotonic()`` value: the item's own deadline). A server away for longer than
-    the window raises ``EndpointGone``."""
+def run(request: HarnessRequest, policy: ModelPolicy) -> dict[str, Any]:
+    """Run lm-eval's ``simple_evaluate`` on the model of ``request`` under ``policy``; the
+    returned results are plain JSON values. A server away for longer than the policy's
+    outage window raises ``EndpointGone``."""
     tm = task_manager(request.include_paths, request.tasks)
     from lm_eval.utils import handle_non_serializable
 
-    # local-completions with vLLM's remote tokenizer called concurrently: the same requests
-    # and scores (cli_command stays local-completions), without ~2 ms per string up front.
-    from .completions_model import MODEL_NAME, ItemPolicy, item_policy
-
-    model = MODEL_NAME
-    if request.chat_url is not None:
-        from .chat_model import CHAT_MODEL_NAME
-
-        model = CHAT_MODEL_NAME
     log = None
     if request.reasoning:
-        from .reasoning import ThinkingLog
+        from ..reasoning import ThinkingLog
 
         log = ThinkingLog()
         tm = _ThinkingTasks(tm, log, request.think_end_token)
-    if context is None:
-        context = ContextCheck()
-    context.strict = request.strict_context
-    context.max_length = request.max_length
-    # One window per endpoint in this process, shared by its items: a server that is away is
-    # waited for once, not once per request or per item.
-    outage = (outages or OutageRegistry()).get(request.base_url, request.outage_timeout)
-    policy = ItemPolicy(outage=ItemOutage(outage, until), context=context)
-    with reported(), item_policy(policy):
-        results = _evaluate(request, tm, model)
+    with reported():
+        results = _evaluate(request, tm, policy)
     if results is None:
         raise HarnessError("lm-eval returned no results")
     if log is not None:
-        from .reasoning import samples_with_thinking
+        from ..reasoning import samples_with_thinking
 
         for rows in (results.get("samples") or {}).values():
             samples_with_thinking(rows, request.think_end_token)
@@ -358,14 +346,36 @@ def run(
     return json.loads(json.dumps(results, default=handle_non_serializable))
 
 
-def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
+def _model(
+    request: HarnessRequest, model_args: dict[str, Any], policy: ModelPolicy
+) -> tuple[str, Any]:
+    """The registered name and an instance of the item's model, built the way lm-eval's
+    ``simple_evaluate`` builds a named one, with the policy as a constructor argument.
+    local-completions with vLLM's remote tokenizer called concurrently: the same requests and
+    scores (cli_command stays local-completions), without ~2 ms per string up front."""
+    if request.chat_url is not None:
+        from .chat_model import CHAT_MODEL_NAME, EvalchemyChat
+
+        name, cls = CHAT_MODEL_NAME, EvalchemyChat
+    else:
+        from .completions_model import MODEL_NAME, EvalchemyCompletions
+
+        name, cls = MODEL_NAME, EvalchemyCompletions
+    extra = {"batch_size": request.batch_size, "policy": policy}
+    return name, cls.create_from_arg_obj(model_args, extra)
+
+
+def _evaluate(request: HarnessRequest, tm: Any, policy: ModelPolicy) -> Any:
     import lm_eval
 
     _quiet_git()
     compile_templates_once()
-    return lm_eval.simple_evaluate(
+    model_args = request.lm_eval_model_args()
+    name, model = _model(request, model_args, policy)
+    results = lm_eval.simple_evaluate(
         model=model,
-        model_args=request.lm_eval_model_args(),
+        # Recorded in the results only (the model is built already).
+        model_args=model_args,
         tasks=list(request.tasks),
         num_fewshot=request.num_fewshot,
         batch_size=request.batch_size,
@@ -377,6 +387,10 @@ def _evaluate(request: HarnessRequest, tm: Any, model: str) -> Any:
         **request.lm_eval_chat_args(),
         **SEEDS,
     )
+    if results is not None:
+        # lm-eval names a model handed to it as an instance by its class: keep its name.
+        results["config"]["model"] = name
+    return results
 
 
 # The item's thinking statistics travel in the results under this key (taken out before the
@@ -398,7 +412,7 @@ class _ThinkingTasks:
         return getattr(self._inner, name)
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
-        from .reasoning import ThinkingFilter
+        from ..reasoning import ThinkingFilter
 
         loaded = self._inner.load(*args, **kwargs)
         for name, task in loaded["tasks"].items():
@@ -411,7 +425,7 @@ class _ThinkingTasks:
             def make(name: str = name, stops: Any = stops) -> ThinkingFilter:
                 return ThinkingFilter(name, stops, self._log, self._end_token)
 
-            for ensemble in getattr(task, "_filters", []):
+            for ensemble in private.task_filters(task):
                 ensemble.filters = [make, *ensemble.filters]
         return loaded
 

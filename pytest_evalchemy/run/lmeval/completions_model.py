@@ -28,31 +28,28 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from aiohttp import ClientResponseError, ClientSession, ClientTimeout, TCPConnector
 from lm_eval.api.registry import get_model, register_model
-from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from . import concurrency
-from .chat_model import ReasoningPayload, ServerChatTemplate, UrlCredentials
-from .context_check import ContextCheck
-from .patience import (
+from .. import concurrency
+from ..patience import (
     TRANSIENT_STATUSES,
     Backoff,
     ItemOutage,
-    Outage,
     Transient,
     connection_reason,
     retry_after_seconds,
 )
+from . import private
+from .chat_model import ReasoningPayload, ServerChatTemplate, UrlCredentials
+from .policy import ModelPolicy
 from .request_cache import QueuedCacheWrites
 
 MODEL_NAME = "evalchemy-completions"
@@ -65,29 +62,6 @@ WINDOW = 1024
 # whatever num_concurrent says: a /tokenize call is cheap next to a completion, and with
 # num_concurrent=1 they keep the one completion in flight from waiting for tokens.
 MAX_WORKERS = 4
-
-
-@dataclass
-class ItemPolicy:
-    """What the plugin asks of the model for one item, beyond lm-eval's model_args (which
-    lm-eval copies into its results): the outage window and the context check."""
-
-    outage: ItemOutage = field(default_factory=lambda: ItemOutage(Outage(0.0)))
-    context: ContextCheck = field(default_factory=ContextCheck)
-
-
-@contextmanager
-def item_policy(policy: ItemPolicy) -> Iterator[ItemPolicy]:
-    """``policy`` for the models built while the block runs (one item at a time per process).
-    Kept on the class lm-eval's registry holds: after pytester re-imports this module, the
-    class registered first is the one lm-eval builds."""
-    cls = get_model(MODEL_NAME)
-    previous = cls.policy
-    cls.policy = policy
-    try:
-        yield policy
-    finally:
-        cls.policy = previous
 
 
 class _TokenizeClient:
@@ -281,9 +255,10 @@ class PrefetchingTokenizer:
             url = f"{inner.base_url}/tokenize"
             # What requests would read from the environment on every call (proxies, CA bundle,
             # .netrc), read once for the tokenizer's URL.
-            env = inner.session.merge_environment_settings(url, {}, None, inner.cert_config, None)
+            session, cert_config = private.remote_session(inner)
+            env = session.merge_environment_settings(url, {}, None, cert_config, None)
             scheme = urllib.parse.urlsplit(url).scheme
-            netrc = requests.utils.get_netrc_auth(url) if inner.session.trust_env else None
+            netrc = requests.utils.get_netrc_auth(url) if session.trust_env else None
             if netrc or env["proxies"].get(scheme) or env["proxies"].get("all"):
                 client = copy.copy(inner)  # a proxy or .netrc: lm-eval's own client, via requests
                 client.session = requests.Session()
@@ -373,10 +348,9 @@ class EvalchemyCompletions(
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
     (and which renders the server's chat template and sends reasoning payloads)."""
 
-    policy: ItemPolicy | None = None  # set by item_policy() while an item runs
-
-    def __init__(self, *args: Any, adaptive_concurrency: bool = False, **kwargs: Any) -> None:
-        policy = type(self).policy or ItemPolicy()
+    def __init__(self, *args: Any, policy: ModelPolicy | None = None, **kwargs: Any) -> None:
+        # The harness builds the model with the item's policy (lm-eval is handed the instance).
+        self._policy = policy = policy or ModelPolicy()
         self._init_patiently(policy.outage, *args, **kwargs)
         self._outage = policy.outage
         self._context = policy.context
@@ -386,11 +360,7 @@ class EvalchemyCompletions(
         # --evalchemy-concurrency auto: num_concurrent is the maximum (it sizes lm-eval's
         # connection pool and picks its concurrent path); the endpoint's shared limit decides
         # how many of those are in flight.
-        self._adaptive = (
-            concurrency.shared_limit(self.base_url, self._concurrent)
-            if adaptive_concurrency
-            else None
-        )
+        self._adaptive = policy.limit
 
     def _init_patiently(self, outage: ItemOutage, *args: Any, **kwargs: Any) -> None:
         """lm-eval's constructor, which reads the server's /tokenizer_info (three quick
@@ -401,7 +371,7 @@ class EvalchemyCompletions(
                 super().__init__(*args, **kwargs)
                 return
             except RuntimeError as exc:
-                if not str(exc).startswith("RemoteTokenizer:") or outage.window_s <= 0:
+                if not private.remote_tokenizer_down(exc) or outage.window_s <= 0:
                     raise
                 failure = Transient(f"/tokenizer_info: {connection_reason(exc)}")
                 backoff, delay = outage.wait_after(failure, exc, backoff)
@@ -494,7 +464,7 @@ class EvalchemyCompletions(
             self._generation_kwargs = None
             by_budget: dict[int, list[int]] = {}
             for ids, gen_kwargs in zip(encoding, pending, strict=True):
-                budget = int(gen_kwargs.get("max_gen_toks", self._max_gen_toks))
+                budget = int(gen_kwargs.get("max_gen_toks", private.max_gen_toks(self)))
                 by_budget.setdefault(budget, []).append(len(ids))
             for budget, lengths in sorted(by_budget.items()):
                 self._context.generation(lengths, budget, self.max_length)
@@ -523,16 +493,18 @@ class EvalchemyCompletions(
         # so an over-long prompt fails the item before any traffic.
         return (
             isinstance(self.tokenizer, PrefetchingTokenizer)
-            and self._batch_size == 1
+            and private.batch_size(self) == 1
             and not self._context.strict
         )
 
     def _ssl(self) -> Any:
         # What lm-eval's concurrent client hands aiohttp, plus the CA bundle it ignores there
-        # (the harness passes an SSL context itself only when num_concurrent > 1).
-        if self.verify_certificate is True and self.ca_cert_path:
+        # (the harness passes an SSL context itself only when num_concurrent > 1, and the
+        # bundle's path, which requests takes, otherwise).
+        verify = self.verify_certificate
+        if (verify is True or isinstance(verify, str)) and self.ca_cert_path:
             return ssl.create_default_context(cafile=self.ca_cert_path)
-        return self.verify_certificate
+        return verify
 
     def _encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         # TemplateLM.loglikelihood's encoding of one request, empty context included.
@@ -541,7 +513,7 @@ class EvalchemyCompletions(
             if self.prefix_token_id != continuation_enc[0]:
                 return [self.prefix_token_id], continuation_enc
             return continuation_enc[:1], continuation_enc[1:]
-        return self._encode_pair(context, continuation)
+        return private.encode_pair(self, context, continuation)
 
     async def _stream_loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[Any]:
         """lm-eval's concurrent loglikelihood path (``get_batched_requests``: the same session,
@@ -555,11 +527,11 @@ class EvalchemyCompletions(
             wait=wait_exponential(multiplier=0.5, min=1, max=10),
             reraise=True,
         )(self.amodel_call)
-        connector = TCPConnector(limit=self._concurrent, ssl=self._ssl())
-        sem = asyncio.Semaphore(self._concurrent)
+        connector = TCPConnector(limit=private.concurrent(self), ssl=self._ssl())
+        sem = asyncio.Semaphore(private.concurrent(self))
         tasks: list[asyncio.Task[Any]] = []
         # Looked up now: the plugin's progress counter replaces lm-eval's bar while an item runs.
-        bar = api_models.tqdm(total=len(pairs), desc="Requesting API")
+        bar = private.api_bar()(total=len(pairs), desc="Requesting API")
 
         def advance(task: asyncio.Task[Any]) -> None:
             if not task.cancelled() and task.exception() is None:

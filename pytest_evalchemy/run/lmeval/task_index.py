@@ -19,12 +19,14 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # The logger keeps its name of the flat layout: users filter log lines by it.
 from ...core.results import atomic_write_text
+from . import private
 
 log = logging.getLogger("pytest_evalchemy.task_index")
 
@@ -377,3 +379,17 @@ def task_manager(
     if required:
         raise UnknownTasks(sorted(required))
     return full
+
+
+@contextmanager
+def configs_only() -> Iterator[None]:
+    """Tasks loaded while the block runs hold their config only: no data set is downloaded
+    (``ConfigurableTask`` loads its data as soon as it is built)."""
+    from lm_eval.api.task import ConfigurableTask, TaskConfig
+
+    class _ConfigOnly(ConfigurableTask):
+        def __init__(self, config: dict[str, Any] | None = None, **_: Any) -> None:
+            self._config = TaskConfig(**(config or {}))
+
+    with private.task_class(_ConfigOnly):
+        yield

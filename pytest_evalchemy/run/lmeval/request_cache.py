@@ -36,6 +36,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from . import private
+
 # sqlitedict's table when none is named (lm-eval names none), and its value encoding.
 _TABLE = "unnamed"
 # sqlite's companions of a database file: a journal left by a run that was killed.
@@ -100,9 +102,7 @@ def set_aside_unreadable(prefix: str) -> str | None:
     )
 
 
-def _database(cache_hook: Any) -> Any:
-    db = getattr(cache_hook, "dbdict", None)
-    return db if getattr(db, "conn", None) is not None else None
+_database = private.cache_database
 
 
 class _HeldUntilWritten:
@@ -134,9 +134,7 @@ class QueuedCacheWrites:
         db = _database(cache_hook)
         # Only when the thread commits each statement itself: otherwise waiting is what commits.
         if db is not None and db.autocommit and getattr(db.conn, "autocommit", False):
-            db.autocommit = False
-            if hasattr(db.conn, "_outer_stack"):
-                db.conn._outer_stack = False
+            private.commit_each_write_off(db)
         super().set_cache_hook(cache_hook)  # type: ignore[misc]
 
     def _flush_cache(self) -> None:

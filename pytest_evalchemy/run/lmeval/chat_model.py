@@ -16,7 +16,8 @@ completions endpoint, the chat-completions model, and reasoning payloads.
 - ``UrlCredentials`` (both models): a ``base_url`` with ``user:password@`` is sent as one
   Authorization header to the URL without them.
 
-The private ``evalchemy_*`` model args never reach lm-eval's own classes. Imports lm-eval.
+Each reads the item's ``ModelPolicy`` (``self._policy``, set by the model's constructor before
+lm-eval's runs): nothing of it is a model arg. Imports lm-eval.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from typing import Any
 from lm_eval.api.registry import get_model, register_model
 from lm_eval.models.openai_completions import LocalChatCompletion
 
-from . import chat_template
-from .endpoint import authorization, split_credentials
-from .reasoning import DEFAULT_THINK_END, start_token
+from .. import chat_template
+from ..endpoint import authorization, split_credentials
+from ..reasoning import start_token
+from . import private
+from .policy import ModelPolicy
 from .request_cache import QueuedCacheWrites
 
 CHAT_MODEL_NAME = "evalchemy-chat"
@@ -43,8 +46,10 @@ class UrlCredentials:
     ``endpoint.authorization``: the API key (lm-eval's OPENAI_API_KEY) when given, else the
     URL's basic auth."""
 
+    _policy: ModelPolicy
+
     def __init__(self, *args: Any, base_url: str | None = None, **kwargs: Any) -> None:
-        key = os.environ.get("OPENAI_API_KEY")  # lm-eval's local models read the key there
+        key = self.api_key or None
         clean, self._auth = authorization(base_url, key) if base_url else (base_url, {})
         if key:
             # lm-eval's remote tokenizer sends the key only when given it as auth_token: the
@@ -58,10 +63,15 @@ class UrlCredentials:
         super().__init__(*args, base_url=base_url, **kwargs)  # type: ignore[call-arg]
         self.base_url = clean
         tokenizer = getattr(self, "tokenizer", None)
-        if hasattr(tokenizer, "session") and hasattr(tokenizer, "headers"):  # RemoteTokenizer
+        if private.is_remote_tokenizer(tokenizer):
             tokenizer.base_url = split_credentials(tokenizer.base_url)[0]
             tokenizer.headers.update(self._auth)
-            tokenizer.session.headers.update(self._auth)
+            private.remote_session(tokenizer)[0].headers.update(self._auth)
+
+    @property
+    def api_key(self) -> str:
+        """The item's key, else where lm-eval's local models read it (OPENAI_API_KEY)."""
+        return self._policy.api_key or os.environ.get("OPENAI_API_KEY", "")
 
     @property
     def header(self) -> dict[str, str]:
@@ -69,21 +79,9 @@ class UrlCredentials:
 
 
 class ReasoningPayload:
-    """Generation payloads for a reasoning model (model args ``evalchemy_reasoning``,
-    ``evalchemy_thinking_budget``, ``evalchemy_think_end_token``)."""
+    """Generation payloads for a reasoning model (the policy's ``reasoning``)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        evalchemy_reasoning: bool = False,
-        evalchemy_thinking_budget: int = 0,
-        evalchemy_think_end_token: str = DEFAULT_THINK_END,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.evalchemy_reasoning = bool(evalchemy_reasoning)
-        self.evalchemy_thinking_budget = int(evalchemy_thinking_budget)
-        self.evalchemy_think_end_token = evalchemy_think_end_token
+    _policy: ModelPolicy
 
     def _create_payload(
         self,
@@ -97,24 +95,23 @@ class ReasoningPayload:
         payload: dict[str, Any] = super()._create_payload(  # type: ignore[misc]
             messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=eos, **kwargs
         )
-        if generate and self.evalchemy_reasoning:
+        reasoning = self._policy.reasoning
+        if generate and reasoning is not None:
             # A server cuts at a stop string wherever it appears, inside the thinking too.
             payload.pop("stop", None)
-            payload["max_tokens"] = int(payload["max_tokens"]) + self.evalchemy_thinking_budget
+            payload["max_tokens"] = int(payload["max_tokens"]) + reasoning.thinking_budget
         return payload
 
 
 class ServerChatTemplate:
     """``apply_chat_template`` from the server's template when the tokenizer is vLLM's remote
-    one (model arg ``evalchemy_chat_template``: a template name, as lm-eval's flag takes)."""
+    one (the policy's ``chat_template``: a template name, as lm-eval's flag takes)."""
 
-    def __init__(self, *args: Any, evalchemy_chat_template: str | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self.evalchemy_chat_template = evalchemy_chat_template
+    _policy: ModelPolicy
 
     def _server_template(self) -> tuple[str, dict[str, Any]]:
         info = self.tokenizer.tokenizer_info  # type: ignore[attr-defined]
-        name = self.evalchemy_chat_template or True
+        name = self._policy.chat_template or True
         return chat_template.select_template(info.get("chat_template"), name), info
 
     def _remote(self) -> bool:
@@ -144,10 +141,16 @@ class ServerChatTemplate:
 class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, UrlCredentials, LocalChatCompletion):
     """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
 
+    def __init__(self, *args: Any, policy: ModelPolicy | None = None, **kwargs: Any) -> None:
+        # The harness builds the model with the item's policy (lm-eval is handed the instance).
+        self._policy = policy or ModelPolicy()
+        super().__init__(*args, **kwargs)
+
     def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
-        if not self.evalchemy_reasoning:
+        reasoning = self._policy.reasoning
+        if reasoning is None:
             return super().parse_generations(outputs, **kwargs)
-        end = self.evalchemy_think_end_token
+        end = reasoning.think_end_token
         start = start_token(end) or ""
         res: list[Any] = []
         for out in outputs if isinstance(outputs, list) else [outputs]:

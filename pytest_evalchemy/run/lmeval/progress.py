@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import private
+
 log = logging.getLogger("pytest_evalchemy.progress")
 LOG_EVERY_S = 5.0
 
@@ -65,11 +67,10 @@ class RequestProgress:
 def track(progress: RequestProgress) -> Iterator[RequestProgress]:
     """Route lm-eval's API request progress bars into ``progress`` while the block runs."""
     try:
-        from lm_eval.models import api_models
+        base_bar, base_async = private.api_bars()
     except ImportError:  # pragma: no cover - lm-eval without its API models
         yield progress
         return
-    base_bar, base_async = api_models.tqdm, api_models.tqdm_asyncio
 
     class Counting:
         """Mixed into lm-eval's bar classes: silent, and counting into ``progress``."""
@@ -92,8 +93,8 @@ def track(progress: RequestProgress) -> Iterator[RequestProgress]:
     # cls(as_completed(...), total=len(tasks)) bar and so counts finished batches.
     Bar = type("Bar", (Counting, base_bar), {})
     AsyncBar = type("AsyncBar", (Counting, base_async), {})
-    api_models.tqdm, api_models.tqdm_asyncio = Bar, AsyncBar
+    private.set_api_bars(Bar, AsyncBar)
     try:
         yield progress
     finally:
-        api_models.tqdm, api_models.tqdm_asyncio = base_bar, base_async
+        private.set_api_bars(base_bar, base_async)

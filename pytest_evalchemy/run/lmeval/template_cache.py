@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from . import private
+
 # Distinct template sources kept: a run's tasks have a few each; the bound caps a run over
 # thousands of generated tasks.
 MAX_TEMPLATES = 1024
@@ -24,9 +26,7 @@ _MARK = "_evalchemy_compiled_once"
 
 def install() -> None:
     """Compile each template source of lm-eval's environment once (idempotent)."""
-    from lm_eval import utils
-
-    env = utils.env
+    env = private.template_env()
     if getattr(env.from_string, _MARK, False):
         return
     compile_source = env.from_string

@@ -1,0 +1,40 @@
+"""What the plugin adds around lm-eval for one item, handed to the model the harness builds.
+
+lm-eval copies ``model_args`` into its results and shows them in its command: none of this
+belongs there, and none of it travels through a class attribute, an environment variable or
+a module global. Imports no lm-eval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..concurrency import AdaptiveLimit
+from ..context_check import ContextCheck
+from ..patience import ItemOutage, Outage
+from ..reasoning import DEFAULT_THINK_END
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A reasoning model's generation: no stop strings sent, ``thinking_budget`` tokens more,
+    the thinking up to ``think_end_token`` taken off afterwards."""
+
+    thinking_budget: int
+    think_end_token: str = DEFAULT_THINK_END
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    """One item's model: patience with the server, the context check, the adaptive limit,
+    reasoning, the server's chat template and the API key."""
+
+    outage: ItemOutage = field(default_factory=lambda: ItemOutage(Outage(0.0)))
+    context: ContextCheck = field(default_factory=ContextCheck)
+    # --evalchemy-concurrency auto: the endpoint's limit decides how many requests are in
+    # flight (num_concurrent is then its maximum); None: num_concurrent at once.
+    limit: AdaptiveLimit | None = None
+    reasoning: Reasoning | None = None
+    chat_template: str | None = None  # one of the server's templates, by name
+    # Sent as the bearer token; None: lm-eval's own source, OPENAI_API_KEY.
+    api_key: str | None = field(default=None, repr=False)
