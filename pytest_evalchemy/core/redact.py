@@ -11,13 +11,22 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 # A shorter password alone would blank out ordinary words; the ``user:pass@`` and base64
 # forms still cover it.
 MIN_PLAIN = 4
 MASK = "***"
 _HEX = re.compile(r"%[0-9A-F]{2}")
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials or query string, safe to write into logs and results."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def credential_forms(url: str | None) -> tuple[str, ...]:
