@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pytest_evalchemy.core.endpoint import Endpoint
 from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
@@ -194,7 +195,7 @@ def test_a_router_the_user_runs(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], tmp_path: Path
 ) -> None:
     a, b = make_server(), make_server()
-    theirs = router.Router([a.url, b.url], tmp_path / "router.log")
+    theirs = router.Router([Endpoint.parse(a.url), Endpoint.parse(b.url)], tmp_path / "router.log")
     theirs.start()
     try:
         theirs.wait_ready()

@@ -96,8 +96,15 @@ def test_the_endpoints_are_one_normalized_list_from_flags_env_or_ini(
         "--evalchemy-endpoint=http://b:2/v1,http://a:1/v1/completions",
     )
     options = resolve_options(config)
-    assert options.endpoints == ("http://a:1/v1/completions", "http://b:2/v1/completions")
-    assert options.endpoint == "http://a:1/v1/completions"
+    assert [e.url for e in options.endpoints] == [
+        "http://a:1/v1/completions",
+        "http://b:2/v1/completions",
+    ]
+    assert options.endpoint is not None
+    assert options.endpoint.url == "http://a:1/v1/completions"
     monkeypatch.setenv("EVALCHEMY_ENDPOINT", "http://c:3 http://d:4/v1")
     options = resolve_options(pytester.parseconfig())
-    assert options.endpoints == ("http://c:3/v1/completions", "http://d:4/v1/completions")
+    assert [e.url for e in options.endpoints] == [
+        "http://c:3/v1/completions",
+        "http://d:4/v1/completions",
+    ]

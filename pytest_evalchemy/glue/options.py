@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,13 @@ from ..core.defaults import (
     DEFAULT_MAX_DROP,
     DEFAULT_OUTPUT,
 )
+from ..core.endpoint import Endpoint, parse_endpoints
 from ..core.errors import EvalchemyError
 from ..core.results import validate_run_id
 from ..judge.baseline import load_baseline
 from ..judge.gating import GATE_MODES, GateSettings
 from ..run.chat_settings import ChatOptions
 from ..run.concurrency import AUTO, parse_concurrency
-from ..run.endpoint import split_endpoints
 from ..run.reasoning import parse_reasoning
 from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, lookup, source_text
 
@@ -35,7 +35,7 @@ DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
 class Options:
     """The plugin's settings, resolved command line > environment > ini > default."""
 
-    endpoint: str | None  # the first of ``endpoints``
+    endpoint: Endpoint | None  # the first of ``endpoints``
     config_path: Path
     model: str | None
     run_id: str | None
@@ -49,7 +49,7 @@ class Options:
     max_retries: int
     log_level: str
     thresholds: tuple[Threshold, ...]
-    endpoints: tuple[str, ...] = ()  # normalized, in the order given
+    endpoints: tuple[Endpoint, ...] = ()  # normalized, in the order given
     allow_mixed_models: bool = False
     no_cache: bool = False
     no_report: bool = False
@@ -73,14 +73,22 @@ class Options:
     chat: ChatOptions = field(default_factory=ChatOptions)
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     replicas: int = 1
-    router: str | None = None
+    router: Endpoint | None = None
 
     @property
     def verify(self) -> bool | str:
         """requests' and lm-eval's TLS setting: True, False, or the CA bundle's path."""
-        if self.insecure:
-            return False
-        return str(self.ca_bundle) if self.ca_bundle else True
+        return _verify(self.insecure, self.ca_bundle)
+
+    def endpoint_at(self, url: str) -> Endpoint:
+        """A server or router started for the run, with the run's API key and TLS setting."""
+        return Endpoint.parse(url, api_key=self.api_key, verify=self.verify)
+
+
+def _verify(insecure: bool, ca_bundle: Path | None) -> bool | str:
+    if insecure:
+        return False
+    return str(ca_bundle) if ca_bundle else True
 
 
 def _boolean(value: str) -> bool | None:
@@ -280,19 +288,24 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
     )
 
 
-def _endpoints(config: pytest.Config) -> tuple[str, ...]:
-    """The endpoints, normalized once: every --evalchemy-endpoint (each may list several,
+def _endpoints(config: pytest.Config) -> tuple[Endpoint, ...]:
+    """The endpoints, built once: every --evalchemy-endpoint (each may list several,
     separated by commas), else the environment's or the ini's list; duplicates dropped."""
     value, _ = _lookup(config, "endpoint")
     values = value if isinstance(value, list) else [value] if value else []
     try:
-        return split_endpoints(" ".join(values))
+        return parse_endpoints(" ".join(values))
     except EvalchemyError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
 def resolve_options(config: pytest.Config) -> Options:
     endpoints = _endpoints(config)
+    api_key = next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None)
+    ca_bundle, insecure = _ca_bundle(config), _switch(config, "insecure")
+    # The API key and TLS setting every endpoint of the run shares.
+    access: dict[str, Any] = {"api_key": api_key, "verify": _verify(insecure, ca_bundle)}
+    endpoints = tuple(replace(e, **access) for e in endpoints)
     config_value, config_base = setting_value(config, "config")
     config_path = config_base / (config_value or DEFAULT_CONFIG)
     if config_value is None and not config_path.exists():
@@ -350,18 +363,18 @@ def resolve_options(config: pytest.Config) -> Options:
         serve_args=tuple(_listed(config, "serve_arg")),
         vllm_python=setting_value(config, "vllm_python")[0],
         serve_timeout=_number(config, "serve_timeout") or 600.0,
-        api_key=next((os.environ[k] for k in API_KEY_ENVS if os.environ.get(k)), None),
+        api_key=api_key,
         gate=_gate_settings(config),
         markdown=_path_option(config, "markdown"),
-        ca_bundle=_ca_bundle(config),
-        insecure=_switch(config, "insecure"),
+        ca_bundle=ca_bundle,
+        insecure=insecure,
         allow_unsafe_code=_switch(config, "allow_unsafe_code"),
         wait_for_endpoint=_number(config, "wait_for_endpoint"),
         outage_timeout=_or(_number(config, "outage_timeout"), DEFAULT_OUTAGE_TIMEOUT),
         strict_context=_switch(config, "strict_context"),
         log_samples=_switch(config, "log_samples"),
         chat=_chat_options(config),
-        **_fleet(config),
+        **_fleet(config, access),
     )
 
 
@@ -369,9 +382,8 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _fleet(config: pytest.Config) -> dict[str, Any]:
+def _fleet(config: pytest.Config, access: dict[str, Any]) -> dict[str, Any]:
     """--evalchemy-replicas and --evalchemy-router, checked against --evalchemy-serve/-gpu."""
-    from ..run.endpoint import normalize_endpoint
     from ..run.router import split_devices
 
     replicas = _number(config, "replicas") or 1
@@ -393,7 +405,10 @@ def _fleet(config: pytest.Config) -> dict[str, Any]:
         raise pytest.UsageError(
             f"--evalchemy-gpu: {exc}; give one device per replica, e.g. --evalchemy-gpu 0,1"
         ) from None
-    return {"replicas": replicas, "router": normalize_endpoint(router) if router else None}
+    return {
+        "replicas": replicas,
+        "router": Endpoint.parse(router, **access) if router else None,
+    }
 
 
 def _ca_bundle(config: pytest.Config) -> Path | None:

@@ -28,6 +28,7 @@ from ..judge.gating import (
 from ..report.markdown import render_markdown
 from ..report.run_page import write_report
 from ..report.summary import RunRecorder, format_table, interval_legend, status_legend, table_rows
+from ..run.chat_check import describe as describe_chat
 from ..run.evaluation import (
     base_record,
     read_progress,
@@ -334,3 +335,26 @@ class XdistHooks:
             "started_at": state.started_at,
             "endpoints": [e.to_dict() for e in state.endpoints],
         }
+
+
+def header_lines(state: EvalchemyState) -> list[str]:
+    """The run's lines in pytest's header: the config, the endpoints (redacted), what the
+    endpoint check found, and the notes of the task check."""
+    enabled = sum(i.enabled for i in state.plan)
+    lines = [
+        f"evalchemy: config {state.eval_config.path} ({enabled} of {len(state.plan)} items enabled)"
+    ]
+    if state.settings:
+        shown = state.shown_endpoints()
+        urls = ", ".join(shown)
+        if state.router:
+            urls += f" through vllm-router {state.router.redacted}"
+        word = "endpoints" if len(shown) > 1 else "endpoint"
+        lines.append(
+            f"evalchemy: {word} {urls}, model {state.settings.endpoint.model}, run {state.run_id}"
+        )
+        found = describe_chat(state.settings.endpoint)
+        if found:
+            lines.append(f"evalchemy: {found}")
+    lines.extend(f"evalchemy: note: {note}" for note in state.config_notes)
+    return lines

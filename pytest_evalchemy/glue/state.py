@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from ..core.config import EvalConfig, PlannedItem
-from ..core.record import Summary
+from ..core.endpoint import Endpoint
+from ..core.errors import UsageProblem
+from ..core.record import Summary, load_summary
+from ..core.redact import redact_url
 from ..core.results import (
     RunPaths,
     versions,
@@ -23,6 +27,7 @@ from ..run.endpoint import (
 from ..run.evaluation import (
     RunSettings,
 )
+from ..run.identity import differences, refusal
 from ..run.runlock import RunLock
 from .options import Options
 
@@ -53,8 +58,8 @@ class EvalchemyState:
     selected: frozenset[str] | None = None
     config_warnings: list[str] = field(default_factory=list)  # a limit above a data set's size
     config_notes: list[str] = field(default_factory=list)  # what could not be checked
-    replicas: list[str] = field(default_factory=list)  # endpoints behind the router
-    router: str | None = None  # the completions URL of the router every request goes through
+    replicas: list[Endpoint] = field(default_factory=list)  # endpoints behind the router
+    router: Endpoint | None = None  # the router every request goes through
 
     def settings_for(self, planned: PlannedItem) -> RunSettings | None:
         """The run's settings with the endpoint that serves ``planned``."""
@@ -98,6 +103,54 @@ class EvalchemyState:
             chat=o.chat,
         )
 
+    def shown_endpoints(self) -> list[str]:
+        """Every endpoint of the run, redacted: the replicas behind the router, else those
+        checked, else those given."""
+        if self.replicas:
+            return [e.redacted for e in self.replicas]
+        if self.endpoints:
+            return [redact_url(e.url) for e in self.endpoints]
+        return [e.redacted for e in self.options.endpoints]
+
+    def hold_run_folder(self, add_cleanup: Callable[[Callable[[], None]], None]) -> None:
+        """Lock the run folder for the run's whole life: a second run with the same id is
+        refused at once and writes nothing. xdist workers run under the controller's lock."""
+        lock = RunLock(self.paths.root, self.run_id)
+        lock.acquire()
+        self.lock = lock
+        add_cleanup(lock.release)
+
+    def load_previous(self) -> None:
+        """Read the summary of the run being resumed (``UsageProblem`` when there is none)."""
+        path = self.paths.summary
+        where = f"--evalchemy-resume {self.run_id}: "
+        try:
+            summary = load_summary(path, label=where, shown=str(path))
+        except FileNotFoundError:
+            raise UsageProblem(
+                f"{where}no summary at {path}; check the run id and --evalchemy-output"
+            ) from None
+        self.started_at = summary.get("started_at") or self.started_at
+        self.previous_summary = summary
+        self.previous = dict(summary.get("tasks") or {})
+
+    def check_resume(self) -> None:
+        """Refuse a resume that would complete another run than the one recorded (one line
+        that names each difference) with ``UsageProblem``, unless --evalchemy-resume-force;
+        then the summary records it."""
+        recorded = self.previous_summary.get("identity")
+        if isinstance(recorded, dict):
+            found = differences(recorded, self.identity())
+        else:
+            found = ["the run records no identity (written by an older pytest-evalchemy)"]
+        if not found:
+            return
+        if not self.options.resume_force:
+            raise UsageProblem(f"evalchemy: {refusal(self.run_id, found)}")
+        assert self.resume_entry is not None
+        known = self.resume_entry["differences"]
+        known.extend(f for f in found if f not in known)
+
     def identity(self) -> dict[str, Any]:
         """What makes this run itself (see identity.py); the endpoint's fields are ``None``
         before the endpoint check."""
@@ -129,15 +182,16 @@ class EvalchemyState:
         resumes = list(self.previous_summary.get("resumes") or [])
         if self.resume_entry is not None:
             resumes.append(self.resume_entry)
+        given = self.options.endpoint
         return summary_header(
             run_id=self.run_id,
-            endpoint=endpoint.url if endpoint else (self.options.endpoint or ""),
+            endpoint=endpoint.url if endpoint else (given.url if given else ""),
             model=endpoint.model if endpoint else self.options.model,
-            endpoints=self.replicas
+            endpoints=[e.url for e in self.replicas]
             or [e.url for e in self.endpoints]
-            or list(self.options.endpoints),
-            router=self.router,
-            replicas=self.replicas,
+            or [e.url for e in self.options.endpoints],
+            router=self.router.url if self.router else None,
+            replicas=[e.url for e in self.replicas],
             config_path=str(self.eval_config.path),
             config_sha256=self.eval_config.sha256,
             config_warnings=self.config_warnings,

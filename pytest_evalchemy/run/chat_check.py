@@ -10,16 +10,10 @@ from typing import Any
 
 import requests
 
+from ..core.endpoint import Endpoint
 from ..core.errors import EndpointError
-from .endpoint import (
-    CHECK_PATIENCE_S,
-    EndpointInfo,
-    _check_prompt_logprobs,
-    _headers,
-    _Session,
-    redact_url,
-    server_root,
-)
+from ..core.redact import redact_url
+from .endpoint import CHECK_PATIENCE_S, EndpointInfo, _check_prompt_logprobs, session_for
 from .patience import Outage
 from .reasoning import DEFAULT_THINK_END, reasoning_in_chat_answer
 
@@ -28,16 +22,16 @@ PROBE_MESSAGES = [{"role": "user", "content": "What is 2 + 3? Answer with the nu
 PROBE_MAX_TOKENS = 64
 
 
-def chat_url_of(info: EndpointInfo) -> str:
-    return info.chat_url or info.url.removesuffix("/completions") + "/chat/completions"
+def _endpoint_of(info: EndpointInfo) -> Endpoint:
+    """The URLs of what the check found (the chat URL given, else the completions URL)."""
+    return Endpoint(info.chat_url or info.url)
 
 
 def inspect_chat(
     info: EndpointInfo,
+    endpoint: Endpoint,
     *,
     probe_chat: bool,
-    api_key: str | None = None,
-    verify: bool | str = True,
     timeout: float = 30.0,
     think_end_token: str = DEFAULT_THINK_END,
     loglikelihood: bool = False,
@@ -46,13 +40,11 @@ def inspect_chat(
     whether ``/v1/completions`` is served (when the user gave a chat URL), and, when
     ``probe_chat``, one short chat request: reachable, and thinking or not. Behind a chat
     URL the completions endpoint gets the prompt-logprob check when ``loglikelihood`` items
-    will use it."""
-    session = _Session()
-    session.headers.update(_headers(api_key))
-    session.verify = verify
+    will use it. ``endpoint`` is the one checked (its auth and TLS)."""
+    session = session_for(endpoint)
     found: dict[str, Any] = {"chat_template": False}
     try:
-        resp = session.get(f"{server_root(info.url)}/tokenizer_info", timeout=timeout)
+        resp = session.get(endpoint.tokenizer_info_url, timeout=timeout)
         if resp.status_code == 200:
             found["chat_template"] = bool(resp.json().get("chat_template"))
     except (requests.RequestException, ValueError, AttributeError):
@@ -79,7 +71,7 @@ def inspect_chat(
             "temperature": 0,
         }
         try:
-            resp = session.post(chat_url_of(info), json=body, timeout=timeout)
+            resp = session.post(endpoint.chat_completions_url, json=body, timeout=timeout)
             found["chat_reachable"] = resp.status_code == 200
             how = reasoning_in_chat_answer(resp.json(), think_end_token) if resp.ok else None
         except (requests.RequestException, ValueError):
@@ -94,7 +86,9 @@ def endpoint_findings(info: EndpointInfo) -> dict[str, Any]:
     """What the check found, for the summary's header."""
     return {
         "chat_template": info.chat_template,
-        "chat_endpoint": redact_url(chat_url_of(info)) if info.chat_reachable else None,
+        "chat_endpoint": redact_url(_endpoint_of(info).chat_completions_url)
+        if info.chat_reachable
+        else None,
         "chat_reachable": info.chat_reachable,
         "completions": info.completions,
         "reasoning": info.reasoning,
@@ -153,7 +147,7 @@ def refuse_unusable(
     if template_keys and not info.chat_template:
         raise EndpointError(
             f"apply_chat_template is on for {', '.join(template_keys)}, but "
-            f"{redact_url(server_root(info.url))}/tokenizer_info serves no chat template. Start "
+            f"{redact_url(_endpoint_of(info).tokenizer_info_url)} serves no chat template. Start "
             "vLLM with --chat-template FILE (and --enable-tokenizer-info-endpoint), serve a model "
             "whose tokenizer has one, pass --evalchemy-tokenizer with a local tokenizer that has "
             "one, or turn apply_chat_template off (--evalchemy-chat-template=false)"

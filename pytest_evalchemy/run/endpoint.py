@@ -7,18 +7,20 @@ Imports no pytest and no lm-eval.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
+from ..core.endpoint import Endpoint, split_credentials
+from ..core.endpoint import completions_url_of as completions_url_of
+from ..core.endpoint import is_chat_url as is_chat_url
+from ..core.endpoint import normalize_endpoint as normalize_endpoint
 from ..core.errors import EndpointError
 from ..core.redact import redact_url
 from .patience import (
@@ -63,85 +65,23 @@ class EndpointInfo:
         return cls(**data)
 
 
-def is_chat_url(url: str) -> bool:
-    """Whether ``url`` is a chat-completions endpoint."""
-    return urlsplit(url).path.rstrip("/").endswith("/chat/completions")
-
-
-def completions_url_of(url: str) -> str:
-    """The completions URL of the server behind a chat URL (or the URL itself)."""
-    parts = urlsplit(url)
-    path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        path = path.removesuffix("/chat/completions") + "/completions"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def normalize_endpoint(url: str) -> str:
-    """The completions URL for what a user typed: a server root or ``/v1`` gets
-    ``/v1/completions`` added; a chat URL stays as it is (generation tasks go there,
-    loglikelihood tasks to the same server's ``/v1/completions``)."""
-    url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise EndpointError(
-            f"endpoint {url!r} is not an http(s) URL; expected e.g. http://localhost:8000/v1/completions"
-        )
-    path = parts.path.rstrip("/")
-    if not path.endswith("/completions"):
-        path = f"{path}/completions" if path.endswith("/v1") else f"{path}/v1/completions"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def split_credentials(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``user:password@``, and them as the value of an HTTP basic
-    ``Authorization`` header (None when the URL has none)."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url, None
-    user, _, password = userinfo.partition(":")
-    pair = f"{unquote(user)}:{unquote(password)}"
-    try:
-        raw = pair.encode("latin1")  # what requests and aiohttp send
-    except UnicodeEncodeError:
-        raw = pair.encode("utf-8")
-    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return clean, f"Basic {base64.b64encode(raw).decode()}"
-
-
 def authorization(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
-    """Where to send a request for ``url`` and its one ``Authorization`` header. An API key
-    given explicitly wins (``Bearer``), and the URL's credentials are then not sent at all;
-    without one, the URL's ``user:password`` become basic auth. The URL returned never holds
-    credentials: aiohttp refuses them next to an Authorization header, and requests would
-    send them over it."""
-    clean, basic = split_credentials(url)
-    if api_key:
-        return clean, {"Authorization": f"Bearer {api_key}"}
-    return clean, {"Authorization": basic} if basic else {}
+    """Where to send a request for ``url`` and its one ``Authorization`` header
+    (``Endpoint.headers``). The URL returned never holds credentials: aiohttp refuses them
+    next to an Authorization header, and requests would send them over it."""
+    return split_credentials(url)[0], Endpoint(url, api_key).headers
 
 
-def unsent_credentials(urls: tuple[str, ...], api_key: str | None) -> str | None:
+def unsent_credentials(endpoints: tuple[Endpoint, ...]) -> str | None:
     """The warning for an API key given with endpoint URLs that carry credentials: one
-    Authorization header is sent, the key's (``authorization``)."""
-    shown = [redact_url(u) for u in urls if split_credentials(u)[1]]
-    if not api_key or not shown:
+    Authorization header is sent, the key's (``Endpoint.headers``)."""
+    shown = [e.redacted for e in endpoints if e.basic_auth]
+    if not shown or not any(e.api_key for e in endpoints):
         return None
     return (
         f"endpoint {', '.join(shown)}: the URL's user:password are not sent, the API key is "
         "(Authorization: Bearer, from EVALCHEMY_API_KEY or OPENAI_API_KEY); drop one of them"
     )
-
-
-def server_root(completions_url: str) -> str:
-    """Where vLLM serves ``/tokenizer_info`` and ``/tokenize`` (lm-eval's rule)."""
-    return completions_url.split("/v1/completions", 1)[0].rstrip("/")
-
-
-def models_url(completions_url: str) -> str:
-    """``.../v1/completions`` -> ``.../v1/models``."""
-    return completions_url.rsplit("/completions", 1)[0] + "/models"
 
 
 class _Session(requests.Session):
@@ -160,8 +100,14 @@ class _Session(requests.Session):
             return super().request(method, url, *args, **kwargs)
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def session_for(endpoint: Endpoint) -> requests.Session:
+    """A session with ``endpoint``'s API key and TLS setting (its URLs' credentials are
+    added per request)."""
+    session = _Session()
+    if endpoint.api_key:
+        session.headers.update(endpoint.headers)
+    session.verify = endpoint.verify
+    return session
 
 
 def _describe(resp: requests.Response) -> str:
@@ -319,7 +265,7 @@ def _check_prompt_logprobs(
 
 
 def _check_remote_tokenizer(
-    session: requests.Session, root: str, timeout: float, outage: Outage
+    session: requests.Session, endpoint: Endpoint, timeout: float, outage: Outage
 ) -> bool:
     """Whether vLLM's tokenizer endpoints answer; a 404 says no at once, a transient failure
     is asked again like the other check requests."""
@@ -334,9 +280,9 @@ def _check_remote_tokenizer(
         return outage.call(attempt)
 
     try:
-        info = answers("GET", f"{root}/tokenizer_info")
+        info = answers("GET", endpoint.tokenizer_info_url)
         tok = answers(
-            "POST", f"{root}/tokenize", json={"prompt": "Hello", "add_special_tokens": False}
+            "POST", endpoint.tokenize_url, json={"prompt": "Hello", "add_special_tokens": False}
         )
     except (requests.RequestException, OutageGaveUp, ValueError):
         return False
@@ -366,32 +312,26 @@ def _served_list(
 
 
 def check_endpoint(
-    url: str,
+    endpoint: Endpoint,
     *,
     model: str | None = None,
-    api_key: str | None = None,
     local_tokenizer: str | None = None,
     need_tokenizer: bool = True,
     timeout: float = 30.0,
-    verify: bool | str = True,
     need_logprobs: bool = True,
     wait_s: float | None = None,
     on_wait: Callable[[str], None] | None = None,
 ) -> EndpointInfo:
-    """Check that ``url`` serves ``model`` (default: the first it lists) with prompt logprobs
-    (unless not ``need_logprobs``: a chat run without loglikelihood tasks) and, when
-    ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it.
-    ``verify``: requests' TLS setting (False, or a CA bundle path). Transient failures are
-    asked again for up to ``wait_s`` seconds (default ``CHECK_PATIENCE_S``), and ``on_wait``
-    hears a line of progress while the check waits."""
-    chat_url = url if is_chat_url(url) else None
-    url = completions_url_of(url)
-    session = _Session()
-    session.headers.update(_headers(api_key))
-    session.verify = verify
+    """Check that ``endpoint`` serves ``model`` (default: the first it lists) with prompt
+    logprobs (unless not ``need_logprobs``: a chat run without loglikelihood tasks) and, when
+    ``need_tokenizer``, a tokenizer; raise ``EndpointError`` saying how to fix it. Transient
+    failures are asked again for up to ``wait_s`` seconds (default ``CHECK_PATIENCE_S``), and
+    ``on_wait`` hears a line of progress while the check waits."""
+    url = endpoint.completions_url
+    session = session_for(endpoint)
     # One window for the whole check: a server that is starting is waited for once.
     outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
-    served = _served_list(session, models_url(url), timeout, outage, on_wait=on_wait)
+    served = _served_list(session, endpoint.models_url, timeout, outage, on_wait=on_wait)
     if model is None:
         model = next(iter(served))
     elif model not in served:
@@ -403,7 +343,7 @@ def check_endpoint(
         _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
     remote = False
     if local_tokenizer is None:
-        remote = _check_remote_tokenizer(session, server_root(url), timeout, outage)
+        remote = _check_remote_tokenizer(session, endpoint, timeout, outage)
         if need_tokenizer and not remote:
             raise EndpointError(
                 f"no tokenizer for {redact_url(url)}: the server has no /tokenizer_info and /tokenize "
@@ -416,26 +356,16 @@ def check_endpoint(
         model=model,
         max_model_len=served[model],
         remote_tokenizer=remote,
-        chat_url=chat_url,
+        chat_url=endpoint.chat_url,
     )
 
 
-def split_endpoints(value: str | None) -> tuple[str, ...]:
-    """Endpoints from a comma- or space-separated value, normalized, duplicates dropped."""
-    out: list[str] = []
-    for part in (value or "").replace(",", " ").split():
-        url = normalize_endpoint(part)
-        if url not in out:
-            out.append(url)
-    return tuple(out)
-
-
 def check_endpoints(
-    urls: tuple[str, ...], *, allow_mixed_models: bool = False, **kwargs: Any
+    endpoints: tuple[Endpoint, ...], *, allow_mixed_models: bool = False, **kwargs: Any
 ) -> list[EndpointInfo]:
-    """``check_endpoint`` on each URL; several endpoints must serve the same model (the run's
-    scores would otherwise mix models) unless ``allow_mixed_models``."""
-    infos = [check_endpoint(url, **kwargs) for url in urls]
+    """``check_endpoint`` on each endpoint; several endpoints must serve the same model (the
+    run's scores would otherwise mix models) unless ``allow_mixed_models``."""
+    infos = [check_endpoint(endpoint, **kwargs) for endpoint in endpoints]
     models = {info.model for info in infos}
     if len(models) > 1 and not allow_mixed_models:
         served = ", ".join(f"{redact_url(i.url)} serves {i.model!r}" for i in infos)

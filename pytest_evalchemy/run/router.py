@@ -33,8 +33,10 @@ from typing import IO, Any
 
 import requests
 
+from ..core.endpoint import HEALTH_PATH, Endpoint
 from ..core.errors import EndpointError
-from .endpoint import CHECK_PATIENCE_S, EndpointInfo, authorization, redact_url, server_root
+from ..core.redact import redact_url
+from .endpoint import CHECK_PATIENCE_S, EndpointInfo, split_credentials
 from .patience import TRANSIENT_STATUSES, Outage, OutageGaveUp, connection_reason
 from .serve import ServeError, free_port, log_tail, stop_process_group
 
@@ -48,10 +50,9 @@ POLICY = "round_robin"  # equal replicas; power_of_two would need 2+ healthy wor
 # rotation; until then its retries send that replica's requests to the others.
 HEALTH_CHECK_S = 5
 TOKENIZER_PROBE = "The quick brown fox, 1234 — ünïcödé."
-# What the router polls on each worker (its --health-check-endpoint default) before it serves,
-# and how long it gives an answer (its --health-check-timeout-secs default). It sends no API
-# key there (it gets none), and neither does the check.
-HEALTH_PATH = "/health"
+# How long the router gives a worker's HEALTH_PATH an answer before it serves (its
+# --health-check-timeout-secs default). It sends no API key there (it gets none), and neither
+# does the check.
 HEALTH_TIMEOUT_S = 5.0
 
 
@@ -93,8 +94,10 @@ def command_line(
 class Router:
     """One ``vllm-router`` process: ``start()``, ``wait_ready()``, ``stop()``."""
 
-    def __init__(self, workers: Sequence[str], log_path: Path, binary: str | None = None) -> None:
-        self.workers = [server_root(w) for w in workers]
+    def __init__(
+        self, workers: Sequence[Endpoint], log_path: Path, binary: str | None = None
+    ) -> None:
+        self.workers = [w.root for w in workers]
         self.log_path = log_path
         self.binary = binary or find_binary()
         self.host = "127.0.0.1"
@@ -110,8 +113,13 @@ class Router:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def endpoint(self) -> Endpoint:
+        """The router as an endpoint (its derived URLs; no API key, default TLS)."""
+        return Endpoint.parse(self.base_url)
+
+    @property
     def completions_url(self) -> str:
-        return self.base_url + "/v1/completions"
+        return self.endpoint.completions_url
 
     @property
     def pid(self) -> int | None:
@@ -150,7 +158,7 @@ class Router:
             if code is not None:
                 raise ServeError(self._failure(f"{BINARY} exited with code {code}"))
             try:
-                with urllib.request.urlopen(self.base_url + "/v1/models", timeout=2) as resp:
+                with urllib.request.urlopen(self.endpoint.models_url, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (OSError, ValueError):
@@ -182,31 +190,29 @@ class Router:
             atexit.unregister(self.stop)
 
 
-def _tokenizer_fingerprint(
-    url: str, api_key: str | None, verify: bool | str, timeout: float = 30.0
-) -> Any:
+def _tokenizer_fingerprint(endpoint: Endpoint, timeout: float = 30.0) -> Any:
     """What a replica's tokenizer makes of a probe string (None without /tokenize)."""
-    url, headers = authorization(url, api_key)
     try:
         resp = requests.post(
-            f"{server_root(url)}/tokenize",
+            # Without the URL's credentials: the one Authorization header carries them.
+            split_credentials(endpoint.tokenize_url)[0],
             json={"prompt": TOKENIZER_PROBE, "add_special_tokens": False},
-            headers=headers,
+            headers=endpoint.headers,
             timeout=timeout,
-            verify=verify,
+            verify=endpoint.verify,
         )
         return resp.json().get("tokens") if resp.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
 
 
-def _health(root: str, verify: bool | str, outage: Outage) -> tuple[bool, str]:
-    """Whether ``root`` answers ``GET /health`` as the router needs (2xx), and what it answered
+def _health(endpoint: Endpoint, outage: Outage) -> tuple[bool, str]:
+    """Whether ``endpoint``'s server answers ``GET /health`` as the router needs (2xx), and what it answered
     ("HTTP 404", "connection refused"); a server that is away or busy is asked again while
     ``outage`` lasts, as the endpoint check's other requests are."""
 
     def attempt() -> int:
-        resp = requests.get(root + HEALTH_PATH, timeout=HEALTH_TIMEOUT_S, verify=verify)
+        resp = requests.get(endpoint.health_url, timeout=HEALTH_TIMEOUT_S, verify=endpoint.verify)
         if resp.status_code in TRANSIENT_STATUSES:
             resp.raise_for_status()
         return resp.status_code
@@ -227,19 +233,16 @@ def _health(root: str, verify: bool | str, outage: Outage) -> tuple[bool, str]:
     return 200 <= status < 300, f"HTTP {status}"
 
 
-def check_health(
-    urls: Sequence[str], verify: bool | str = True, wait_s: float | None = None
-) -> None:
+def check_health(endpoints: Sequence[Endpoint], wait_s: float | None = None) -> None:
     """Raise ``EndpointError`` unless every endpoint answers ``/health`` as the router needs.
     Without any healthy worker it waits until its timeout and does not start; a worker without
     ``/health`` it takes out of the rotation after its first health checks (seen within 10 s),
     so the run would quietly use fewer endpoints than given. The error names each endpoint
     and what it answered. ``wait_s`` is the endpoint check's patience."""
     answers = []
-    for url in urls:
-        root = server_root(url)
+    for endpoint in endpoints:
         outage = Outage(CHECK_PATIENCE_S if wait_s is None else wait_s)
-        answers.append((redact_url(root + HEALTH_PATH), *_health(root, verify, outage)))
+        answers.append((redact_url(endpoint.health_url), *_health(endpoint, outage)))
     if all(ok for _, ok, _ in answers):
         return
     said = ", ".join(f"{url} answered {what}" for url, _, what in answers)
@@ -252,11 +255,10 @@ def check_health(
     )
 
 
-def check_replicas(
-    infos: Sequence[EndpointInfo], api_key: str | None = None, verify: bool | str = True
-) -> None:
+def check_replicas(infos: Sequence[EndpointInfo], endpoints: Sequence[Endpoint]) -> None:
     """Raise ``EndpointError`` unless the replicas serve the same model with the same context
-    length and tokenizer: behind one router any replica may answer any request."""
+    length and tokenizer: behind one router any replica may answer any request.
+    ``endpoints``: the replicas checked into ``infos``, in the same order."""
     if len(infos) < 2:
         return
     first = infos[0]
@@ -275,7 +277,7 @@ def check_replicas(
             f"({show('max_model_len')}); start them with the same --max-model-len"
         )
     if first.remote_tokenizer:
-        prints = [_tokenizer_fingerprint(i.url, api_key, verify) for i in infos]
+        prints = [_tokenizer_fingerprint(e) for e in endpoints]
         if any(p != prints[0] for p in prints[1:]):
             urls = ", ".join(redact_url(i.url) for i in infos)
             raise EndpointError(

