@@ -38,7 +38,7 @@ from ..core.errors import EndpointError
 from ..core.redact import redact_url
 from .endpoint import CHECK_PATIENCE_S, EndpointInfo, split_credentials
 from .patience import TRANSIENT_STATUSES, Outage, OutageGaveUp, connection_reason
-from .serve import ServeError, free_port, log_tail, stop_process_group
+from .serve import ListeningProcess, ServeError, free_port, log_tail, stop_process_group
 
 # The logger keeps its name of the flat layout: users filter log lines by it.
 log = logging.getLogger("pytest_evalchemy.router")
@@ -91,8 +91,10 @@ def command_line(
     ]
 
 
-class Router:
+class Router(ListeningProcess):
     """One ``vllm-router`` process: ``start()``, ``wait_ready()``, ``stop()``."""
+
+    what = "router"
 
     def __init__(
         self, workers: Sequence[Endpoint], log_path: Path, binary: str | None = None
@@ -101,29 +103,10 @@ class Router:
         self.log_path = log_path
         self.binary = binary or find_binary()
         self.host = "127.0.0.1"
-        self.port: int | None = None
+        self.port = None
         self.command: list[str] = []
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
         self._log: IO[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        if self.port is None:
-            raise ServeError("router not started")
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The router as an endpoint (its derived URLs; no API key, default TLS)."""
-        return Endpoint.parse(self.base_url)
-
-    @property
-    def completions_url(self) -> str:
-        return self.endpoint.completions_url
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
 
     def start(self) -> None:
         if self.binary is None:

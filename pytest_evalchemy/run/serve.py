@@ -185,43 +185,54 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-class VllmServer:
-    """One vLLM server process tree: ``start()``, ``wait_ready()``, ``stop()``, or ``with``."""
+class ListeningProcess:
+    """A server process the plugin starts on a loopback port: its PID and its address as an
+    endpoint. ``host``, ``port`` and ``_proc`` are set by the subclass; ``port`` is None
+    until it is started."""
 
-    def __init__(self, spec: ServeSpec) -> None:
-        self.spec = spec
-        self.port: int | None = None
-        self.command: list[str] = []
-        self.warnings: list[str] = []
-        self.models: list[dict[str, Any]] = []
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._stopping = False
-        self.started_at = 0.0
-        self.ready_after: float | None = None  # seconds from start() to the first 200 of /v1/models
+    what = "server"
+    host: str
+    port: int | None
+    _proc: subprocess.Popen[bytes] | None
 
-    # -- properties -----------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
-        """PID of the server process, which also leads its process group."""
+        """PID of the process, which also leads its process group."""
         return None if self._proc is None else self._proc.pid
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` (no trailing slash)."""
         if self.port is None:
-            raise ServeError("server not started")
-        return f"http://{self.spec.host}:{self.port}"
+            raise ServeError(f"{self.what} not started")
+        return f"http://{self.host}:{self.port}"
 
     @property
     def endpoint(self) -> Endpoint:
-        """The server as an endpoint (its derived URLs; no API key, default TLS)."""
+        """The process as an endpoint (its derived URLs; no API key, default TLS)."""
         return Endpoint.parse(self.base_url)
 
     @property
     def completions_url(self) -> str:
         """The full ``/v1/completions`` URL, as lm-eval's ``base_url`` wants it."""
         return self.endpoint.completions_url
+
+
+class VllmServer(ListeningProcess):
+    """One vLLM server process tree: ``start()``, ``wait_ready()``, ``stop()``, or ``with``."""
+
+    def __init__(self, spec: ServeSpec) -> None:
+        self.spec = spec
+        self.host = spec.host
+        self.port = None
+        self.command: list[str] = []
+        self.warnings: list[str] = []
+        self.models: list[dict[str, Any]] = []
+        self._proc = None
+        self._log: IO[bytes] | None = None
+        self._stopping = False
+        self.started_at = 0.0
+        self.ready_after: float | None = None  # seconds from start() to the first 200 of /v1/models
 
     @property
     def model_id(self) -> str:
