@@ -225,10 +225,10 @@ def item_durations(summary: dict[str, Any]) -> list[float]:
 
 
 def cli_command(url: str, task: str, **settings: Any) -> list[str]:
-    """The plugin's equivalent ``lm-eval run`` command of an item (HarnessRequest.cli_command)."""
-    from pytest_evalchemy.run.lmeval.harness import HarnessRequest
+    """The plugin's equivalent ``lm-eval run`` command of an item (ItemRequest.cli_command)."""
+    from pytest_evalchemy.run.lmeval.harness import ItemRequest
 
-    request = HarnessRequest(
+    request = ItemRequest(
         tasks=(task,),
         model=TEST_MODEL,
         base_url=url,

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if limit is not None and limit >= 1:
         limit = int(limit)
     adaptive = concurrency.parse_concurrency(args.concurrency) == concurrency.AUTO
-    request = harness.HarnessRequest(
+    request = harness.ItemRequest(
         tasks=tuple(args.task),
         model=args.model_name,
         base_url=args.url,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .run.lmeval.harness import HarnessRequest
+    from .run.lmeval.harness import ItemRequest
 
 
 @pytest.hookspec(firstresult=True)
@@ -32,9 +32,7 @@ def pytest_evalchemy_update_summary(config: pytest.Config, summary: dict[str, An
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_evalchemy_item_request(
-    item: pytest.Item, request: HarnessRequest
-) -> HarnessRequest | None:
+def pytest_evalchemy_item_request(item: pytest.Item, request: ItemRequest) -> ItemRequest | None:
     """Change how an item runs: return a modified ``request`` (``dataclasses.replace(request,
     num_fewshot=0)``), or None to keep it. Called in the process that runs the item (an xdist
     worker under ``-n``), for the config's items and for ``evalchemy.run()`` alike; ``item`` is

@@ -24,7 +24,7 @@ def _evaluate(
     from pytest_evalchemy.run.lmeval import completions_model  # registers the model
 
     assert completions_model.MODEL_NAME == "evalchemy-completions"
-    request = harness.HarnessRequest(
+    request = harness.ItemRequest(
         tasks=tuple(OFFLINE_TASKS),
         model=server.model,
         base_url=server.completions_url,

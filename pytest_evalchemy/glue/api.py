@@ -31,7 +31,7 @@ from .state import API_RECORD_PROPERTY
 
 if TYPE_CHECKING:
     from ..run.evaluation import RunSettings
-    from ..run.lmeval.harness import HarnessRequest
+    from ..run.lmeval.harness import ItemRequest
     from .state import EvalchemyState
 
 # A test name becomes a folder name: parametrize ids may hold any character.
@@ -125,7 +125,7 @@ class Evalchemy:
         node: pytest.Item,
         state: EvalchemyState,
         execute: Execute,
-        adjust: Callable[[HarnessRequest], HarnessRequest],
+        adjust: Callable[[ItemRequest], ItemRequest],
     ) -> None:
         # The plugin hands in how an item runs, so this module needs no import of the plugin.
         self._node = node

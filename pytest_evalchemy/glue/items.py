@@ -31,7 +31,7 @@ from ..run.evaluation import (
     log_warnings,
     run_item,
 )
-from ..run.lmeval.harness import HarnessRequest
+from ..run.lmeval.harness import ItemRequest
 from .state import RECORD_PROPERTY, STATE
 
 
@@ -211,10 +211,10 @@ class TimeoutHooks:
         return True
 
 
-def request_hook(item: pytest.Item) -> Callable[[HarnessRequest], HarnessRequest]:
+def request_hook(item: pytest.Item) -> Callable[[ItemRequest], ItemRequest]:
     """The ``pytest_evalchemy_item_request`` hook as the callback ``run_item`` takes."""
 
-    def adjust(request: HarnessRequest) -> HarnessRequest:
+    def adjust(request: ItemRequest) -> ItemRequest:
         # config.hook, not item.ihook: the item's path-scoped relay would skip a conftest
         # that does not lie above the config file (--evalchemy-config=/elsewhere/cfg.json).
         changed = item.config.hook.pytest_evalchemy_item_request(item=item, request=request)
@@ -227,8 +227,8 @@ def execute_item(
     planned: PlannedItem,
     settings: RunSettings,
     record: dict[str, Any],
-    adjust: Callable[[HarnessRequest], HarnessRequest] | None = None,
-    request: HarnessRequest | None = None,
+    adjust: Callable[[ItemRequest], ItemRequest] | None = None,
+    request: ItemRequest | None = None,
 ) -> None:
     """Run an item into ``record``, which says how it ended however it ends; re-raises (a
     config item and ``evalchemy.run()`` share this)."""

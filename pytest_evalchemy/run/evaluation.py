@@ -140,7 +140,7 @@ def chat_note(item: PlannedItem, settings: RunSettings) -> str:
     return "; ".join(parts)
 
 
-def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRequest:
+def build_request(item: PlannedItem, settings: RunSettings) -> harness.ItemRequest:
     """The lm-eval request of ``item`` under ``settings``."""
     task = item.task
     chat = chat_of(item, settings)
@@ -161,7 +161,7 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.HarnessRe
         num_concurrent = settings.max_concurrency
     else:
         num_concurrent = INITIAL_CONCURRENCY if auto else int(settings.concurrency)
-    return harness.HarnessRequest(
+    return harness.ItemRequest(
         tasks=task.tasks,
         model=settings.endpoint.model,
         base_url=settings.endpoint.url,
@@ -362,7 +362,7 @@ def _write_item_files(item_dir: Path, results: dict[str, Any], output_path: str 
 def base_record(
     item: PlannedItem,
     settings: RunSettings | None,
-    request: harness.HarnessRequest | None = None,
+    request: harness.ItemRequest | None = None,
 ) -> ItemRecord:
     """The summary entry of an item before it has run."""
     task = item.task
@@ -391,7 +391,7 @@ def base_record(
     return record
 
 
-def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
+def request_settings(request: harness.ItemRequest) -> dict[str, Any]:
     """The record's ``settings``: what of the request changes or explains a score."""
     return {
         "num_fewshot": request.num_fewshot,
@@ -414,7 +414,7 @@ def request_settings(request: harness.HarnessRequest) -> dict[str, Any]:
 
 def _set_aside_unreadable_cache(
     item: PlannedItem,
-    request: harness.HarnessRequest,
+    request: harness.ItemRequest,
     record: dict[str, Any],
     item_log: logging.Handler,
 ) -> None:
@@ -437,8 +437,8 @@ def run_item(
     item: PlannedItem,
     settings: RunSettings,
     record: dict[str, Any],
-    adjust: Callable[[harness.HarnessRequest], harness.HarnessRequest] | None = None,
-    request: harness.HarnessRequest | None = None,
+    adjust: Callable[[harness.ItemRequest], harness.ItemRequest] | None = None,
+    request: harness.ItemRequest | None = None,
 ) -> None:
     """Run ``item`` and fill ``record`` in place (so a timeout or an interrupt that ends the
     run midway still leaves what was known). Raises ``ItemFailed`` when the result is not
@@ -486,7 +486,7 @@ def run_item(
             policy = request.model_policy(
                 outage, limit=limit, context=context, api_key=settings.api_key
             )
-            results = harness.run(request, policy)
+            outcome = harness.evaluate(request, policy)
     except ContextTooLong as exc:
         record["status"] = Status.FAILED
         record["message"] = f"{exc} (--evalchemy-strict-context)"
@@ -506,10 +506,9 @@ def run_item(
         _write_progress(item_dir, record)
     if context.found:
         warnings.warn(ContextWarning(f"{item.key}: {context.message()}"), stacklevel=2)
-    results = scrub_results(results, settings.secrets)
-    thinking = results.pop(harness.THINKING_KEY, None)
-    if thinking is not None:
-        record["thinking"] = thinking
+    results = scrub_results(outcome.results, settings.secrets)
+    if outcome.thinking is not None:
+        record["thinking"] = scrub_results(outcome.thinking, settings.secrets)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

@@ -41,7 +41,7 @@ NON_METRIC_KEYS = {"name", "alias", "sample_len", " "}
 
 
 @dataclass(frozen=True)
-class HarnessRequest:
+class ItemRequest:
     """Everything one lm-eval run of a test item needs."""
 
     tasks: tuple[str, ...]
@@ -319,10 +319,18 @@ def capture_log(
         handler.close()
 
 
-def run(request: HarnessRequest, policy: ModelPolicy) -> dict[str, Any]:
-    """Run lm-eval's ``simple_evaluate`` on the model of ``request`` under ``policy``; the
-    returned results are plain JSON values. A server away for longer than the policy's
-    outage window raises ``EndpointGone``."""
+@dataclass(frozen=True)
+class ItemResult:
+    """What lm-eval gave for one item: its results as plain JSON values (the samples included
+    when they are logged), and, for a reasoning item, how its thinking went."""
+
+    results: dict[str, Any]
+    thinking: dict[str, Any] | None = None
+
+
+def evaluate(request: ItemRequest, policy: ModelPolicy) -> ItemResult:
+    """Run lm-eval's ``simple_evaluate`` on the model of ``request`` under ``policy``. A server
+    away for longer than the policy's outage window raises ``EndpointGone``."""
     tm = task_manager(request.include_paths, request.tasks)
     from lm_eval.utils import handle_non_serializable
 
@@ -336,18 +344,19 @@ def run(request: HarnessRequest, policy: ModelPolicy) -> dict[str, Any]:
         results = _evaluate(request, tm, policy)
     if results is None:
         raise HarnessError("lm-eval returned no results")
+    thinking = None
     if log is not None:
         from ..reasoning import samples_with_thinking
 
         for rows in (results.get("samples") or {}).values():
             samples_with_thinking(rows, request.think_end_token)
-        results[THINKING_KEY] = log.summary()
+        thinking = log.summary()
     # numpy floats and other objects become plain JSON values, the way lm-eval writes them.
-    return json.loads(json.dumps(results, default=handle_non_serializable))
+    return ItemResult(json.loads(json.dumps(results, default=handle_non_serializable)), thinking)
 
 
 def _model(
-    request: HarnessRequest, model_args: dict[str, Any], policy: ModelPolicy
+    request: ItemRequest, model_args: dict[str, Any], policy: ModelPolicy
 ) -> tuple[str, Any]:
     """The registered name and an instance of the item's model, built the way lm-eval's
     ``simple_evaluate`` builds a named one, with the policy as a constructor argument.
@@ -365,7 +374,7 @@ def _model(
     return name, cls.create_from_arg_obj(model_args, extra)
 
 
-def _evaluate(request: HarnessRequest, tm: Any, policy: ModelPolicy) -> Any:
+def _evaluate(request: ItemRequest, tm: Any, policy: ModelPolicy) -> Any:
     import lm_eval
 
     _quiet_git()
@@ -391,11 +400,6 @@ def _evaluate(request: HarnessRequest, tm: Any, policy: ModelPolicy) -> Any:
         # lm-eval names a model handed to it as an instance by its class: keep its name.
         results["config"]["model"] = name
     return results
-
-
-# The item's thinking statistics travel in the results under this key (taken out before the
-# results are written).
-THINKING_KEY = "evalchemy_thinking"
 
 
 class _ThinkingTasks:
