@@ -1,26 +1,22 @@
-"""Fixtures of the plugin's tests: the answer key, a running test server, and a way to run
-the plugin inside pytester."""
+"""Fixtures of the plugin's tests: the answer key, test servers, lm-eval loaded once, and the
+vLLM environment. Plain functions and constants the test modules share are in ``helpers.py``."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
-from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.run.serve import ServeSpec, VllmServer
 from pytest_evalchemy.testing import server as server_module
-from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
+from pytest_evalchemy.testing.answer_key import AnswerEntry, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-REPO = Path(__file__).resolve().parents[1]
-OFFLINE_CONFIG = REPO / "configs" / "offline_config.json"
+from .helpers import REPO
 
 
 @pytest.fixture(scope="session")
@@ -62,34 +58,6 @@ def make_server(answer_key: list[AnswerEntry]) -> Iterator[Callable[..., Evalche
     yield make
     for srv in started:
         srv.stop()
-
-
-def expected(answer_key: list[AnswerEntry], task: str, limit: int | None) -> float:
-    """The accuracy the test server's simulated model must get on the first ``limit`` docs."""
-    return expected_accuracy(answer_key, task, limit)
-
-
-def write_config(path: Path, data: dict[str, Any] | str) -> Path:
-    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2), encoding="utf-8")
-    return path
-
-
-def read_summary(root: Path) -> dict[str, Any]:
-    """The summary of the only run under ``root``."""
-    (summary,) = root.glob("*/evalchemy_summary_*.json")
-    return json.loads(summary.read_text(encoding="utf-8"))
-
-
-def check_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """``summary`` after checking it against the shipped ``configs/summary.schema.json``."""
-    schema = json.loads(summary_schema_path().read_text(encoding="utf-8"))
-    jsonschema.validate(summary, schema, cls=jsonschema.Draft202012Validator)
-    return summary
-
-
-def offline_task(name: str, **settings: Any) -> dict[str, Any]:
-    """A task entry for one offline benchmark."""
-    return {"tasks": [name], "num_fewshot": 1, "limit": 8, "batch_size": 4, **settings}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ import pytest
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import expected, offline_task, read_summary, write_config
+from .helpers import config_option, expected, offline_task, read_summary
 
 USER_TESTS = """
 import pytest
@@ -33,17 +33,13 @@ def test_bad_argument(evalchemy):
 """
 
 
-def _cfg(pytester: pytest.Pytester, tasks: dict) -> str:
-    return f"--evalchemy-config={write_config(pytester.path / 'eval.json', {'tasks': tasks})}"
-
-
 def test_run_from_a_test_beside_config_items(
     pytester: pytest.Pytester, server: EvalchemyTestServer, answer_key: list[AnswerEntry]
 ) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester, {"mini_gsm8k": offline_task("mini_gsm8k", limit=4)}),
+        config_option(pytester.path, {"mini_gsm8k": offline_task("mini_gsm8k", limit=4)}),
         "test_user.py",
         "--junitxml=junit.xml",
     )
@@ -98,7 +94,7 @@ def test_run_under_xdist(
     )
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester, {"mini_mmlu": offline_task("mini_mmlu", limit=4)}),
+        config_option(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)}),
         "test_user.py",
         "-n",
         "2",
@@ -141,8 +137,8 @@ def test_hooks_change_the_request_and_the_summary(
     )
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(
-            pytester,
+        config_option(
+            pytester.path,
             {"mini_arc": offline_task("mini_arc"), "mini_mmlu": offline_task("mini_mmlu", limit=4)},
         ),
         "test_user.py",

@@ -16,7 +16,7 @@ from pytest_evalchemy.judge.baseline import comparability_problems
 from pytest_evalchemy.run.reasoning import Split, cut_at_stops, split_thinking
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, write_config
+from .helpers import offline_task, write_config
 
 BAD_TASK_KEYS = [
     ({"apply_chat_template": ""}, "tasks.a.apply_chat_template: must not be empty"),

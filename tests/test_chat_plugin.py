@@ -16,21 +16,22 @@ from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.hf_tokenizer import write_hf_tokenizer
 from pytest_evalchemy.testing.server import THINKING, EvalchemyTestServer, encode
 
-from .conftest import REPO, expected, offline_task, read_summary, write_config
+from .helpers import (
+    REPO,
+    config_option,
+    expected,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+)
 
 GSM = "mini_gsm8k"
 GSM_METRICS = ("exact_match,strict-match", "exact_match,flexible-extract")
 
 
 def _run(pytester: pytest.Pytester, url: str, tasks: dict, *args: str) -> pytest.RunResult:
-    cfg = write_config(pytester.path / "eval.json", {"tasks": tasks})
-    return pytester.runpytest(
-        f"--evalchemy-endpoint={url}",
-        f"--evalchemy-config={cfg}",
-        "--evalchemy-no-report",
-        "-p",
-        "no:cacheprovider",
-        *args,
+    return run_evalchemy(
+        pytester, url, config_option(pytester.path, tasks), "--evalchemy-no-report", *args
     )
 
 

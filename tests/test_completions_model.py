@@ -11,7 +11,7 @@ import pytest
 from pytest_evalchemy.run.lmeval import harness
 from pytest_evalchemy.testing.server import EvalchemyTestServer, encode
 
-from .conftest import REPO
+from .helpers import REPO
 
 OFFLINE_TASKS = ["mini_arc", "mini_hellaswag", "mini_mmlu", "mini_gsm8k"]
 

@@ -5,10 +5,8 @@ limit's own bookkeeping."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,19 +14,18 @@ import pytest
 from pytest_evalchemy.run.concurrency import AdaptiveLimit, Permit
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import OFFLINE_CONFIG, offline_task, write_config
+from .helpers import (
+    OFFLINE_CONFIG,
+    offline_task,
+    read_run_summary,
+    run_evalchemy,
+    run_metrics,
+    write_config,
+)
 
 
 def _run(pytester: pytest.Pytester, url: str, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(f"--evalchemy-endpoint={url}", "--evalchemy-no-cache", *args)
-
-
-def _summary(root: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((root / run_id / f"evalchemy_summary_{run_id}.json").read_text())
-
-
-def _metrics(root: Path, run_id: str) -> dict[str, Any]:
-    return {k: v["metrics"] for k, v in _summary(root, run_id)["tasks"].items()}
+    return run_evalchemy(pytester, url, "--evalchemy-no-cache", *args)
 
 
 def test_auto_scores_equal_one_at_a_time_on_every_offline_benchmark(
@@ -50,12 +47,12 @@ def test_auto_scores_equal_one_at_a_time_on_every_offline_benchmark(
         pytester, srv.url, cfg, "--evalchemy-batch-size=1", "--evalchemy-run-id=auto1"
     ).assert_outcomes(passed=4)
     root = pytester.path / "results"
-    one = _metrics(root, "one")
+    one = run_metrics(root, "one")
     assert len(one) == 4
     assert all(one.values())
-    assert _metrics(root, "auto") == one
-    assert _metrics(root, "auto1") == one
-    summary = _summary(root, "auto")
+    assert run_metrics(root, "auto") == one
+    assert run_metrics(root, "auto1") == one
+    summary = read_run_summary(root, "auto")
     assert summary["settings"]["concurrency"] == "auto"
     for record in summary["tasks"].values():
         assert record["settings"]["num_concurrent"] == "auto"
@@ -66,7 +63,7 @@ def test_auto_scores_equal_one_at_a_time_on_every_offline_benchmark(
         # lm-eval's equivalent command: at the concurrency the item settled at, not 256 at once.
         settled = record["requests"]["concurrency"]
         assert f"num_concurrent={settled} " in record["lm_eval_command"]
-    fixed = _summary(root, "one")["tasks"]
+    fixed = read_run_summary(root, "one")["tasks"]
     assert all(r["requests"]["concurrency"] == 1 for r in fixed.values())
     assert all("adaptive" not in r["requests"] for r in fixed.values())
 
@@ -89,8 +86,8 @@ def test_auto_settles_at_the_cap_of_a_gateway_that_refuses_past_n(
     result.assert_outcomes(passed=2)
     assert gateway.stats()["faults"]["rejected"] > 1
     root = pytester.path / "results"
-    assert _metrics(root, "gateway") == _metrics(root, "clean")
-    records = _summary(root, "gateway")["tasks"]
+    assert run_metrics(root, "gateway") == run_metrics(root, "clean")
+    records = read_run_summary(root, "gateway")["tasks"]
     adaptive = [r["requests"]["adaptive"] for r in records.values()]
     overloads = sum(a["overloads"] for a in adaptive)
     assert overloads == gateway.stats()["faults"]["rejected"]
@@ -155,10 +152,10 @@ def test_concurrency_from_the_environment_and_a_max_concurrency(
         pytester, server.url, cfg, "--evalchemy-max-concurrency=2", "--evalchemy-run-id=max"
     ).assert_outcomes(passed=1)
     root = pytester.path / "results"
-    env = _summary(root, "env")
+    env = read_run_summary(root, "env")
     assert env["settings"]["concurrency"] == 3
     assert env["tasks"]["mini_mmlu/mini_mmlu"]["settings"]["num_concurrent"] == 3
-    capped = _summary(root, "max")["tasks"]["mini_mmlu/mini_mmlu"]
+    capped = read_run_summary(root, "max")["tasks"]["mini_mmlu/mini_mmlu"]
     assert capped["settings"]["max_concurrency"] == 2
     assert capped["requests"]["adaptive"]["peak_in_flight"] <= 2
     assert capped["requests"]["concurrency"] <= 2

@@ -10,7 +10,7 @@ import pytest
 from pytest_evalchemy.core.config import DISABLED_REASON, load_config, normalize_metric, plan_items
 from pytest_evalchemy.core.errors import ConfigError
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def _load(tmp_path: Path, text: str, name: str = "cfg.json"):

@@ -14,8 +14,7 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, read_summary
-from .test_reliability import _cfg, _no_traceback, _run
+from .helpers import assert_no_traceback, config_option, offline_task, read_summary, run_evalchemy
 
 # mini_arc with three shots: every prompt is longer than 64 tokens (bytes).
 ARC = {"mini_arc": offline_task("mini_arc", limit=4, num_fewshot=3, batch_size=1)}
@@ -38,10 +37,10 @@ def test_cut_prompts_are_counted_and_reported_everywhere(
     concurrency: int,
 ) -> None:
     srv = make_server(max_model_len=64)
-    result = _run(
+    result = run_evalchemy(
         pytester,
         srv.url,
-        _cfg(pytester.path, ARC),
+        config_option(pytester.path, ARC),
         f"--evalchemy-concurrency={concurrency}",
         "--evalchemy-run-id=ctx",
     )
@@ -62,13 +61,13 @@ def test_cut_prompts_are_counted_and_reported_everywhere(
     assert context["message"] == message
     result.stdout.fnmatch_lines([f"context: mini_arc/mini_arc: {message}"])
     assert f"context: {message}" in (run / "report.html").read_text()
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_a_run_that_fits_reports_nothing(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    _run(pytester, server.url, _cfg(pytester.path, ARC)).assert_outcomes(passed=1)
+    run_evalchemy(pytester, server.url, config_option(pytester.path, ARC)).assert_outcomes(passed=1)
     assert "context" not in read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
 
 
@@ -82,7 +81,7 @@ def test_strict_context_fails_the_items_before_their_requests(
     args = ["--evalchemy-strict-context"] if how == "flag" else []
     if how == "ini":
         pytester.makeini("[pytest]\nevalchemy_strict_context = true\n")
-    result = _run(pytester, srv.url, _cfg(pytester.path, {**ARC, **GSM}), *args)
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, {**ARC, **GSM}), *args)
     result.assert_outcomes(failed=2)
     tasks = read_summary(pytester.path / "results")["tasks"]
     arc, gsm = tasks["mini_arc/mini_arc"], tasks["mini_gsm8k/mini_gsm8k"]
@@ -103,4 +102,4 @@ def test_strict_context_fails_the_items_before_their_requests(
     stats = srv.stats()
     assert stats["completions"] == 2
     assert stats["requests"].get("/v1/chat/completions") == 1
-    _no_traceback(result)
+    assert_no_traceback(result)

@@ -6,16 +6,20 @@ headers). Real pytest runs, real lm-eval, the test server requiring the credenti
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, read_summary, write_config
+from .helpers import (
+    assert_nowhere,
+    config_option,
+    offline_task,
+    read_run_summary,
+    read_summary,
+    run_metrics,
+)
 
 USER = "ci-bot"
 # Distinctive, and with a character that must be percent-encoded in a URL ("/" as %2F), so the
@@ -40,23 +44,6 @@ def _with_credentials(url: str) -> str:
     return url.replace("http://", f"http://{USER}:{QUOTED}@")
 
 
-def _texts(root: Path) -> Iterator[tuple[Path, str]]:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():  # the request cache too, read as bytes
-            yield path, path.read_bytes().decode("utf-8", errors="replace")
-
-
-def _assert_nowhere(secrets: list[str], root: Path, result: pytest.RunResult) -> None:
-    output = {"stdout": result.stdout.str(), "stderr": result.stderr.str()}
-    for name, text in [*output.items(), *((str(p), t) for p, t in _texts(root))]:
-        for secret in secrets:
-            assert secret not in text, f"{secret!r} in {name}"
-
-
-def _cfg(root: Path, tasks: dict[str, Any]) -> str:
-    return f"--evalchemy-config={write_config(root / 'eval.json', {'tasks': tasks})}"
-
-
 @pytest.mark.parametrize(
     ("concurrency", "workers"),
     [("auto", ()), ("1", ()), ("auto", ("-n", "2"))],
@@ -79,7 +66,7 @@ def test_url_credentials_never_written_when_the_server_fails_mid_run(
     }
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={_with_credentials(srv.completions_url)}",
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         f"--evalchemy-concurrency={concurrency}",
         "--evalchemy-max-retries=1",
         "--evalchemy-outage-timeout=0",
@@ -97,23 +84,13 @@ def test_url_credentials_never_written_when_the_server_fails_mid_run(
     records = read_summary(pytester.path / "results")["tasks"]
     assert all("HTTP 500" in r["message"] for r in records.values()), records
     assert srv.stats()["faults"]["fail"] >= 2  # the failures came after answers: mid-run
-    _assert_nowhere(_forms(), pytester.path, result)
+    assert_nowhere(_forms(), pytester.path, stdout=result.stdout.str(), stderr=result.stderr.str())
     logs = sorted((pytester.path / "results").rglob("lm_eval.log"))
     assert len(logs) == 2
     if concurrency == "auto":
         # lm-eval's log of the failed request (aiohttp's error, with the request's headers)
         # is kept, the header's value scrubbed.
         assert "'Authorization': 'Basic ***'" in logs[0].read_text()
-
-
-def _summary(pytester: pytest.Pytester, run_id: str) -> dict[str, Any]:
-    path = pytester.path / "results" / run_id / f"evalchemy_summary_{run_id}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _scores(pytester: pytest.Pytester, run_id: str) -> dict[str, Any]:
-    summary = _summary(pytester, run_id)
-    return {key: record["metrics"] for key, record in summary["tasks"].items()}
 
 
 # A generation task (through the chat endpoint with a chat URL) and a loglikelihood one
@@ -139,7 +116,12 @@ def test_url_credentials_work_for_both_endpoints_and_the_api_key_wins(
     Authorization header). With an API key as well, the key alone is sent."""
     plain = make_server()
     url_of = {"chat": "chat_completions_url", "completions": "completions_url"}[endpoint]
-    common = (_cfg(pytester.path, TASKS), "-p", "no:cacheprovider", "--evalchemy-no-report")
+    common = (
+        config_option(pytester.path, TASKS),
+        "-p",
+        "no:cacheprovider",
+        "--evalchemy-no-report",
+    )
     result = pytester.runpytest(
         f"--evalchemy-endpoint={getattr(plain, url_of)}", "--evalchemy-run-id=plain", *common
     )
@@ -158,7 +140,9 @@ def test_url_credentials_work_for_both_endpoints_and_the_api_key_wins(
         *common,
     )
     result.assert_outcomes(passed=2)
-    assert _scores(pytester, "creds") == _scores(pytester, "plain")
+    assert run_metrics(pytester.path / "results", "creds") == run_metrics(
+        pytester.path / "results", "plain"
+    )
     sent = {header for path, header in auth_headers if path != "/stats"}
     basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     assert sent == ({f"Bearer {API_KEY}"} if with_key else {basic})
@@ -170,11 +154,13 @@ def test_url_credentials_work_for_both_endpoints_and_the_api_key_wins(
         # One line says the URL's credentials were not sent, in the terminal and the summary.
         assert any("user:password are not sent" in w for w in _warnings(pytester, "creds"))
         result.stdout.fnmatch_lines(["*user:password are not sent, the API key is*"])
-    _assert_nowhere([*_forms(), API_KEY], pytester.path, result)
+    assert_nowhere(
+        [*_forms(), API_KEY], pytester.path, stdout=result.stdout.str(), stderr=result.stderr.str()
+    )
 
 
 def _warnings(pytester: pytest.Pytester, run_id: str) -> list[str]:
-    return _summary(pytester, run_id)["config_warnings"]
+    return read_run_summary(pytester.path / "results", run_id)["config_warnings"]
 
 
 def test_the_forms_scrubbed_and_the_one_header_sent() -> None:

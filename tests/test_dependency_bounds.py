@@ -17,7 +17,7 @@ from packaging.version import Version
 from pytest_evalchemy.core.requirements import declared_range, lm_eval_problem
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import OFFLINE_CONFIG, REPO
+from .helpers import OFFLINE_CONFIG, REPO
 
 
 def _declared() -> dict[str, Requirement]:

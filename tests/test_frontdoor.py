@@ -20,8 +20,16 @@ from pytest_evalchemy.core.resources import schema_path
 from pytest_evalchemy.core.results import atomic_write_text
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import OFFLINE_CONFIG, REPO, offline_task, read_summary, write_config
-from .test_parallel_resume import _cfg, _start_run, _wait_for_requests
+from .helpers import (
+    OFFLINE_CONFIG,
+    REPO,
+    config_option,
+    offline_task,
+    read_summary,
+    start_pytest,
+    wait_for_requests,
+    write_config,
+)
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -422,7 +430,7 @@ def test_header_lists_every_endpoint(pytester: pytest.Pytester, make_server) -> 
     result = pytester.runpytest(
         f"--evalchemy-endpoint={a.completions_url}",
         f"--evalchemy-endpoint={b.completions_url}",
-        _cfg(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)}),
+        config_option(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)}),
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
@@ -466,15 +474,15 @@ def test_interrupted_item_records_its_time_and_requests(
     server = make_server(latency=0.05, hold_after=20)
     tasks = {"mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0)}
     # One request at a time: at most one in flight when interrupted.
-    proc = _start_run(
+    proc = start_pytest(
         tmp_path,
-        server.completions_url,
-        _cfg(tmp_path, tasks),
+        f"--evalchemy-endpoint={server.completions_url}",
+        config_option(tmp_path, tasks),
         "--evalchemy-run-id=i",
         "--evalchemy-concurrency=1",
         *workers,
     )
-    _wait_for_requests(server, 1, proc, key="held")
+    wait_for_requests(server, 1, proc, key="held")
     # Ctrl-C in a terminal reaches the whole process group (xdist's workers too).
     os.killpg(proc.pid, signal.SIGINT)
     server.release()  # the signal is sent: whether the answer still arrives decides nothing
@@ -490,12 +498,16 @@ def test_interrupted_item_records_its_time_and_requests(
 def test_resumed_finished_item_keeps_its_time_and_requests(
     tmp_path: Path, server: EvalchemyTestServer
 ) -> None:
-    cfg = _cfg(tmp_path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)})
-    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-run-id=kept")
+    cfg = config_option(tmp_path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)})
+    proc = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-run-id=kept"
+    )
     assert proc.wait(timeout=120) == 0
     summary_path = tmp_path / "results" / "kept" / "evalchemy_summary_kept.json"
     first = json.loads(summary_path.read_text())["tasks"]["mini_mmlu/mini_mmlu"]
-    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-resume=kept")
+    proc = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-resume=kept"
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     again = json.loads(summary_path.read_text())["tasks"]["mini_mmlu/mini_mmlu"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,10 @@ from pytest_evalchemy.judge.gating import (
 )
 from pytest_evalchemy.report.markdown import render_markdown
 
+from .helpers import sem, write_run_summary
+
 POINT = GateSettings()
 CI = GateSettings(mode="ci")
-
-
-def _se(p: float, n: int) -> float:
-    """lm-eval's stderr of a mean of 0/1 scores: the sample standard deviation over sqrt(n)."""
-    return math.sqrt(p * (1 - p) / (n - 1))
 
 
 def _item(key: str = "mini_arc", **task: Any) -> PlannedItem:
@@ -48,7 +44,7 @@ def _item(key: str = "mini_arc", **task: Any) -> PlannedItem:
 
 
 def _record(acc: float, n: int, task: str = "mini_arc", **extra: Any) -> dict[str, Any]:
-    se = _se(acc, n)
+    se = sem(acc, n)
     return {
         "metrics": {
             task: {
@@ -165,15 +161,15 @@ def test_a_metric_the_task_does_not_produce_names_the_produced_ones() -> None:
 def test_drop_point_and_z_test() -> None:
     # 0.75 -> 0.50 on 8 documents each: a big drop, but well within luck.
     small = judge_drop(
-        "t", "acc,none", 0.5, _se(0.5, 8), 0.75, _se(0.75, 8), 0.02, CI, n=8, base_n=8
+        "t", "acc,none", 0.5, sem(0.5, 8), 0.75, sem(0.75, 8), 0.02, CI, n=8, base_n=8
     )
     assert small.passed
     assert small.p_value == pytest.approx(0.158655, abs=1e-6)  # z = 0.25 / 0.25 = 1.0
     assert "not significant at 95%" in small.message
-    assert not judge_drop("t", "acc,none", 0.5, _se(0.5, 8), 0.75, _se(0.75, 8), 0.02, POINT).passed
+    assert not judge_drop("t", "acc,none", 0.5, sem(0.5, 8), 0.75, sem(0.75, 8), 0.02, POINT).passed
     # The same drop on 48 documents each is significant: z = 0.25 / 0.0965 = 2.59.
     big = judge_drop(
-        "t", "acc,none", 0.5, _se(0.5, 48), 0.75, _se(0.75, 48), 0.02, CI, n=48, base_n=48
+        "t", "acc,none", 0.5, sem(0.5, 48), 0.75, sem(0.75, 48), 0.02, CI, n=48, base_n=48
     )
     assert not big.passed
     assert big.p_value == pytest.approx(0.004782, abs=1e-6)
@@ -234,7 +230,7 @@ def test_baseline_compares_listed_metrics_with_per_metric_max_drop() -> None:
 def test_gate_item_notes_what_is_not_like_for_like(tmp_path: Path) -> None:
     base = _record(0.75, 8)
     base["metrics"]["mini_arc"].pop("acc_norm,none")
-    baseline = load_baseline(_summary(tmp_path, {"bench/mini_arc": base}, "r1"))
+    baseline = load_baseline(write_run_summary(tmp_path, "r1", tasks={"bench/mini_arc": base}))
     new = _record(0.75, 20, versions={"mini_arc": 2.0})
     result = gate_item(_item(), new, (), GateSettings(baseline=baseline))
     assert result.warnings == [
@@ -247,16 +243,10 @@ def test_gate_item_notes_what_is_not_like_for_like(tmp_path: Path) -> None:
     assert comparability_problems(new, new) == []
 
 
-def _summary(folder: Path, tasks: dict[str, Any], run_id: str) -> Path:
-    run = folder / run_id
-    run.mkdir(parents=True)
-    path = run / f"evalchemy_summary_{run_id}.json"
-    path.write_text(json.dumps({"run_id": run_id, "tasks": tasks}), encoding="utf-8")
-    return run
-
-
 def test_load_baseline_from_a_file_or_a_run_folder(tmp_path: Path) -> None:
-    run = _summary(tmp_path, {"b/a": _record(0.75, 8), "b/x": {"status": "error"}}, "r1")
+    run = write_run_summary(
+        tmp_path, "r1", tasks={"b/a": _record(0.75, 8), "b/x": {"status": "error"}}
+    )
     by_folder, by_file = load_baseline(run), load_baseline(run / "evalchemy_summary_r1.json")
     assert by_folder.path == by_file.path
     assert by_folder.run_id == "r1"
@@ -273,7 +263,9 @@ def test_load_baseline_from_a_file_or_a_run_folder(tmp_path: Path) -> None:
 
 def test_presence_notes(tmp_path: Path) -> None:
     baseline = load_baseline(
-        _summary(tmp_path, {"b/a": _record(0.75, 8), "b/gone": _record(0.75, 8)}, "r1")
+        write_run_summary(
+            tmp_path, "r1", tasks={"b/a": _record(0.75, 8), "b/gone": _record(0.75, 8)}
+        )
     )
     now = {"b/a": _record(0.75, 8), "b/new": _record(0.5, 8), "b/broke": {"status": "error"}}
     now["b/gone"] = {"status": "skipped", "metrics": {}}

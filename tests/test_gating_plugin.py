@@ -3,11 +3,9 @@ answering 75% of the documents right and one answering 50%, so every score is kn
 
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -15,7 +13,14 @@ from pytest_evalchemy.judge.gating import z_for
 from pytest_evalchemy.testing.answer_key import AnswerEntry, expected_accuracy, load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO, expected, offline_task, write_config
+from .helpers import (
+    REPO,
+    config_option,
+    expected,
+    offline_task,
+    read_run_summary,
+    run_evalchemy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +38,9 @@ def worse_server(worse_key: list[AnswerEntry]) -> Iterator[EvalchemyTestServer]:
 def _run(
     pytester: pytest.Pytester, server: EvalchemyTestServer, tasks: dict, *args: str
 ) -> pytest.RunResult:
-    config = write_config(pytester.path / "eval.json", {"tasks": tasks})
-    return pytester.runpytest(
-        f"--evalchemy-endpoint={server.completions_url}",
-        f"--evalchemy-config={config}",
-        "-p",
-        "no:cacheprovider",
-        *args,
+    return run_evalchemy(
+        pytester, server.completions_url, config_option(pytester.path, tasks), *args
     )
-
-
-def _summary(pytester: pytest.Pytester, run_id: str, output: str = "results") -> dict[str, Any]:
-    path = pytester.path / output / run_id / f"evalchemy_summary_{run_id}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _se(p: float, n: int) -> float:
-    # lm-eval's stderr of a mean of 0/1 scores (sample standard deviation over sqrt(n)).
-    return math.sqrt(p * (1 - p) / (n - 1))
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -93,7 +83,7 @@ def test_smoke_run_fails_on_the_point_value_and_passes_on_the_interval(
     )
     ci.assert_outcomes(passed=1)
     ci.stdout.fnmatch_lines(["gate: ci at 0.95 confidence"])
-    summary = _summary(pytester, "ci")
+    summary = read_run_summary(pytester.path / "results", "ci")
     assert summary["gate"] == {
         "mode": "ci",
         "confidence": 0.95,
@@ -164,7 +154,7 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
     same.stdout.fnmatch_lines(
         [f"gate: point at 0.95 confidence; baseline {base_dir}/*(max drop 0.02)"]
     )
-    record = _summary(pytester, "same")["tasks"]["mini_arc/mini_arc"]
+    record = read_run_summary(pytester.path / "results", "same")["tasks"]["mini_arc/mini_arc"]
     # metrics lists acc: acc_norm is not compared with the baseline.
     assert [(c["kind"], c["metric"], c["delta"]) for c in record["checks"]] == [
         ("baseline", "acc,none", 0.0)
@@ -198,7 +188,8 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
         ]
     )
     statuses = {
-        k: v["status"] for k, v in _summary(pytester, "point", "candidate")["tasks"].items()
+        k: v["status"]
+        for k, v in read_run_summary(pytester.path / "candidate", "point")["tasks"].items()
     }
     assert statuses == {
         "mini_arc/mini_arc": "failed",
@@ -221,9 +212,9 @@ def test_baseline_equal_passes_and_a_real_drop_fails(
     )
     ci.assert_outcomes(passed=2, failed=1)
     ci.stdout.fnmatch_lines(["markdown: */report.md"])
-    hellaswag = _summary(pytester, "ci", "candidate")["tasks"]["mini_hellaswag/mini_hellaswag"][
-        "checks"
-    ]
+    hellaswag = read_run_summary(pytester.path / "candidate", "ci")["tasks"][
+        "mini_hellaswag/mini_hellaswag"
+    ]["checks"]
     assert [c["passed"] for c in hellaswag] == [True, True]
     assert (
         "but not significant at 95% (two-sample z=1.00, p=0.159, n=8 vs 8)"
@@ -279,7 +270,7 @@ def test_items_in_one_run_only_and_changed_fewshot_are_reported_not_failed(
             "note: mini_gsm8k/mini_gsm8k: not in the baseline; nothing to compare",
         ]
     )
-    summary = _summary(pytester, "now")
+    summary = read_run_summary(pytester.path / "results", "now")
     assert summary["gate"]["baseline"] == str(baseline)
     power = (
         "baseline: 4 samples cannot tell a drop of 0.02 from luck at 95% confidence with 80% "
@@ -343,7 +334,7 @@ def test_parallel_workers_each_load_the_baseline(
     )
     junit = (pytester.path / "par.xml").read_text(encoding="utf-8")
     assert '<property name="check:mini_mmlu:acc,none:baseline" value="FAIL dropped 0.2500' in junit
-    tasks_out = _summary(pytester, "par", "candidate")["tasks"]
+    tasks_out = read_run_summary(pytester.path / "candidate", "par")["tasks"]
     assert {v["status"] for v in tasks_out.values()} == {"failed"}
     # Each worker paired its item with the baseline's samples: of the first 8 documents the
     # usual model knows 0-2 and 4-6, the worse one 0, 2, 4, 6, so 1 and 5 flipped.

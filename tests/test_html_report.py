@@ -19,6 +19,8 @@ from pytest_evalchemy.report.run_page import render_report
 from pytest_evalchemy.report.runs import RunInfo, history, load_run
 from pytest_evalchemy.report.svg import domain
 
+from .helpers import write_run_summary
+
 MC_ROW = {
     "doc_id": 3,
     "doc": {"question": "Which <b>is</b> a metal?"},
@@ -62,12 +64,8 @@ def _record(task: str, acc: float, stderr: float | None, **extra: Any) -> dict[s
     }
 
 
-def _run(root: Path, run_id: str, started: str, tasks: dict[str, Any]) -> Path:
-    folder = root / run_id
-    folder.mkdir(parents=True)
-    summary = {"run_id": run_id, "started_at": started, "model": "m", "tasks": tasks, "totals": {}}
-    (folder / f"evalchemy_summary_{run_id}.json").write_text(json.dumps(summary))
-    return folder
+def _past_run(root: Path, run_id: str, started: str, tasks: dict[str, Any]) -> Path:
+    return write_run_summary(root, run_id, started_at=started, model="m", tasks=tasks, totals={})
 
 
 def test_multiple_choice_sample() -> None:
@@ -245,15 +243,15 @@ def test_compare_against_previous_or_first(tmp_path: Path) -> None:
 
 def test_history_orders_by_started_at(tmp_path: Path) -> None:
     # Folder names sort the other way round: the order must come from the summaries.
-    _run(tmp_path, "a_late", "2026-01-02T10:00:00+00:00", {})
-    _run(tmp_path, "b_early", "2026-01-02T09:00:00+01:00", {})
-    _run(tmp_path, "c_middle", "2026-01-02T09:30:00+00:00", {})
+    _past_run(tmp_path, "a_late", "2026-01-02T10:00:00+00:00", {})
+    _past_run(tmp_path, "b_early", "2026-01-02T09:00:00+01:00", {})
+    _past_run(tmp_path, "c_middle", "2026-01-02T09:30:00+00:00", {})
     (tmp_path / "not_a_run").mkdir()
     assert [r.run_id for r in history(tmp_path)] == ["b_early", "c_middle", "a_late"]
 
 
 def test_load_run_errors_say_what_to_do(tmp_path: Path) -> None:
-    _run(tmp_path, "r1", "2026-01-02T10:00:00+00:00", {})
+    _past_run(tmp_path, "r1", "2026-01-02T10:00:00+00:00", {})
     with pytest.raises(UsageProblem, match="try --history"):
         load_run(tmp_path)
     with pytest.raises(UsageProblem, match="does not exist"):
@@ -273,7 +271,7 @@ def test_axis_domain() -> None:
 def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "results"
     runs = [
-        _run(root, f"r{i}", f"2026-01-0{i}T10:00:00+00:00", {"t/t": _record("t", acc, 0.02)})
+        _past_run(root, f"r{i}", f"2026-01-0{i}T10:00:00+00:00", {"t/t": _record("t", acc, 0.02)})
         for i, acc in ((1, 0.5), (2, 0.6), (3, 0.61))
     ]
     assert cli_main(["report", str(runs[0])]) == 0

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO
+from .helpers import REPO
 
 pytestmark = pytest.mark.packaging
 

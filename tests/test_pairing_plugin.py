@@ -18,7 +18,14 @@ from pytest_evalchemy.cli.report import make_report
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import check_summary, offline_task, write_config
+from .helpers import (
+    check_summary,
+    config_option,
+    offline_task,
+    read_run_summary,
+    run_evalchemy,
+    sem,
+)
 
 # The usual model answers documents 3, 7, 11, ... wrong (36 of mini_arc's 48 right).
 # DROP: six documents it had right are now wrong (30 of 48).
@@ -47,30 +54,23 @@ def _run(
     *args: str,
     tasks: dict[str, Any] = TASKS,
 ) -> pytest.RunResult:
-    config = write_config(pytester.path / "eval.json", {"tasks": tasks})
-    return pytester.runpytest(
-        f"--evalchemy-endpoint={server.completions_url}",
-        f"--evalchemy-config={config}",
+    return run_evalchemy(
+        pytester,
+        server.completions_url,
+        config_option(pytester.path, tasks),
         f"--evalchemy-run-id={run_id}",
-        "-p",
-        "no:cacheprovider",
         *args,
     )
 
 
 def _record(pytester: pytest.Pytester, run_id: str) -> dict[str, Any]:
-    path = pytester.path / "results" / run_id / f"evalchemy_summary_{run_id}.json"
-    return json.loads(path.read_text(encoding="utf-8"))["tasks"]["mini_arc/mini_arc"]
-
-
-def _se(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / (n - 1))
+    return read_run_summary(pytester.path / "results", run_id)["tasks"]["mini_arc/mini_arc"]
 
 
 def _two_sample_p(base: float, now: float, n: int) -> float:
     from statistics import NormalDist
 
-    return 1 - NormalDist().cdf((base - now) / math.hypot(_se(base, n), _se(now, n)))
+    return 1 - NormalDist().cdf((base - now) / math.hypot(sem(base, n), sem(now, n)))
 
 
 def _baseline_check(record: dict[str, Any]) -> dict[str, Any]:

@@ -6,19 +6,21 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_evalchemy.run import router
-from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, read_summary, write_config
+from .helpers import (
+    config_option,
+    offline_task,
+    read_summary,
+    start_pytest,
+    wait_for_requests,
+)
 
 FOUR = {
     "mini_arc": offline_task("mini_arc", limit=4),
@@ -28,16 +30,12 @@ FOUR = {
 }
 
 
-def _cfg(path: Path, tasks: dict) -> str:
-    return f"--evalchemy-config={write_config(path / 'eval.json', {'tasks': tasks})}"
-
-
 def test_two_endpoints_share_the_items(pytester: pytest.Pytester, make_server) -> None:
     a, b = make_server(), make_server()
     result = pytester.runpytest(
         f"--evalchemy-endpoint={a.completions_url}",
         f"--evalchemy-endpoint={b.completions_url}",
-        _cfg(pytester.path, FOUR),
+        config_option(pytester.path, FOUR),
     )
     result.assert_outcomes(passed=4)
     summary = read_summary(pytester.path / "results")
@@ -55,7 +53,7 @@ def test_two_endpoints_comma_separated_under_xdist(pytester: pytest.Pytester, ma
     a, b = make_server(), make_server()
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={a.completions_url},{b.completions_url}",
-        _cfg(pytester.path, FOUR),
+        config_option(pytester.path, FOUR),
         "-n",
         "2",
     )
@@ -79,7 +77,7 @@ def test_endpoints_serving_different_models_are_refused(
     pytester: pytest.Pytester, make_server
 ) -> None:
     a, b = make_server(), make_server(model="another-model")
-    cfg = _cfg(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    cfg = config_option(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
     args = (
         f"--evalchemy-endpoint={a.completions_url}",
         f"--evalchemy-endpoint={b.completions_url}",
@@ -103,7 +101,10 @@ def test_crashed_worker_leaves_a_crashed_entry(
         "        os._exit(3)\n"
     )
     result = pytester.runpytest_subprocess(
-        f"--evalchemy-endpoint={server.completions_url}", _cfg(pytester.path, FOUR), "-n", "2"
+        f"--evalchemy-endpoint={server.completions_url}",
+        config_option(pytester.path, FOUR),
+        "-n",
+        "2",
     )
     result.assert_outcomes(passed=3, failed=1)
     summary = read_summary(pytester.path / "results")
@@ -117,36 +118,6 @@ def test_crashed_worker_leaves_a_crashed_entry(
     assert summary["totals"]["crashed"] == 1
 
 
-def _start_run(root: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        f"--evalchemy-endpoint={url}",
-        "-p",
-        "no:cacheprovider",
-        *args,
-    ]
-    return spawn(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _wait_for_requests(
-    server: EvalchemyTestServer, n: int, proc: subprocess.Popen[str], key: str = "completions"
-) -> None:
-    """Wait until the server has counted ``n`` (completion requests, or the faults ``key``
-    names); the deadline is a failsafe that fails saying so."""
-    deadline = time.monotonic() + 120
-
-    def count() -> int:
-        stats = server.stats()
-        return stats[key] if key in stats else stats["faults"][key]
-
-    while count() < n:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, f"the run never got to {n} {key}"
-        time.sleep(0.02)
-
-
 SLOW_TASK = {
     "mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0),
     "mini_mmlu": offline_task("mini_mmlu", limit=4),
@@ -158,7 +129,12 @@ def _clean_run_requests(tmp_path: Path, make_server) -> int:
     server = make_server()
     root = tmp_path / "clean"
     root.mkdir()
-    proc = _start_run(root, server.completions_url, _cfg(root, SLOW_TASK), "--evalchemy-no-cache")
+    proc = start_pytest(
+        root,
+        f"--evalchemy-endpoint={server.completions_url}",
+        config_option(root, SLOW_TASK),
+        "--evalchemy-no-cache",
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     return server.stats()["completions"] - 1
@@ -186,20 +162,20 @@ def test_interrupted_run_resumes_without_asking_twice(
     # The 21st completion request (the probe counted) waits until release(): the run is
     # stopped mid-item with one request in flight, however fast or slow this machine is.
     server = make_server(hold_after=20)
-    cfg = _cfg(tmp_path, SLOW_TASK)
+    cfg = config_option(tmp_path, SLOW_TASK)
     # One request at a time, so that at most one is in flight when the run stops (under the
     # default `auto`, what was in flight then is asked again: up to the settled concurrency).
     with _inherited_sigint(how == "sigint-ignored-by-the-suite"):
-        proc = _start_run(
+        proc = start_pytest(
             tmp_path,
-            server.completions_url,
+            f"--evalchemy-endpoint={server.completions_url}",
             cfg,
             "--evalchemy-run-id=r",
             "-k",
             "mini_arc",
             "--evalchemy-concurrency=1",
         )
-    _wait_for_requests(server, 1, proc, key="held")
+    wait_for_requests(server, 1, proc, key="held")
     if how.startswith("sigint"):
         os.kill(proc.pid, signal.SIGINT)
     else:
@@ -216,7 +192,9 @@ def test_interrupted_run_resumes_without_asking_twice(
     else:
         assert record["status"] == "running"
     server.reset_stats()
-    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-resume=r")
+    proc = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-resume=r"
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     second = server.stats()["completions"]
@@ -233,11 +211,15 @@ def test_interrupted_run_resumes_without_asking_twice(
 def test_resume_of_a_finished_run_sends_nothing(
     tmp_path: Path, server: EvalchemyTestServer
 ) -> None:
-    cfg = _cfg(tmp_path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)})
-    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-run-id=done")
+    cfg = config_option(tmp_path, {"mini_mmlu": offline_task("mini_mmlu", limit=4)})
+    proc = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-run-id=done"
+    )
     assert proc.wait(timeout=120) == 0
     before = server.stats()["completions"]
-    proc = _start_run(tmp_path, server.completions_url, cfg, "--evalchemy-resume=done")
+    proc = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-resume=done"
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert server.stats()["completions"] - before == 1  # the endpoint check's probe only
@@ -252,7 +234,7 @@ def test_resume_of_an_unknown_run_is_a_usage_error(
 ) -> None:
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, FOUR),
+        config_option(pytester.path, FOUR),
         "--evalchemy-resume=nothing",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -262,7 +244,7 @@ def test_resume_of_an_unknown_run_is_a_usage_error(
 
 
 def test_no_cache_writes_no_cache(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
-    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=2)})
+    cfg = config_option(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=2)})
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-no-cache"
     )
@@ -275,7 +257,9 @@ def test_no_cache_writes_no_cache(pytester: pytest.Pytester, server: EvalchemyTe
 
 
 def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
-    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=1)})
+    cfg = config_option(
+        pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=1)}
+    )
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
         cfg,
@@ -297,7 +281,9 @@ def test_progress_is_visible(pytester: pytest.Pytester, server: EvalchemyTestSer
     record = json.loads(summary.read_text())["tasks"]["mini_mmlu/mini_mmlu"]
     assert record["requests"]["done"] == record["requests"]["total"] == 16
     # Concurrent requests (lm-eval's async path) count in batches: 16 requests in batches of 4.
-    cfg = _cfg(pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=4)})
+    cfg = config_option(
+        pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=4, batch_size=4)}
+    )
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
         cfg,
@@ -322,7 +308,7 @@ def test_one_item_times_out_the_others_pass_and_the_worker_survives(
     }
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         "-n",
         "2",
         "--evalchemy-concurrency=1",  # the slow item's requests one after the other

@@ -9,8 +9,6 @@ path that cannot be written (``--evalchemy-markdown``, ``--junitxml``, a task's
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -22,30 +20,18 @@ from pytest_evalchemy.core.results import output_file_problem, output_folder_pro
 from pytest_evalchemy.core.samples import item_samples
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO, offline_task, read_summary, write_config
+from .helpers import (
+    REPO,
+    assert_no_traceback,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+    validate_config,
+    write_config,
+)
 
 MINI_ARC = REPO / "benchmarks" / "mini_arc.yaml"
 USAGE_ERROR = pytest.ExitCode.USAGE_ERROR
-
-
-def _run(pytester: pytest.Pytester, url: str, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(f"--evalchemy-endpoint={url}", "-p", "no:cacheprovider", *args)
-
-
-def _validate(cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_evalchemy", "--validate-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
-
-
-def _no_traceback(result: pytest.RunResult) -> None:
-    text = result.stdout.str() + result.stderr.str()
-    assert "Traceback" not in text
-    assert "INTERNALERROR" not in text
 
 
 def _task_yaml(folder: Path, file: str, task: str, extra: str = "") -> Path:
@@ -96,14 +82,14 @@ def test_a_task_name_that_would_leave_the_item_folder_is_refused_before_any_requ
         f"and the run writes samples_<task>.jsonl with it (tasks.picked.tasks[0] of {cfg} runs "
         f"it); rename the task in this YAML, e.g. to '{fix}*'"
     ).replace("[", "[[]")  # a pattern: tasks[0] is no character class
-    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}")
+    result = run_evalchemy(pytester, srv.url, f"--evalchemy-config={cfg}")
     assert result.ret == USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: invalid evalchemy config:", line])
     assert srv.stats()["requests"] == {}
     assert not (pytester.path / "results").exists()
     assert list(outside.iterdir()) == []
-    _no_traceback(result)
-    done = _validate(pytester.path, cfg)
+    assert_no_traceback(result)
+    done = validate_config(cfg, pytester.path)
     assert done.returncode == 4, done.stdout + done.stderr
     lines = done.stderr.splitlines()
     assert lines[0] == f"config INVALID: {cfg}: 1 problem"
@@ -126,7 +112,7 @@ def test_a_file_name_made_from_a_task_name_stays_in_the_item_folder(
             "    assert r.metric('acc', task='sub/dir_task') == 1.0\n"
         )
     )
-    result = _run(pytester, server.url, f"--evalchemy-config={cfg}", "test_api.py")
+    result = run_evalchemy(pytester, server.url, f"--evalchemy-config={cfg}", "test_api.py")
     result.assert_outcomes(passed=2)
     summary = read_summary(pytester.path / "results")
     record = summary["tasks"]["test_picked/picked"]
@@ -153,12 +139,12 @@ def test_an_output_path_that_leads_out_through_a_link_is_refused(
         f"  {cfg}: tasks.mini_arc.output_path: 'copies/arc' leads out of the working directory "
         f"{pytester.path} through a symbolic link (to {outside / 'arc'}): use a folder inside it"
     )
-    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}")
+    result = run_evalchemy(pytester, srv.url, f"--evalchemy-config={cfg}")
     assert result.ret == USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: invalid evalchemy config:", line])
     assert srv.stats()["requests"] == {}
     assert list(outside.iterdir()) == []
-    done = _validate(pytester.path, cfg)
+    done = validate_config(cfg, pytester.path)
     assert done.returncode == 4
     assert done.stderr.splitlines()[1:] == [line]
 
@@ -232,13 +218,13 @@ def test_an_output_path_that_cannot_be_written_stops_the_run_before_any_request(
     if args == ["output_path"]:
         args, task = [], {**task, "output_path": "a_file/copies"}
     cfg = write_config(pytester.path / "eval.json", {"tasks": {"mini_arc": task}})
-    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}", *args)
+    result = run_evalchemy(pytester, srv.url, f"--evalchemy-config={cfg}", *args)
     assert result.ret == USAGE_ERROR, result.stdout.str()
     result.stderr.fnmatch_lines([f"ERROR: evalchemy: {line}"])
     assert srv.stats()["requests"] == {}  # not even the endpoint check
     assert not (pytester.path / "results").exists()
     assert not (pytester.path / "ok.md").exists()
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_output_paths_in_folders_not_made_yet_are_written(
@@ -250,7 +236,7 @@ def test_output_paths_in_folders_not_made_yet_are_written(
     )
     markdown = pytester.path / "new" / "md" / "scores.md"
     xml = pytester.path / "new" / "xml" / "junit.xml"
-    result = _run(
+    result = run_evalchemy(
         pytester,
         server.url,
         f"--evalchemy-config={cfg}",

@@ -21,8 +21,18 @@ from pytest_evalchemy.run.patience import Backoff, Transient, retry_after_second
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import expected, offline_task, read_summary
-from .test_reliability import ARC2, SLOW_ARC, TWO, _Arm, _cfg, _no_traceback, _run
+from .helpers import (
+    ARC2,
+    SLOW_ARC,
+    TWO,
+    ArmFaults,
+    assert_no_traceback,
+    config_option,
+    expected,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+)
 
 
 @pytest.fixture
@@ -77,11 +87,11 @@ def test_endpoint_check_rides_out_transient_first_answers(
 ) -> None:
     # The first two answers of the server (the check's model list, asked twice) are faults.
     srv = make_server(first_answers=[kind, kind], **switches)
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2))
     result.assert_outcomes(passed=1)
     assert srv.stats()["scripted"] == {kind: 2}
     assert srv.stats()["requests"]["/v1/models"] == 3
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +106,7 @@ def test_endpoint_check_gives_up_with_one_line_and_never_an_internal_error(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], kind: str, said: str
 ) -> None:
     srv = make_server(first_answers=[kind] * 1000)
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -110,7 +120,7 @@ def test_endpoint_check_gives_up_with_one_line_and_never_an_internal_error(
     # The summary says so for every item, as for any failed check.
     statuses = {r["status"] for r in read_summary(pytester.path / "results")["tasks"].values()}
     assert statuses == {"error"}
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 @pytest.mark.parametrize("how", ["flag", "env", "ini"])
@@ -131,20 +141,22 @@ def test_wait_for_endpoint_waits_for_a_server_that_starts_late(
         monkeypatch.setenv("EVALCHEMY_WAIT_FOR_ENDPOINT", "120")
     else:
         pytester.makeini("[pytest]\nevalchemy_wait_for_endpoint = 120\n")
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), *args)
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2), *args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [f"evalchemy: waiting for {srv.url}/v1/models: connection refused; 0 s of 120 s"]
     )
     assert srv.stats()["scripted"] == {"503": 2}
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_a_server_that_never_comes_up_fails_the_check_after_its_patience(
     pytester: pytest.Pytester, late_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     srv = late_server(3600)  # holds the port, refuses every connection
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=2")
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=2"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -154,14 +166,16 @@ def test_a_server_that_never_comes_up_fails_the_check_after_its_patience(
             "starting: --evalchemy-wait-for-endpoint SECONDS"
         ]
     )
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_wait_for_endpoint_zero_fails_at_the_first_transient_answer(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     srv = make_server(first_answers=["503"])
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=0")
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), "--evalchemy-wait-for-endpoint=0"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -170,7 +184,7 @@ def test_wait_for_endpoint_zero_fails_at_the_first_transient_answer(
         ]
     )
     assert srv.stats()["requests"] == {"/v1/models": 1}
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 @pytest.mark.parametrize(
@@ -220,11 +234,11 @@ def test_patience_options_are_validated_before_any_request(
         monkeypatch.setenv(name, value)
     if ini:
         pytester.makeini(f"[pytest]\n{ini}\n")
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), *args)
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2), *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([line])
     assert srv.stats()["requests"] == {}
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 # ---------------------------------------------------------------- during the items
@@ -239,11 +253,11 @@ def test_a_server_that_goes_away_and_comes_back_is_waited_for(
 ) -> None:
     srv = make_server(latency=0.02)
     # After 6 of the item's 16 requests the server is gone for 3 s, then back on its port.
-    arm = _Arm(srv, {"away_after": 6, "away_for": 3})
-    result = _run(
+    arm = ArmFaults(srv, {"away_after": 6, "away_for": 3})
+    result = run_evalchemy(
         pytester,
         srv.url,
-        _cfg(pytester.path, SLOW_ARC),
+        config_option(pytester.path, SLOW_ARC),
         # No retries of lm-eval's own: what rides out the outage is the outage window.
         "--evalchemy-max-retries=1",
         f"--evalchemy-concurrency={concurrency}",
@@ -257,16 +271,20 @@ def test_a_server_that_goes_away_and_comes_back_is_waited_for(
     assert stats["answered_twice"] == 0  # ...and none asked again once answered
     record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
     assert record["metrics"]["mini_arc"]["acc,none"] == expected(answer_key, "mini_arc", 4)
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_rate_limits_with_retry_after_during_items_are_waited_out(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     srv = make_server()
-    arm = _Arm(srv, {"fail_first": 3, "fail_status": 429, "retry_after": 1})
-    result = _run(
-        pytester, srv.url, _cfg(pytester.path, TWO), "--evalchemy-max-retries=1", plugins=(arm,)
+    arm = ArmFaults(srv, {"fail_first": 3, "fail_status": 429, "retry_after": 1})
+    result = run_evalchemy(
+        pytester,
+        srv.url,
+        config_option(pytester.path, TWO),
+        "--evalchemy-max-retries=1",
+        plugins=(arm,),
     )
     result.assert_outcomes(passed=2)
     assert srv.stats()["faults"]["fail"] == 3
@@ -276,11 +294,11 @@ def test_an_outage_longer_than_the_window_errors_the_item_with_how_long(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     srv = make_server(latency=0.02)
-    arm = _Arm(srv, {"away_after": 1, "away_for": 3600})  # gone for good
-    result = _run(
+    arm = ArmFaults(srv, {"away_after": 1, "away_for": 3600})  # gone for good
+    result = run_evalchemy(
         pytester,
         srv.url,
-        _cfg(pytester.path, TWO),
+        config_option(pytester.path, TWO),
         "--evalchemy-outage-timeout=2",
         "--evalchemy-max-retries=1",
         plugins=(arm,),
@@ -293,7 +311,7 @@ def test_an_outage_longer_than_the_window_errors_the_item_with_how_long(
         # The first item in its requests, the next one as lm-eval builds its tokenizer.
         assert "connection refused; --evalchemy-outage-timeout 2 s): " in record["message"]
     assert summary["settings"]["outage_timeout"] == 2
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 # One item per offline benchmark, and a fourth: four items that all ask the same server.
@@ -330,7 +348,7 @@ def test_a_server_gone_for_good_is_waited_for_once_per_process(
     pytester.makeconftest(COUNTING_CONFTEST.format(stats=f"{srv.url}/stats"))
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={srv.url}",
-        _cfg(pytester.path, FOUR),
+        config_option(pytester.path, FOUR),
         "--evalchemy-outage-timeout=3",
         "-p",
         "no:cacheprovider",
@@ -367,7 +385,9 @@ def test_an_item_timeout_shorter_than_the_window_errors_with_the_server_answer(
     # leaves lm-eval's set-up on a loaded machine ample time to send its first request (a
     # 10 s timeout was sometimes spent before the server's first failure came back).
     srv = make_server(fail_after=1, fail_status=500)
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), "--evalchemy-timeout=30")
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), "--evalchemy-timeout=30"
+    )
     result.assert_outcomes(failed=1)
     (record,) = read_summary(pytester.path / "results")["tasks"].values()
     assert record["status"] == "error"
@@ -376,7 +396,7 @@ def test_an_item_timeout_shorter_than_the_window_errors_with_the_server_answer(
         "the item's timeout comes before the end of --evalchemy-outage-timeout 180 s"
         in record["message"]
     )
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 # ---------------------------------------------------------------- the back-off rule

@@ -11,36 +11,29 @@ from pytest_evalchemy.core.record import FORMAT_VERSION
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import (
+from .helpers import (
     OFFLINE_CONFIG,
     REPO,
     check_summary,
+    config_option,
     expected,
     offline_task,
     read_summary,
+    run_evalchemy,
     write_config,
 )
-
-
-def _run(
-    pytester: pytest.Pytester, server: EvalchemyTestServer | str, *args: str
-) -> pytest.RunResult:
-    url = server if isinstance(server, str) else server.completions_url
-    return pytester.runpytest(f"--evalchemy-endpoint={url}", "-p", "no:cacheprovider", *args)
-
-
-def _config(pytester: pytest.Pytester, tasks: dict, benchmarks: dict | None = None) -> str:
-    data: dict = {"tasks": tasks}
-    if benchmarks is not None:
-        data["benchmarks"] = benchmarks
-    return f"--evalchemy-config={write_config(pytester.path / 'eval.json', data)}"
 
 
 @pytest.mark.lower_bounds
 def test_offline_config_passes_with_exact_scores(
     pytester: pytest.Pytester, server: EvalchemyTestServer, answer_key: list[AnswerEntry]
 ) -> None:
-    result = _run(pytester, server, f"--evalchemy-config={OFFLINE_CONFIG}", "--evalchemy-run-id=r1")
+    result = run_evalchemy(
+        pytester,
+        server.completions_url,
+        f"--evalchemy-config={OFFLINE_CONFIG}",
+        "--evalchemy-run-id=r1",
+    )
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
@@ -81,16 +74,16 @@ def test_offline_config_passes_with_exact_scores(
 
 @pytest.mark.lower_bounds
 def test_results_layout(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "mini_arc": offline_task("mini_arc"),
             "mini_gsm8k": offline_task("mini_gsm8k", log_samples=True, limit=4),
         },
     )
-    _run(pytester, server, cfg, "--evalchemy-run-id=lay", "--evalchemy-output=out").assert_outcomes(
-        passed=2
-    )
+    run_evalchemy(
+        pytester, server.completions_url, cfg, "--evalchemy-run-id=lay", "--evalchemy-output=out"
+    ).assert_outcomes(passed=2)
     run = pytester.path / "out" / "lay"
     for name in (
         "evalchemy_lay.log",
@@ -127,10 +120,10 @@ def test_metrics_equal_lm_eval_simple_evaluate(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = _config(
-        pytester, {"mini_hellaswag": offline_task("mini_hellaswag", num_fewshot=2, limit=12)}
+    cfg = config_option(
+        pytester.path, {"mini_hellaswag": offline_task("mini_hellaswag", num_fewshot=2, limit=12)}
     )
-    _run(pytester, server, cfg).assert_outcomes(passed=1)
+    run_evalchemy(pytester, server.completions_url, cfg).assert_outcomes(passed=1)
     ours = read_summary(pytester.path / "results")["tasks"]["mini_hellaswag/mini_hellaswag"][
         "metrics"
     ]
@@ -165,15 +158,15 @@ def test_metrics_equal_lm_eval_simple_evaluate(
 def test_k_selects_by_benchmark_task_and_lm_eval_name(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "quick": offline_task("mini_mmlu", limit=4),
             "mini_arc": offline_task("mini_arc", limit=4),
         },
-        {"knowledge": {"tasks": ["quick"]}, "science": {"tasks": ["mini_arc"]}},
+        benchmarks={"knowledge": {"tasks": ["quick"]}, "science": {"tasks": ["mini_arc"]}},
     )
-    result = _run(pytester, server, cfg, "--collect-only", "-q")
+    result = run_evalchemy(pytester, server.completions_url, cfg, "--collect-only", "-q")
     result.stdout.fnmatch_lines(["eval.json::knowledge::quick", "eval.json::science::mini_arc"])
     for keyword, selected in (
         ("knowledge", "quick"),
@@ -181,7 +174,7 @@ def test_k_selects_by_benchmark_task_and_lm_eval_name(
         ("mini_mmlu", "quick"),
         ("science", "mini_arc"),
     ):
-        result = _run(pytester, server, cfg, "-k", keyword, "-v")
+        result = run_evalchemy(pytester, server.completions_url, cfg, "-k", keyword, "-v")
         result.assert_outcomes(passed=1, deselected=1)
         result.stdout.fnmatch_lines([f"*::{selected} PASSED*"])
 
@@ -189,19 +182,19 @@ def test_k_selects_by_benchmark_task_and_lm_eval_name(
 def test_disabled_items_are_skipped_with_reason(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "mini_arc": offline_task("mini_arc", limit=2),
             "mini_mmlu": offline_task("mini_mmlu", enabled=False),
             "mini_gsm8k": offline_task("mini_gsm8k", enabled=False),
         },
-        {
+        benchmarks={
             "b1": {"tasks": ["mini_arc", "mini_mmlu"]},
             "b2": {"enabled": False, "tasks": ["mini_hellaswag"]},
         },
     )
-    result = _run(pytester, server, cfg, "-rs")
+    result = run_evalchemy(pytester, server.completions_url, cfg, "-rs")
     result.assert_outcomes(passed=1, skipped=3)
     result.stdout.fnmatch_lines(["SKIPPED [[]3[]] eval.json: disabled in config"])
     summary = read_summary(pytester.path / "results")
@@ -218,15 +211,15 @@ def test_disabled_items_are_skipped_with_reason(
 def test_threshold_failure_shows_table_not_traceback(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "mini_arc": offline_task(
                 "mini_arc", thresholds={"acc": {"min": 0.9}, "acc_norm": {"min": 0.5}}
             )
         },
     )
-    result = _run(pytester, server, cfg, "--junitxml=junit.xml")
+    result = run_evalchemy(pytester, server.completions_url, cfg, "--junitxml=junit.xml")
     result.assert_outcomes(failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -245,11 +238,13 @@ def test_threshold_failure_shows_table_not_traceback(
     assert '<property name="mini_arc:acc,none" value="0.75"' in junit
     assert '<property name="evalchemy_status" value="failed"' in junit
     # The command line overrides: a lower bound that passes replaces the config's 0.9.
-    _run(pytester, server, cfg, "--evalchemy-threshold=mini_arc:acc>=0.7").assert_outcomes(passed=1)
-    result = _run(
+    run_evalchemy(
+        pytester, server.completions_url, cfg, "--evalchemy-threshold=mini_arc:acc>=0.7"
+    ).assert_outcomes(passed=1)
+    result = run_evalchemy(
         pytester,
-        server,
-        _config(pytester, {"mini_arc": offline_task("mini_arc")}),
+        server.completions_url,
+        config_option(pytester.path, {"mini_arc": offline_task("mini_arc")}),
         "--evalchemy-threshold=mini_arc:acc>=0.7",
     )
     result.assert_outcomes(passed=1)
@@ -258,10 +253,11 @@ def test_threshold_failure_shows_table_not_traceback(
 def test_threshold_on_unknown_metric_names_the_produced_ones(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(
-        pytester, {"mini_arc": offline_task("mini_arc", limit=2, thresholds={"f1": {"min": 0.1}})}
+    cfg = config_option(
+        pytester.path,
+        {"mini_arc": offline_task("mini_arc", limit=2, thresholds={"f1": {"min": 0.1}})},
     )
-    result = _run(pytester, server, cfg)
+    result = run_evalchemy(pytester, server.completions_url, cfg)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*no lm-eval task reported f1,none; reported: acc,none, acc_norm,none*"]
@@ -271,10 +267,12 @@ def test_threshold_on_unknown_metric_names_the_produced_ones(
 def test_limit_and_batch_size_overrides(
     pytester: pytest.Pytester, server: EvalchemyTestServer, answer_key: list[AnswerEntry]
 ) -> None:
-    cfg = _config(pytester, {"mini_mmlu": offline_task("mini_mmlu", limit=None, num_fewshot=0)})
-    _run(pytester, server, cfg, "--evalchemy-limit=6", "--evalchemy-batch-size=2").assert_outcomes(
-        passed=1
+    cfg = config_option(
+        pytester.path, {"mini_mmlu": offline_task("mini_mmlu", limit=None, num_fewshot=0)}
     )
+    run_evalchemy(
+        pytester, server.completions_url, cfg, "--evalchemy-limit=6", "--evalchemy-batch-size=2"
+    ).assert_outcomes(passed=1)
     record = read_summary(pytester.path / "results")["tasks"]["mini_mmlu/mini_mmlu"]
     assert record["n_samples"]["mini_mmlu"] == {"original": 48, "effective": 6}
     assert record["settings"]["batch_size"] == 2
@@ -302,7 +300,7 @@ def test_bad_config_is_a_usage_error(
     pytester: pytest.Pytester, server: EvalchemyTestServer, content: str, expected_line: str
 ) -> None:
     path = write_config(pytester.path / "eval.json", content)
-    result = _run(pytester, server, f"--evalchemy-config={path}")
+    result = run_evalchemy(pytester, server.completions_url, f"--evalchemy-config={path}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: invalid evalchemy config:", expected_line])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
@@ -310,7 +308,7 @@ def test_bad_config_is_a_usage_error(
 
 
 def test_missing_config(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
-    result = _run(pytester, server, "--evalchemy-config=nope.json")
+    result = run_evalchemy(pytester, server.completions_url, "--evalchemy-config=nope.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*nope.json: config file not found; pass --evalchemy-config PATH*"]
@@ -321,18 +319,24 @@ def test_missing_config(pytester: pytest.Pytester, server: EvalchemyTestServer) 
 def test_unsafe_run_id_is_refused(
     pytester: pytest.Pytester, server: EvalchemyTestServer, run_id: str
 ) -> None:
-    result = _run(
-        pytester, server, f"--evalchemy-config={OFFLINE_CONFIG}", f"--evalchemy-run-id={run_id}"
+    result = run_evalchemy(
+        pytester,
+        server.completions_url,
+        f"--evalchemy-config={OFFLINE_CONFIG}",
+        f"--evalchemy-run-id={run_id}",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--evalchemy-run-id: run id * is not a safe folder name*"])
 
 
 def test_endpoint_down_stops_at_once_with_every_item_error(pytester: pytest.Pytester) -> None:
-    cfg = _config(
-        pytester, {"mini_arc": offline_task("mini_arc"), "mini_mmlu": offline_task("mini_mmlu")}
+    cfg = config_option(
+        pytester.path,
+        {"mini_arc": offline_task("mini_arc"), "mini_mmlu": offline_task("mini_mmlu")},
     )
-    result = _run(pytester, "http://127.0.0.1:9/v1/completions", cfg, "--evalchemy-run-id=down")
+    result = run_evalchemy(
+        pytester, "http://127.0.0.1:9/v1/completions", cfg, "--evalchemy-run-id=down"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["ERROR: evalchemy endpoint check failed: cannot connect to http://127.0.0.1:9/v1/models*"]
@@ -373,8 +377,8 @@ def test_endpoint_check_refuses_unusable_servers(
     pytester: pytest.Pytester, make_server, switches: dict, args: tuple, message: str
 ) -> None:
     srv = make_server(**switches)
-    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc")})
-    result = _run(pytester, srv, cfg, *args)
+    cfg = config_option(pytester.path, {"mini_arc": offline_task("mini_arc")})
+    result = run_evalchemy(pytester, srv.completions_url, cfg, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert srv.stats()["completions"] <= 1  # only the probe; no evaluation request
@@ -384,8 +388,8 @@ def test_generation_only_run_needs_no_tokenizer(
     pytester: pytest.Pytester, make_server, answer_key: list[AnswerEntry]
 ) -> None:
     srv = make_server(no_tokenizer_endpoints=True)
-    cfg = _config(pytester, {"mini_gsm8k": offline_task("mini_gsm8k", limit=4)})
-    _run(pytester, srv, cfg).assert_outcomes(passed=1)
+    cfg = config_option(pytester.path, {"mini_gsm8k": offline_task("mini_gsm8k", limit=4)})
+    run_evalchemy(pytester, srv.completions_url, cfg).assert_outcomes(passed=1)
     metrics = read_summary(pytester.path / "results")["tasks"]["mini_gsm8k/mini_gsm8k"]["metrics"][
         "mini_gsm8k"
     ]
@@ -398,8 +402,10 @@ def test_api_key_is_sent_and_never_written(
     srv = make_server(api_key="sk-very-secret-value")
     monkeypatch.setenv("EVALCHEMY_API_KEY", "sk-very-secret-value")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc", limit=2, log_samples=True)})
-    result = _run(pytester, srv, cfg, "--junitxml=j.xml")
+    cfg = config_option(
+        pytester.path, {"mini_arc": offline_task("mini_arc", limit=2, log_samples=True)}
+    )
+    result = run_evalchemy(pytester, srv.completions_url, cfg, "--junitxml=j.xml")
     result.assert_outcomes(passed=1)
     assert "sk-very-secret-value" not in result.stdout.str() + result.stderr.str()
     for path in [*pytester.path.rglob("*")]:
@@ -449,8 +455,8 @@ def test_paths_on_the_command_line_run_beside_the_config(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
     pytester.makepyfile(test_mine="def test_mine():\n    assert 1 + 1 == 2\n")
-    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc", limit=2)})
-    result = _run(pytester, server, cfg, "test_mine.py", "-v")
+    cfg = config_option(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    result = run_evalchemy(pytester, server.completions_url, cfg, "test_mine.py", "-v")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         ["*test_mine.py::test_mine PASSED*", "*eval.json::mini_arc::mini_arc PASSED*"]
@@ -464,13 +470,13 @@ def test_config_outside_rootdir(
     path = write_config(
         elsewhere / "cfg.json", {"tasks": {"mini_arc": offline_task("mini_arc", limit=2)}}
     )
-    result = _run(pytester, server, f"--evalchemy-config={path}", "-v")
+    result = run_evalchemy(pytester, server.completions_url, f"--evalchemy-config={path}", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["../elsewhere*/cfg.json::mini_arc::mini_arc PASSED*"])
 
 
 def test_collect_only_is_light(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
-    cfg = _config(pytester, {f"t{i}": offline_task("mini_arc") for i in range(50)})
+    cfg = config_option(pytester.path, {f"t{i}": offline_task("mini_arc") for i in range(50)})
     pytester.makeconftest(
         "import sys\n"
         "def pytest_collection_finish(session):\n"
@@ -488,8 +494,10 @@ def test_collect_only_is_light(pytester: pytest.Pytester, server: EvalchemyTestS
 def test_incomplete_results_fail(pytester: pytest.Pytester, server: EvalchemyTestServer) -> None:
     # A limit above the data set is fine (lm-eval evaluates every doc); the check compares
     # with what could have been evaluated.
-    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc", limit=1000, num_fewshot=0)})
-    _run(pytester, server, cfg).assert_outcomes(passed=1)
+    cfg = config_option(
+        pytester.path, {"mini_arc": offline_task("mini_arc", limit=1000, num_fewshot=0)}
+    )
+    run_evalchemy(pytester, server.completions_url, cfg).assert_outcomes(passed=1)
     assert (
         read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]["n_samples"][
             "mini_arc"
@@ -501,14 +509,14 @@ def test_incomplete_results_fail(pytester: pytest.Pytester, server: EvalchemyTes
 def test_item_errors_when_the_server_dies_mid_run(pytester: pytest.Pytester, make_server) -> None:
     # Requests after the endpoint check's probe and one more hang until the server stops.
     srv = make_server(hang_after=2)
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "mini_arc": offline_task("mini_arc", limit=4, timeout=3),
             "mini_mmlu": offline_task("mini_mmlu", limit=2, timeout=3),
         },
     )
-    result = _run(pytester, srv, cfg)
+    result = run_evalchemy(pytester, srv.completions_url, cfg)
     result.assert_outcomes(failed=2)
     summary = read_summary(pytester.path / "results")
     assert {v["status"] for v in summary["tasks"].values()} == {"timeout"}
@@ -520,14 +528,14 @@ def test_item_errors_when_the_server_dies_mid_run(pytester: pytest.Pytester, mak
 def test_parallel_run_matches_serial(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(
-        pytester,
+    cfg = config_option(
+        pytester.path,
         {
             "mini_arc": offline_task("mini_arc"),
             "mini_mmlu": offline_task("mini_mmlu"),
             "mini_hellaswag": offline_task("mini_hellaswag"),
         },
-        {"b": {"tasks": ["mini_arc", "mini_mmlu"]}, "c": {"tasks": ["mini_hellaswag"]}},
+        benchmarks={"b": {"tasks": ["mini_arc", "mini_mmlu"]}, "c": {"tasks": ["mini_hellaswag"]}},
     )
     serial = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-run-id=serial"
@@ -564,17 +572,23 @@ def test_parallel_run_matches_serial(
 def test_log_level_sets_what_the_item_log_keeps(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _config(pytester, {"mini_arc": offline_task("mini_arc", limit=2)})
-    _run(pytester, server, cfg, "--evalchemy-run-id=info").assert_outcomes(passed=1)
-    _run(
-        pytester, server, cfg, "--evalchemy-run-id=warn", "--evalchemy-log-level=warning"
+    cfg = config_option(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    run_evalchemy(pytester, server.completions_url, cfg, "--evalchemy-run-id=info").assert_outcomes(
+        passed=1
+    )
+    run_evalchemy(
+        pytester,
+        server.completions_url,
+        cfg,
+        "--evalchemy-run-id=warn",
+        "--evalchemy-log-level=warning",
     ).assert_outcomes(passed=1)
     info = (pytester.path / "results" / "info" / "mini_arc_benchmark.log").read_text()
     warn = (pytester.path / "results" / "warn" / "mini_arc_benchmark.log").read_text()
     assert " INFO [lm_eval" in info
     assert " INFO [lm_eval" not in warn
     assert " WARNING [lm_eval" in warn
-    result = _run(pytester, server, cfg, "--evalchemy-log-level=loud")
+    result = run_evalchemy(pytester, server.completions_url, cfg, "--evalchemy-log-level=loud")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*--evalchemy-log-level: expected DEBUG, INFO, WARNING or ERROR, got 'LOUD'*"]

@@ -13,7 +13,7 @@ from pytest_evalchemy.core.record import IntervalRecord, ItemRecord, Summary
 from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.report.summary import assemble_summary, summary_header
 
-from .conftest import check_summary
+from .helpers import check_summary
 
 
 def _schema() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every test here backs a row of ``docs/reliability.md``. The faults come from the test server's
 switches (``pytest_evalchemy/testing/server.py``); switches that must not hit the endpoint
-check's probe are armed once the check is done (``_Arm``). Rows already tested elsewhere
+check's probe are armed once the check is done (``ArmFaults``). Rows already tested elsewhere
 (endpoint down, chat-only, null logprobs, no tokenizer, SIGINT/SIGKILL + resume, unsafe run
 ids, bad configs) are listed in the doc with their tests, not repeated here.
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,72 +27,31 @@ import pytest
 
 from pytest_evalchemy.testing import server as server_module
 from pytest_evalchemy.testing.answer_key import AnswerEntry
-from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO, expected, offline_task, read_summary, write_config
+from .helpers import (
+    ARC2,
+    REPO,
+    SLOW_ARC,
+    TWO,
+    ArmFaults,
+    assert_no_traceback,
+    assert_nowhere,
+    config_option,
+    expected,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+    run_metrics,
+    start_pytest,
+    statuses_so_far,
+    wait_for,
+)
 
-ARC2 = {"mini_arc": offline_task("mini_arc", limit=4, priority="high")}
-TWO = {**ARC2, "mini_mmlu": offline_task("mini_mmlu", limit=4)}
 # The faults of the tests that pin this hit requests in the order sent: one at a time, as a
 # sequence of attempts of the same request (under the default `auto` they spread over the
 # requests in flight, and a 503 among others in flight is waited out, not an attempt).
 ONE_AT_A_TIME = "--evalchemy-concurrency=1"
-
-
-def _run(
-    pytester: pytest.Pytester, url: str, *args: str, plugins: tuple[object, ...] = ()
-) -> pytest.RunResult:
-    return pytester.runpytest(
-        f"--evalchemy-endpoint={url}", "-p", "no:cacheprovider", *args, plugins=list(plugins)
-    )
-
-
-def _cfg(root: Path, tasks: dict[str, Any], **extra: Any) -> str:
-    return f"--evalchemy-config={write_config(root / 'eval.json', {'tasks': tasks, **extra})}"
-
-
-def _statuses(root: Path) -> dict[str, str]:
-    return {k: v["status"] for k, v in read_summary(root).get("tasks", {}).items()}
-
-
-def _metrics(root: Path, run_id: str) -> dict[str, Any]:
-    summary = json.loads((root / run_id / f"evalchemy_summary_{run_id}.json").read_text())
-    return {k: v["metrics"] for k, v in summary["tasks"].items()}
-
-
-class _Arm:
-    """A plugin that sets the server's fault switches once the endpoint check is done, so the
-    faults hit the items' requests and not the check's probe; ``per_item`` switches are set
-    when the item of that name starts."""
-
-    def __init__(
-        self,
-        srv: EvalchemyTestServer,
-        switches: dict[str, Any] | None = None,
-        per_item: dict[str, dict[str, Any]] | None = None,
-    ) -> None:
-        self.srv = srv
-        self.switches = switches or {}
-        self.per_item = per_item or {}
-
-    def _set(self, switches: dict[str, Any]) -> None:
-        self.srv.reset_stats()  # the *_first faults count from here
-        for name, value in switches.items():
-            setattr(self.srv, name, value)
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._set(self.switches)
-
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        if item.name in self.per_item:
-            self._set(self.per_item[item.name])
-
-
-def _no_traceback(result: pytest.RunResult) -> None:
-    text = result.stdout.str() + result.stderr.str()
-    assert "Traceback" not in text
-    assert "INTERNALERROR" not in text
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +69,7 @@ def test_wrong_url_path_says_what_was_expected_and_what_was_answered(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], path: str
 ) -> None:
     srv = make_server()
-    result = _run(pytester, f"{srv.url}{path}", _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, f"{srv.url}{path}", config_option(pytester.path, ARC2))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     models = srv.url + path.replace("/completions", "/models")
     result.stderr.fnmatch_lines(
@@ -121,13 +80,13 @@ def test_wrong_url_path_says_what_was_expected_and_what_was_answered(
         ]
     )
     assert srv.stats()["completions"] == 0
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_server_root_without_v1_is_completed(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    result = _run(pytester, server.url, _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, server.url, config_option(pytester.path, ARC2))
     result.assert_outcomes(passed=1)
     assert read_summary(pytester.path / "results")["endpoint"] == server.completions_url
 
@@ -153,45 +112,45 @@ def test_overload_is_retried_and_scores_equal_a_clean_run(
     concurrency: int,
 ) -> None:
     srv = make_server()
-    cfg = _cfg(pytester.path, TWO)
+    cfg = config_option(pytester.path, TWO)
     args = (cfg, "--evalchemy-no-cache", f"--evalchemy-concurrency={concurrency}")
-    _run(pytester, srv.url, *args, "--evalchemy-run-id=clean")
-    result = _run(
-        pytester, srv.url, *args, "--evalchemy-run-id=faulty", plugins=(_Arm(srv, switches),)
+    run_evalchemy(pytester, srv.url, *args, "--evalchemy-run-id=clean")
+    result = run_evalchemy(
+        pytester, srv.url, *args, "--evalchemy-run-id=faulty", plugins=(ArmFaults(srv, switches),)
     )
     result.assert_outcomes(passed=2)
     assert srv.stats()["faults"]["fail"] == 2  # the failures did happen, and were retried
     results = pytester.path / "results"
-    assert _metrics(results, "faulty") == _metrics(results, "clean")
+    assert run_metrics(results, "faulty") == run_metrics(results, "clean")
 
 
 def test_max_retries_is_configurable_and_exhausted_retries_error_one_item(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     srv = make_server()
-    cfg = _cfg(pytester.path, TWO)
+    cfg = config_option(pytester.path, TWO)
     fail3 = {"fail_first": 3, "fail_status": 503}
     # lm-eval's attempts alone (no outage window; the window has its own tests).
     cfg = f"{cfg} --evalchemy-outage-timeout=0".split(" ")
     # Three failures in a row: four attempts get through...
-    result = _run(
+    result = run_evalchemy(
         pytester,
         srv.url,
         *cfg,
         "--evalchemy-max-retries=4",
         "--evalchemy-run-id=four",
         ONE_AT_A_TIME,
-        plugins=(_Arm(srv, fail3),),
+        plugins=(ArmFaults(srv, fail3),),
     )
     result.assert_outcomes(passed=2)
     # ...the default three do not: that item errors with the cause, the next one runs.
-    result = _run(
+    result = run_evalchemy(
         pytester,
         srv.url,
         *cfg,
         "--evalchemy-run-id=three",
         ONE_AT_A_TIME,
-        plugins=(_Arm(srv, fail3),),
+        plugins=(ArmFaults(srv, fail3),),
     )
     result.assert_outcomes(passed=1, failed=1)
     summary = json.loads(
@@ -202,7 +161,7 @@ def test_max_retries_is_configurable_and_exhausted_retries_error_one_item(
     assert arc["message"].startswith("the endpoint answered HTTP 503, 3 attempt(s) per request")
     assert summary["tasks"]["mini_mmlu/mini_mmlu"]["status"] == "passed"
     assert summary["settings"]["max_retries"] == 3
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 # ---------------------------------------------------------------- broken answers
@@ -211,7 +170,7 @@ def test_max_retries_is_configurable_and_exhausted_retries_error_one_item(
 @pytest.fixture
 def mid_body_resets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Completion answers break off mid-body (the headers and half the JSON, then a TCP
-    reset) while the server's ``mid_body_first`` (set through ``_Arm``) is above zero."""
+    reset) while the server's ``mid_body_first`` (set through ``ArmFaults``) is above zero."""
     send = server_module._Handler._send
     lock = threading.Lock()
 
@@ -244,7 +203,9 @@ def test_resets_and_truncated_json_are_retried(
 ) -> None:
     srv = make_server()
     switches = {"reset_first": 1, "invalid_json_first": 1, "mid_body_first": 1}
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), plugins=(_Arm(srv, switches),))
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), plugins=(ArmFaults(srv, switches),)
+    )
     result.assert_outcomes(passed=1)
     assert srv.stats()["faults"] == {
         "reset": 1,
@@ -288,20 +249,20 @@ def test_persistent_garbage_errors_the_item_with_its_cause_and_the_others_go_on(
     cause: str,
 ) -> None:
     srv = make_server()
-    result = _run(
+    result = run_evalchemy(
         pytester,
         srv.url,
-        _cfg(pytester.path, TWO),
+        config_option(pytester.path, TWO),
         "--evalchemy-outage-timeout=0",  # lm-eval's attempts alone
         ONE_AT_A_TIME,
-        plugins=(_Arm(srv, switches),),
+        plugins=(ArmFaults(srv, switches),),
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"*mini_arc/mini_arc: lm-eval failed: {cause}*"])
     summary = read_summary(pytester.path / "results")
     assert summary["tasks"]["mini_arc/mini_arc"]["message"].startswith(cause)
     assert summary["tasks"]["mini_mmlu/mini_mmlu"]["status"] == "passed"
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_a_hanging_request_times_out_its_item_and_the_others_go_on(
@@ -312,8 +273,10 @@ def test_a_hanging_request_times_out_its_item_and_the_others_go_on(
         "mini_arc": offline_task("mini_arc", limit=4, priority="high", timeout=3),
         "mini_mmlu": offline_task("mini_mmlu", limit=4, timeout=30),
     }
-    arm = _Arm(srv, per_item={"mini_arc": {"hang_after": 0}, "mini_mmlu": {"hang_after": None}})
-    result = _run(pytester, srv.url, _cfg(pytester.path, tasks), plugins=(arm,))
+    arm = ArmFaults(
+        srv, per_item={"mini_arc": {"hang_after": 0}, "mini_mmlu": {"hang_after": None}}
+    )
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, tasks), plugins=(arm,))
     result.assert_outcomes(passed=1, failed=1)
     summary = read_summary(pytester.path / "results")
     arc = summary["tasks"]["mini_arc/mini_arc"]
@@ -352,10 +315,6 @@ class _StopAfter(threading.Thread):
         assert self.reached, f"the run never sent {self.completions} completion requests"
 
 
-# mini_arc with one prompt per request: 4 documents x 4 choices = 16 requests.
-SLOW_ARC = {"mini_arc": offline_task("mini_arc", limit=4, batch_size=1, num_fewshot=0)}
-
-
 def test_server_restart_mid_run_is_survived_by_retries(
     pytester: pytest.Pytester,
     make_server: Callable[..., EvalchemyTestServer],
@@ -373,7 +332,9 @@ def test_server_restart_mid_run_is_survived_by_retries(
     watcher = _StopAfter(first, 6, restart)
     try:
         # One at a time: requests are still to be sent when the first server goes away.
-        result = _run(pytester, first.url, _cfg(pytester.path, SLOW_ARC), ONE_AT_A_TIME)
+        result = run_evalchemy(
+            pytester, first.url, config_option(pytester.path, SLOW_ARC), ONE_AT_A_TIME
+        )
     finally:
         watcher.finish()
         for srv in second:
@@ -389,11 +350,11 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
     make_server: Callable[..., EvalchemyTestServer],
     answer_key: list[AnswerEntry],
 ) -> None:
-    cfg = _cfg(pytester.path, SLOW_ARC)
+    cfg = config_option(pytester.path, SLOW_ARC)
     first = make_server(latency=0.02)
     watcher = _StopAfter(first, 7, lambda: None)  # the probe and 6 answers, then gone
     # No outage window: the item errors as soon as lm-eval's attempts are used up.
-    result = _run(
+    result = run_evalchemy(
         pytester,
         first.url,
         cfg,
@@ -408,7 +369,7 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
     assert record["message"].startswith("the connection to the endpoint failed")
     # The server is back on the same address: the resumed run asks only what is missing.
     second = make_server(port=first.port)
-    _run(pytester, second.url, cfg, "--evalchemy-resume=out").assert_outcomes(passed=1)
+    run_evalchemy(pytester, second.url, cfg, "--evalchemy-resume=out").assert_outcomes(passed=1)
     asked_before = first.stats()["completions"] - 1  # the probe excluded
     asked_after = second.stats()["completions"] - 1
     # 16 requests in all; the one in flight when the server went away was asked twice.
@@ -420,32 +381,6 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
 
 
 # ---------------------------------------------------------------- SIGTERM
-
-
-def _start(root: Path, *args: str) -> subprocess.Popen[str]:
-    return spawn(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_for(
-    condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "the run did not get there in time"
-        time.sleep(0.02)
-
-
-def _summary_statuses(path: Path) -> dict[str, str]:
-    try:
-        return {k: v["status"] for k, v in json.loads(path.read_text())["tasks"].items()}
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 @pytest.mark.parametrize(
@@ -468,10 +403,10 @@ def test_sigterm_ends_the_run_as_interrupted_with_the_summary_written(
         "mini_arc": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0),
     }
     xdist = ["-n", str(workers), "--dist", "loadgroup"] if workers else []
-    proc = _start(
+    proc = start_pytest(
         tmp_path,
         f"--evalchemy-endpoint={srv.url}",
-        _cfg(tmp_path, tasks),
+        config_option(tmp_path, tasks),
         "--evalchemy-run-id=t",
         ONE_AT_A_TIME,  # slow enough to be caught mid-item
         *xdist,
@@ -479,10 +414,10 @@ def test_sigterm_ends_the_run_as_interrupted_with_the_summary_written(
     summary = tmp_path / "results" / "t" / "evalchemy_summary_t.json"
     try:
         # Wait for one finished item and the other one busy.
-        _wait_for(
+        wait_for(
             lambda: (
-                _summary_statuses(summary).get("mini_mmlu/mini_mmlu") == "passed"
-                and _summary_statuses(summary).get("mini_arc/mini_arc") == "running"
+                statuses_so_far(tmp_path / "results", "t").get("mini_mmlu/mini_mmlu") == "passed"
+                and statuses_so_far(tmp_path / "results", "t").get("mini_arc/mini_arc") == "running"
                 and srv.stats()["completions"] > 20
             ),
             proc,
@@ -514,9 +449,9 @@ def test_sigterm_handler_is_set_only_while_the_plugin_runs(
             seen.append(signal.getsignal(signal.SIGTERM))
 
     before = signal.getsignal(signal.SIGTERM)
-    _run(pytester, server.url, _cfg(pytester.path, ARC2), plugins=(Probe(),)).assert_outcomes(
-        passed=1
-    )
+    run_evalchemy(
+        pytester, server.url, config_option(pytester.path, ARC2), plugins=(Probe(),)
+    ).assert_outcomes(passed=1)
     assert seen[0] is not before  # ours, during the run
     assert signal.getsignal(signal.SIGTERM) is before  # restored at unconfigure
     pytester.makepyfile(test_plain="def test_one():\n    pass\n")
@@ -535,7 +470,9 @@ def test_unwritable_results_folder_stops_before_any_request(
     srv = make_server()
     (pytester.path / "a_file").write_text("x")
     out = pytester.path / "a_file" / "results"
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), f"--evalchemy-output={out}")
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), f"--evalchemy-output={out}"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -544,7 +481,7 @@ def test_unwritable_results_folder_stops_before_any_request(
         ]
     )
     assert srv.stats()["requests"] == {}  # not even the endpoint check
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_a_write_that_fails_stops_the_run_before_any_request(
@@ -564,7 +501,7 @@ def test_a_write_that_fails_stops_the_run_before_any_request(
     done = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider"),
-            *(f"--evalchemy-endpoint={srv.url}", _cfg(pytester.path, ARC2)),
+            *(f"--evalchemy-endpoint={srv.url}", config_option(pytester.path, ARC2)),
         ],
         cwd=pytester.path,
         capture_output=True,
@@ -581,33 +518,21 @@ def test_a_write_that_fails_stops_the_run_before_any_request(
 def test_unsafe_resume_id_and_config_output_path_are_refused(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    result = _run(pytester, server.url, _cfg(pytester.path, ARC2), "--evalchemy-resume=../x")
+    result = run_evalchemy(
+        pytester, server.url, config_option(pytester.path, ARC2), "--evalchemy-resume=../x"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*run id '../x' is not a safe folder name*"])
     tasks = {"mini_arc": offline_task("mini_arc", output_path="/tmp/evalchemy-escape")}
-    result = _run(pytester, server.url, _cfg(pytester.path, tasks))
+    result = run_evalchemy(pytester, server.url, config_option(pytester.path, tasks))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*tasks.mini_arc.output_path: '/tmp/evalchemy-escape' leaves the working directory*"]
     )
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 # ---------------------------------------------------------------- secrets
-
-
-def _files_text(root: Path) -> Iterator[tuple[Path, str]]:
-    for path in sorted(root.rglob("*")):
-        # The request cache holds model answers keyed by hashes; read it as bytes all the same.
-        if path.is_file():
-            yield path, path.read_bytes().decode("utf-8", errors="replace")
-
-
-def _assert_nowhere(secret: str, root: Path, *texts: str) -> None:
-    for text in texts:
-        assert secret not in text
-    for path, text in _files_text(root):
-        assert secret not in text, path
 
 
 def test_openai_api_key_is_sent_and_never_written(
@@ -622,17 +547,17 @@ def test_openai_api_key_is_sent_and_never_written(
         "mini_arc": offline_task("mini_arc", limit=2, log_samples=True),
         "mini_gsm8k": offline_task("mini_gsm8k", limit=2, log_samples=True),
     }
-    result = _run(
+    result = run_evalchemy(
         pytester,
         srv.url,
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         "--junitxml=junit.xml",
         "--evalchemy-log-level=DEBUG",
         "-rA",
     )
     result.assert_outcomes(passed=2)
     assert (pytester.path / "junit.xml").is_file()
-    _assert_nowhere(secret, pytester.path, result.stdout.str(), result.stderr.str())
+    assert_nowhere([secret], pytester.path, stdout=result.stdout.str(), stderr=result.stderr.str())
 
 
 def test_api_key_is_absent_from_dry_run(tmp_path: Path) -> None:
@@ -659,7 +584,7 @@ def test_api_key_is_absent_from_dry_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "OPENAI_API_KEY=*** lm-eval run" in done.stdout
     for secret in ("sk-evalchemy-dry-1", "sk-openai-dry-2", "pw-dry-secret", "bob:"):
-        _assert_nowhere(secret, tmp_path, done.stdout, done.stderr)
+        assert_nowhere([secret], tmp_path, stdout=done.stdout, stderr=done.stderr)
 
 
 @pytest.mark.parametrize("outcome", ["passes", "errors"])
@@ -676,12 +601,12 @@ def test_credentials_in_the_endpoint_url_are_used_and_never_written(
     if outcome == "errors":
         # An HTTP error quotes the URL it was posting to: the message must lose the credentials
         # (requests' message, one request at a time).
-        plugins = (_Arm(srv, {"fail_first": 100, "fail_status": 500}),)
+        plugins = (ArmFaults(srv, {"fail_first": 100, "fail_status": 500}),)
         extra = (ONE_AT_A_TIME,)
-    result = _run(
+    result = run_evalchemy(
         pytester,
         url,
-        _cfg(pytester.path, ARC2),
+        config_option(pytester.path, ARC2),
         "--junitxml=junit.xml",
         "--evalchemy-max-retries=1",
         "--evalchemy-outage-timeout=0",
@@ -701,7 +626,9 @@ def test_credentials_in_the_endpoint_url_are_used_and_never_written(
     assert ("/v1/completions", basic) in auth_headers
     assert read_summary(pytester.path / "results")["endpoint"] == srv.completions_url
     for secret in ("pw-Zq9-secret", "alice:"):
-        _assert_nowhere(secret, pytester.path, result.stdout.str(), result.stderr.str())
+        assert_nowhere(
+            [secret], pytester.path, stdout=result.stdout.str(), stderr=result.stderr.str()
+        )
 
 
 # ---------------------------------------------------------------- task code
@@ -715,7 +642,7 @@ def _unsafe_task(root: Path) -> str:
         f"include: {REPO / 'benchmarks' / 'mini_arc.yaml'}\ntask: unsafe_arc\nunsafe_code: true\n"
     )
     tasks = {"unsafe_arc": offline_task("unsafe_arc", limit=2)}
-    return _cfg(root, tasks, include_paths=["mytasks"])
+    return config_option(root, tasks, include_paths=["mytasks"])
 
 
 def test_task_marked_unsafe_code_runs_only_with_the_opt_in(
@@ -723,7 +650,7 @@ def test_task_marked_unsafe_code_runs_only_with_the_opt_in(
 ) -> None:
     srv = make_server()
     cfg = _unsafe_task(pytester.path)
-    result = _run(pytester, srv.url, cfg, "--evalchemy-run-id=no")
+    result = run_evalchemy(pytester, srv.url, cfg, "--evalchemy-run-id=no")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -732,7 +659,9 @@ def test_task_marked_unsafe_code_runs_only_with_the_opt_in(
         ]
     )
     assert srv.stats()["completions"] == 1  # the endpoint check's probe: nothing was evaluated
-    result = _run(pytester, srv.url, cfg, "--evalchemy-run-id=yes", "--evalchemy-allow-unsafe-code")
+    result = run_evalchemy(
+        pytester, srv.url, cfg, "--evalchemy-run-id=yes", "--evalchemy-allow-unsafe-code"
+    )
     result.assert_outcomes(passed=1)
     record = json.loads(
         (pytester.path / "results" / "yes" / "evalchemy_summary_yes.json").read_text()
@@ -766,8 +695,8 @@ def test_function_tags_run_task_code_only_when_the_item_runs(
         "custom_dataset: !function mycode.load\n"
     )
     tasks = {"my_arc": offline_task("my_arc", limit=2)}
-    cfg = _cfg(root, tasks, include_paths=["mytasks"])
-    _run(pytester, server.url, cfg, "--collect-only").assert_outcomes()
+    cfg = config_option(root, tasks, include_paths=["mytasks"])
+    run_evalchemy(pytester, server.url, cfg, "--collect-only").assert_outcomes()
     assert not marker.exists()
     for mode in ("--list-benchmarks", "--validate-config", "--dry-run"):
         done = subprocess.run(
@@ -779,7 +708,7 @@ def test_function_tags_run_task_code_only_when_the_item_runs(
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert not marker.exists(), mode
-    _run(pytester, server.url, cfg).assert_outcomes(passed=1)
+    run_evalchemy(pytester, server.url, cfg).assert_outcomes(passed=1)
     assert marker.read_text() == "imported\n"
 
 
@@ -825,7 +754,7 @@ def https_server(
 def test_https_without_the_ca_fails_the_check_with_a_tls_message(
     pytester: pytest.Pytester, https_server: EvalchemyTestServer
 ) -> None:
-    result = _run(pytester, https_server.url, _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, https_server.url, config_option(pytester.path, ARC2))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -835,7 +764,7 @@ def test_https_without_the_ca_fails_the_check_with_a_tls_message(
         ]
     )
     assert https_server.stats()["requests"] == {}
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 @pytest.mark.parametrize(
@@ -857,7 +786,7 @@ def test_https_with_the_ca_bundle_runs(
         args.append(f"--evalchemy-ca-bundle={tls['ca']}")
     else:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls["ca"]))
-    result = _run(pytester, https_server.url, _cfg(pytester.path, ARC2), *args)
+    result = run_evalchemy(pytester, https_server.url, config_option(pytester.path, ARC2), *args)
     result.assert_outcomes(passed=1)
     record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
     assert record["metrics"]["mini_arc"]["acc,none"] == expected(answer_key, "mini_arc", 4)
@@ -867,7 +796,9 @@ def test_https_with_the_ca_bundle_runs(
 def test_https_insecure_runs_and_warns(
     pytester: pytest.Pytester, https_server: EvalchemyTestServer
 ) -> None:
-    result = _run(pytester, https_server.url, _cfg(pytester.path, ARC2), "--evalchemy-insecure")
+    result = run_evalchemy(
+        pytester, https_server.url, config_option(pytester.path, ARC2), "--evalchemy-insecure"
+    )
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(
         [
@@ -880,10 +811,10 @@ def test_https_insecure_runs_and_warns(
 def test_ca_bundle_and_insecure_together_are_refused(
     pytester: pytest.Pytester, tls: dict[str, Path]
 ) -> None:
-    result = _run(
+    result = run_evalchemy(
         pytester,
         "https://127.0.0.1:9/v1/completions",
-        _cfg(pytester.path, ARC2),
+        config_option(pytester.path, ARC2),
         f"--evalchemy-ca-bundle={tls['ca']}",
         "--evalchemy-insecure",
     )

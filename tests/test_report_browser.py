@@ -22,7 +22,7 @@ from pytest_evalchemy.judge.gating import drop_p_value
 from pytest_evalchemy.testing.answer_key import load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO, offline_task, write_config
+from .helpers import REPO, offline_task, write_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 

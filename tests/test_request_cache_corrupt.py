@@ -13,17 +13,14 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import check_summary, offline_task, write_config
+from .helpers import check_summary, config_option, offline_task, run_evalchemy
 
 KEY = "mini_arc/mini_arc"
 TASKS = {"mini_arc": offline_task("mini_arc", limit=12, num_fewshot=0, batch_size=1)}
 
 
 def _run(pytester: pytest.Pytester, url: str, *args: str) -> pytest.RunResult:
-    cfg = write_config(pytester.path / "eval.json", {"tasks": TASKS})
-    return pytester.runpytest(
-        f"--evalchemy-endpoint={url}", f"--evalchemy-config={cfg}", "-p", "no:cacheprovider", *args
-    )
+    return run_evalchemy(pytester, url, config_option(pytester.path, TASKS), *args)
 
 
 def _corrupt(path: Path, how: str) -> None:

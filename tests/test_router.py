@@ -4,7 +4,6 @@ the replica check and the options' errors."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ from pytest_evalchemy.core.endpoint import Endpoint
 from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import offline_task, write_config
+from .helpers import config_option, offline_task, read_run_summary, run_metrics
 
 pytestmark = pytest.mark.skipif(
     router.find_binary() is None, reason="vllm-router is not installed (the test extra has it)"
@@ -31,20 +30,8 @@ TASKS = {
 }
 
 
-def _cfg(root: Path, tasks: dict[str, Any]) -> str:
-    return f"--evalchemy-config={write_config(root / 'eval.json', {'tasks': tasks})}"
-
-
 def _run(pytester: pytest.Pytester, *args: str, plugins: tuple[object, ...] = ()) -> Any:
     return pytester.runpytest("--evalchemy-no-cache", *args, plugins=list(plugins))
-
-
-def _summary(root: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((root / run_id / f"evalchemy_summary_{run_id}.json").read_text())
-
-
-def _metrics(root: Path, run_id: str) -> dict[str, Any]:
-    return {k: v["metrics"] for k, v in _summary(root, run_id)["tasks"].items()}
 
 
 def _listening(url: str) -> bool:
@@ -73,7 +60,7 @@ def test_two_replicas_behind_the_router_score_as_one_server(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     a, b = make_server(latency=0.005), make_server(latency=0.005)
-    cfg = _cfg(pytester.path, TASKS)
+    cfg = config_option(pytester.path, TASKS)
     one = _run(
         pytester,
         f"--evalchemy-endpoint={a.url}",
@@ -96,13 +83,13 @@ def test_two_replicas_behind_the_router_score_as_one_server(
         ["*evalchemy: vllm-router on http://127.0.0.1:* in front of 2 replicas*"]
     )
     root = pytester.path / "results"
-    assert _metrics(root, "two") == _metrics(root, "one")
+    assert run_metrics(root, "two") == run_metrics(root, "one")
     # One process, items one after the other: each item still used both replicas.
     sa, sb = a.stats(), b.stats()
     assert sa["completions"] > 0
     assert sb["completions"] > 0
     assert sa["completions"] + sb["completions"] == alone  # the same requests, none twice
-    summary = _summary(root, "two")
+    summary = read_run_summary(root, "two")
     assert summary["replicas"] == [a.completions_url, b.completions_url]
     assert summary["endpoint"] == summary["router"]
     assert all(r["endpoint"] == summary["router"] for r in summary["tasks"].values())
@@ -114,7 +101,7 @@ def test_a_replica_killed_mid_item_costs_nothing(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     tasks = {"mini_arc": offline_task("mini_arc", limit=20, batch_size=1)}
-    cfg = _cfg(pytester.path, tasks)
+    cfg = config_option(pytester.path, tasks)
     clean = make_server(latency=0.02)
     _run(
         pytester,
@@ -153,7 +140,7 @@ def test_a_replica_killed_mid_item_costs_nothing(
     assert killed.wait(120), "replica B was never stopped"  # a failsafe, not a measure
     result.assert_outcomes(passed=1)
     root = pytester.path / "results"
-    assert _metrics(root, "killed") == _metrics(root, "clean")
+    assert run_metrics(root, "killed") == run_metrics(root, "clean")
     sa, sb = a.stats(), b.stats()
     assert sb["answered"] == 10
     assert sb["faults"]["held"] >= 1  # it had requests in flight when it went
@@ -175,7 +162,7 @@ def test_without_vllm_router_the_endpoints_are_spread_with_one_line(
     result = _run(
         pytester,
         f"--evalchemy-endpoint={a.url},{b.url}",
-        _cfg(pytester.path, TASKS),
+        config_option(pytester.path, TASKS),
         "--evalchemy-run-id=spread",
     )
     result.assert_outcomes(passed=2)
@@ -185,7 +172,7 @@ def test_without_vllm_router_the_endpoints_are_spread_with_one_line(
             "each xdist worker keeps to one of the 2 endpoints instead of every item using all of them"
         ]
     )
-    summary = _summary(pytester.path / "results", "spread")
+    summary = read_run_summary(pytester.path / "results", "spread")
     assert "router" not in summary
     endpoints = {r["endpoint"] for r in summary["tasks"].values()}
     assert endpoints == {a.completions_url, b.completions_url}  # items took turns
@@ -202,7 +189,7 @@ def test_a_router_the_user_runs(
         result = _run(
             pytester,
             f"--evalchemy-router={theirs.base_url}",
-            _cfg(pytester.path, TASKS),
+            config_option(pytester.path, TASKS),
             "--evalchemy-run-id=theirs",
             plugins=(_AfterCheck(a, b),),
         )
@@ -212,7 +199,7 @@ def test_a_router_the_user_runs(
         assert _listening(theirs.base_url)  # theirs: left running
     finally:
         theirs.stop()
-    summary = _summary(pytester.path / "results", "theirs")
+    summary = read_run_summary(pytester.path / "results", "theirs")
     assert summary["router"] == theirs.completions_url
 
 
@@ -220,7 +207,9 @@ def test_replicas_with_different_context_lengths_are_refused_before_any_item(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
     a, b = make_server(max_model_len=4096), make_server(max_model_len=2048)
-    result = _run(pytester, f"--evalchemy-endpoint={a.url},{b.url}", _cfg(pytester.path, TASKS))
+    result = _run(
+        pytester, f"--evalchemy-endpoint={a.url},{b.url}", config_option(pytester.path, TASKS)
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
@@ -271,7 +260,7 @@ def test_endpoints_without_health_are_named_before_the_router_or_any_completion(
     result = _run(
         pytester,
         f"--evalchemy-endpoint={','.join(s.url for s in servers)}",
-        _cfg(pytester.path, TASKS),
+        config_option(pytester.path, TASKS),
         "--evalchemy-run-id=nohealth",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -298,7 +287,7 @@ def test_endpoints_without_health_are_named_before_the_router_or_any_completion(
 def test_with_mixed_models_allowed_health_matters_only_when_the_router_is_needed(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
-    cfg = _cfg(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
+    cfg = config_option(pytester.path, {"mini_arc": offline_task("mini_arc", limit=2)})
     # Two models: no router (each item keeps to one endpoint), so no /health is needed.
     a, b = make_server(no_health=True), make_server(no_health=True, model="another-model")
     mixed = _run(

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,41 +18,17 @@ from pytest_evalchemy.run.runlock import LOCK_NAME, RunLock
 from pytest_evalchemy.testing.processes import spawn
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import check_summary, offline_task, write_config
+from .helpers import (
+    check_summary,
+    config_option,
+    offline_task,
+    read_run_summary,
+    start_pytest,
+    statuses_so_far,
+    wait_for,
+)
 
 MakeServer = Callable[..., EvalchemyTestServer]
-
-
-def _cfg(path: Path, tasks: dict, name: str = "eval.json") -> str:
-    return f"--evalchemy-config={write_config(path / name, {'tasks': tasks})}"
-
-
-def _summary(root: Path, run_id: str) -> dict:
-    return json.loads((root / "results" / run_id / f"evalchemy_summary_{run_id}.json").read_text())
-
-
-def _start(root: Path, *args: str) -> subprocess.Popen[str]:
-    return spawn(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "the run did not get there in time"
-        time.sleep(0.02)
-
-
-def _statuses(root: Path, run_id: str) -> dict[str, str]:
-    try:
-        return {k: v["status"] for k, v in _summary(root, run_id)["tasks"].items()}
-    except (OSError, ValueError, KeyError):
-        return {}
 
 
 @contextlib.contextmanager
@@ -88,7 +63,7 @@ def test_a_run_id_in_use_is_refused_and_nothing_is_written(
         before = _files(run_folder)
         result = pytester.runpytest_subprocess(
             f"--evalchemy-endpoint={srv.completions_url}",
-            _cfg(pytester.path, MMLU),
+            config_option(pytester.path, MMLU),
             "--evalchemy-run-id=busy",
             *xdist,
         )
@@ -106,7 +81,7 @@ def test_a_run_id_in_use_is_refused_and_nothing_is_written(
     # Once the holder is gone, the same id runs.
     pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={srv.completions_url}",
-        _cfg(pytester.path, MMLU),
+        config_option(pytester.path, MMLU),
         "--evalchemy-run-id=busy",
         *xdist,
     ).assert_outcomes(passed=1)
@@ -119,17 +94,21 @@ def test_two_runs_with_one_id_the_second_refused_the_first_complete(
     # mid-item for as long as the second run takes to start, however slow that is.
     srv = make_server(hold_after=2)
     tasks = {"mini_arc": offline_task("mini_arc", limit=8, batch_size=1, num_fewshot=0)}
-    cfg = _cfg(tmp_path, tasks)
-    first = _start(tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same")
+    cfg = config_option(tmp_path, tasks)
+    first = start_pytest(
+        tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same"
+    )
     with _stopped_at_end(first):
-        _wait_for(
+        wait_for(
             lambda: (
                 srv.stats()["faults"]["held"] >= 1
-                and _statuses(tmp_path, "same").get("mini_arc/mini_arc") == "running"
+                and statuses_so_far(results, "same").get("mini_arc/mini_arc") == "running"
             ),
             first,
         )
-        second = _start(tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same")
+        second = start_pytest(
+            tmp_path, f"--evalchemy-endpoint={srv.url}", cfg, "--evalchemy-run-id=same"
+        )
         with _stopped_at_end(second):
             out, _ = second.communicate(timeout=120)
         assert second.returncode == pytest.ExitCode.USAGE_ERROR, out
@@ -137,7 +116,7 @@ def test_two_runs_with_one_id_the_second_refused_the_first_complete(
         srv.release()
         out, _ = first.communicate(timeout=120)
         assert first.returncode == 0, out
-    summary = _summary(tmp_path, "same")
+    summary = read_run_summary(tmp_path / "results", "same")
     assert summary["tasks"]["mini_arc/mini_arc"]["status"] == "passed"
     log = (tmp_path / "results" / "same" / "evalchemy_same.log").read_text()
     assert log.count("started:") == 1  # one run's log, not two interleaved
@@ -167,7 +146,7 @@ def test_the_lock_of_a_killed_run_is_no_obstacle(
     assert str(holder.pid) in (folder / LOCK_NAME).read_text()  # the dead run's lock is left
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, MMLU),
+        config_option(pytester.path, MMLU),
         "--evalchemy-run-id=dead",
     )
     result.assert_outcomes(passed=1)
@@ -180,7 +159,7 @@ def test_a_run_folder_that_cannot_be_locked_is_a_usage_error(
     (pytester.path / "results" / "taken").write_text("a file where the run folder would be")
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, MMLU),
+        config_option(pytester.path, MMLU),
         "--evalchemy-run-id=taken",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -196,7 +175,7 @@ def test_collect_only_creates_no_run_folder(
 ) -> None:
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, MMLU),
+        config_option(pytester.path, MMLU),
         "--evalchemy-run-id=look",
         "--collect-only",
     )
@@ -252,11 +231,11 @@ def test_resume_of_another_run_is_refused(
     pytester: pytest.Pytester, make_server: MakeServer, change: dict, message: str
 ) -> None:
     srv = make_server()
-    first = _finished_run(pytester, srv, _cfg(pytester.path, MMLU))
+    first = _finished_run(pytester, srv, config_option(pytester.path, MMLU))
     other = make_server(
         model=change.get("model", srv.model), max_model_len=change.get("max_model_len", 16384)
     )
-    cfg = _cfg(pytester.path, change.get("config", MMLU))
+    cfg = config_option(pytester.path, change.get("config", MMLU))
     result = pytester.runpytest(
         f"--evalchemy-endpoint={other.completions_url}",
         cfg,
@@ -281,9 +260,9 @@ def test_forced_resume_mixes_runs_and_says_so(
     pytester: pytest.Pytester, make_server: MakeServer
 ) -> None:
     srv = make_server()
-    _finished_run(pytester, srv, _cfg(pytester.path, MMLU))
+    _finished_run(pytester, srv, config_option(pytester.path, MMLU))
     other = make_server(model="another-model")
-    cfg = _cfg(pytester.path, {**MMLU, "mini_arc": offline_task("mini_arc", limit=2)})
+    cfg = config_option(pytester.path, {**MMLU, "mini_arc": offline_task("mini_arc", limit=2)})
     result = pytester.runpytest(
         f"--evalchemy-endpoint={other.completions_url}",
         cfg,
@@ -296,7 +275,7 @@ def test_forced_resume_mixes_runs_and_says_so(
             "evalchemy: --evalchemy-resume-force: mixing two runs in r (config sha256 *; served model*"
         ]
     )
-    summary = _summary(pytester.path, "r")
+    summary = read_run_summary(pytester.path / "results", "r")
     (resume,) = summary["resumes"]
     assert resume["forced"] is True
     assert [d.split(" ", 1)[0] for d in resume["differences"]] == ["config", "served"]
@@ -307,12 +286,12 @@ def test_forced_resume_mixes_runs_and_says_so(
 def test_resume_of_the_same_run_is_accepted_and_recorded(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
-    cfg = _cfg(pytester.path, MMLU)
+    cfg = config_option(pytester.path, MMLU)
     _finished_run(pytester, server, cfg)
     pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}", cfg, "--evalchemy-resume=r"
     ).assert_outcomes(passed=1)
-    summary = _summary(pytester.path, "r")
+    summary = read_run_summary(pytester.path / "results", "r")
     assert [(r["forced"], r["differences"]) for r in summary["resumes"]] == [(False, [])]
     identity = summary["identity"]
     assert identity["model"] == server.model
@@ -327,7 +306,7 @@ def test_resume_force_without_resume_is_a_usage_error(
 ) -> None:
     result = pytester.runpytest(
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(pytester.path, MMLU),
+        config_option(pytester.path, MMLU),
         "--evalchemy-resume-force",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -350,20 +329,20 @@ def test_interrupted_run_lists_pending_and_skipped_items(
         "mini_mmlu": offline_task("mini_mmlu", limit=2),
         "mini_hellaswag": offline_task("mini_hellaswag", limit=2, enabled=False),
     }
-    proc = _start(
+    proc = start_pytest(
         tmp_path,
         f"--evalchemy-endpoint={srv.url}",
-        _cfg(tmp_path, tasks),
+        config_option(tmp_path, tasks),
         "--evalchemy-run-id=cut",
         *xdist,
     )
     with _stopped_at_end(proc):
-        _wait_for(lambda: srv.stats()["faults"]["held"] >= 1, proc)
+        wait_for(lambda: srv.stats()["faults"]["held"] >= 1, proc)
         os.kill(proc.pid, signal.SIGINT)
         srv.release()  # the signal is sent: whether the answer still arrives decides nothing
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
-    summary = _summary(tmp_path, "cut")
+    summary = read_run_summary(tmp_path / "results", "cut")
     assert {k: (v["status"], v["message"]) for k, v in summary["tasks"].items()} == {
         "mini_arc/mini_arc": ("interrupted", summary["tasks"]["mini_arc/mini_arc"]["message"]),
         "mini_mmlu/mini_mmlu": ("pending", "not started"),
@@ -388,14 +367,16 @@ def test_deselected_items_decide_nothing(
     }
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={srv.completions_url}",
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         "--evalchemy-run-id=k",
         *select,
         *xdist,
     )
     # (xdist's workers deselect; its controller does not count them)
     result.assert_outcomes(passed=1, deselected=0 if xdist else 1)
-    assert list(_summary(pytester.path, "k")["tasks"]) == ["mini_gsm8k/mini_gsm8k"]
+    assert list(read_run_summary(pytester.path / "results", "k")["tasks"]) == [
+        "mini_gsm8k/mini_gsm8k"
+    ]
 
 
 def test_endpoint_failure_fails_only_the_selected_items(
@@ -405,15 +386,15 @@ def test_endpoint_failure_fails_only_the_selected_items(
     tasks = {"mini_arc": offline_task("mini_arc"), "mini_mmlu": offline_task("mini_mmlu")}
     result = pytester.runpytest(
         f"--evalchemy-endpoint={srv.completions_url}",
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         "--evalchemy-run-id=e",
         "-k",
         "mini_arc",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert {k: v["status"] for k, v in _summary(pytester.path, "e")["tasks"].items()} == {
-        "mini_arc/mini_arc": "error"
-    }
+    assert {
+        k: v["status"] for k, v in read_run_summary(pytester.path / "results", "e")["tasks"].items()
+    } == {"mini_arc/mini_arc": "error"}
 
 
 @pytest.mark.parametrize(
@@ -449,7 +430,7 @@ def test_the_plugins_selection_is_pytests(pytester: pytest.Pytester, expression:
     )
     result = pytester.runpytest(
         "--evalchemy-endpoint=http://127.0.0.1:9/v1/completions",
-        _cfg(pytester.path / "sub", tasks),
+        config_option(pytester.path / "sub", tasks),
         "--collect-only",
         "-s",
         *expression,
@@ -468,7 +449,7 @@ def test_timed_out_item_reports_its_own_stack_in_a_few_lines(
     tasks = {"slow": offline_task("mini_arc", limit=12, batch_size=1, num_fewshot=0, timeout=8)}
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={srv.completions_url}",
-        _cfg(pytester.path, tasks),
+        config_option(pytester.path, tasks),
         "--evalchemy-concurrency=1",  # one at a time, so the item cannot finish in time
     )
     result.assert_outcomes(failed=1)
@@ -504,10 +485,10 @@ def test_interrupt_after_the_summary_keeps_the_exit_status(
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    terminalreporter.write_line('after the interrupt')\n"
     )
-    proc = _start(
+    proc = start_pytest(
         tmp_path,
         f"--evalchemy-endpoint={server.completions_url}",
-        _cfg(tmp_path, MMLU),
+        config_option(tmp_path, MMLU),
         "--evalchemy-run-id=late",
     )
     with _stopped_at_end(proc):
@@ -517,4 +498,4 @@ def test_interrupt_after_the_summary_keeps_the_exit_status(
     assert "KeyboardInterrupt" not in out
     assert "evalchemy: interrupt ignored: the run is over and its summary written" in out
     assert "after the interrupt" in out
-    assert _summary(tmp_path, "late")["exit_status"] == 0
+    assert read_run_summary(tmp_path / "results", "late")["exit_status"] == 0

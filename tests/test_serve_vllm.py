@@ -20,7 +20,6 @@ from pytest_evalchemy.run.serve import ServeError, ServeSpec, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "def hello_world(name):\n    return name"
 
 

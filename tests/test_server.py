@@ -27,7 +27,7 @@ from pytest_evalchemy.testing.server import (
     encode,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import REPO
 
 # A tiny answer key: two multiple-choice documents (one known, one not) and two generation documents.
 ENTRIES = [

@@ -9,7 +9,7 @@ import pytest
 from pytest_evalchemy.glue.settings import BY_NAME, ENV, FLAG, INI, SETTINGS, lookup, source_text
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import OFFLINE_CONFIG, check_summary, read_summary
+from .helpers import OFFLINE_CONFIG, check_summary, read_summary
 
 
 def test_each_option_is_named_once_and_its_ini_twin_like_the_flag() -> None:

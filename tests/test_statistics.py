@@ -26,7 +26,7 @@ from pytest_evalchemy.judge.statistics import (
 from pytest_evalchemy.testing.answer_key import load_answer_key
 from pytest_evalchemy.testing.server import EvalchemyTestServer, parse_flips
 
-from .conftest import REPO
+from .helpers import REPO
 
 _N = NormalDist()
 

@@ -6,8 +6,6 @@ docs/reliability.md.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +13,17 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .conftest import REPO, offline_task, read_summary, write_config
-from .test_reliability import ARC2, _cfg, _no_traceback, _run
+from .helpers import (
+    ARC2,
+    REPO,
+    assert_no_traceback,
+    config_option,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+    validate_config,
+    write_config,
+)
 
 LIMIT_HELP = (
     "expected a number of samples (a whole number >= 1, e.g. 10) or a fraction of the data "
@@ -29,11 +36,13 @@ def test_limit_must_be_a_count_or_a_fraction(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], value: str
 ) -> None:
     srv = make_server()
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), f"--evalchemy-limit={value}")
+    result = run_evalchemy(
+        pytester, srv.url, config_option(pytester.path, ARC2), f"--evalchemy-limit={value}"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: --evalchemy-limit: {LIMIT_HELP}; got '{value}'"])
     assert srv.stats()["requests"] == {}  # not even the endpoint check
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_limit_from_the_ini_file_names_the_file(
@@ -41,7 +50,7 @@ def test_limit_from_the_ini_file_names_the_file(
 ) -> None:
     srv = make_server()
     ini = pytester.makeini("[pytest]\nevalchemy_limit = 0\n")
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2))
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"ERROR: --evalchemy-limit (from evalchemy_limit in {ini}): {LIMIT_HELP}; got '0'"]
@@ -68,7 +77,7 @@ def test_numeric_options_refuse_what_cannot_be_right(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer], arg: str, line: str
 ) -> None:
     srv = make_server()
-    result = _run(pytester, srv.url, _cfg(pytester.path, ARC2), arg)
+    result = run_evalchemy(pytester, srv.url, config_option(pytester.path, ARC2), arg)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([line])
     assert srv.stats()["requests"] == {}
@@ -78,19 +87,12 @@ def test_a_limit_of_a_fraction_or_one_runs(
     pytester: pytest.Pytester, server: EvalchemyTestServer
 ) -> None:
     tasks = {"mini_arc": offline_task("mini_arc", limit=None)}
-    result = _run(pytester, server.url, _cfg(pytester.path, tasks), "--evalchemy-limit=0.05")
+    result = run_evalchemy(
+        pytester, server.url, config_option(pytester.path, tasks), "--evalchemy-limit=0.05"
+    )
     result.assert_outcomes(passed=1)
     record = read_summary(pytester.path / "results")["tasks"]["mini_arc/mini_arc"]
     assert record["n_samples"]["mini_arc"]["effective"] == 3  # ceil(48 * 0.05)
-
-
-def _validate(config: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest_evalchemy", "--validate-config", "--config", config],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_unknown_task_name_is_a_config_error_before_any_request(
@@ -100,7 +102,7 @@ def test_unknown_task_name_is_a_config_error_before_any_request(
     cfg = write_config(
         pytester.path / "eval.json", {"tasks": {"mini_arc": offline_task("mini_ark")}}
     )
-    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}")
+    result = run_evalchemy(pytester, srv.url, f"--evalchemy-config={cfg}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     line = (
         f"  {cfg}: tasks.mini_arc.tasks[0]: unknown task 'mini_ark': not a task of this config, "
@@ -109,8 +111,8 @@ def test_unknown_task_name_is_a_config_error_before_any_request(
     result.stderr.fnmatch_lines(["ERROR: invalid evalchemy config:", line])
     assert srv.stats()["requests"] == {}
     assert not (pytester.path / "results").exists()  # nothing written
-    assert _validate(str(cfg)).stderr.splitlines()[1] == line  # the same words
-    _no_traceback(result)
+    assert validate_config(cfg).stderr.splitlines()[1] == line  # the same words
+    assert_no_traceback(result)
 
 
 def test_num_fewshot_the_data_cannot_supply_is_a_config_error_in_the_run_and_validate(
@@ -127,14 +129,14 @@ def test_num_fewshot_the_data_cannot_supply_is_a_config_error_in_the_run_and_val
         f"few-shot source ({REPO / 'benchmarks' / 'mini_arc.yaml'}) can give at most 47 (48 "
         "documents in its 'test' split, less the one being evaluated); lower num_fewshot"
     )
-    result = _run(pytester, srv.url, f"--evalchemy-config={cfg}")
+    result = run_evalchemy(pytester, srv.url, f"--evalchemy-config={cfg}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: invalid evalchemy config:", line])
     assert srv.stats()["requests"] == {}
-    done = _validate(str(cfg))
+    done = validate_config(cfg)
     assert done.returncode == 4
     assert done.stderr.splitlines() == [f"config INVALID: {cfg}: 1 problem", line]
-    _no_traceback(result)
+    assert_no_traceback(result)
 
 
 def test_a_limit_above_the_data_set_is_a_warning_in_the_terminal_and_the_summary(
@@ -147,14 +149,16 @@ def test_a_limit_above_the_data_set_is_a_warning_in_the_terminal_and_the_summary
         f"{cfg}: tasks.mini_arc.limit: limit 100 is above the size of 'mini_arc' (48 documents "
         "in its 'test' split): all 48 are evaluated"
     )
-    result = _run(pytester, server.url, f"--evalchemy-config={cfg}", "--evalchemy-run-id=cfg")
+    result = run_evalchemy(
+        pytester, server.url, f"--evalchemy-config={cfg}", "--evalchemy-run-id=cfg"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"warning: {warning}"])
     summary = read_summary(pytester.path / "results")
     assert summary["config_warnings"] == [warning]
     assert "all 48 are evaluated" in (pytester.path / "results" / "cfg" / "report.html").read_text()
     # The command line's limit replaces the config's, and is named as the place.
-    result = _run(
+    result = run_evalchemy(
         pytester,
         server.url,
         f"--evalchemy-config={cfg}",
@@ -168,7 +172,7 @@ def test_a_limit_above_the_data_set_is_a_warning_in_the_terminal_and_the_summary
             "in its 'test' split): all 48 are evaluated"
         ]
     )
-    assert f"warning: {warning}" in _validate(str(cfg)).stderr.splitlines()
+    assert f"warning: {warning}" in validate_config(cfg).stderr.splitlines()
 
 
 def test_tasks_whose_data_is_not_local_are_not_checked_and_that_is_said(tmp_path: Path) -> None:
@@ -176,7 +180,7 @@ def test_tasks_whose_data_is_not_local_are_not_checked_and_that_is_said(tmp_path
         tmp_path / "eval.json",
         {"tasks": {"arc": {"tasks": ["arc_easy"], "num_fewshot": 100, "limit": 10**6}}},
     )
-    done = _validate(str(cfg))
+    done = validate_config(cfg)
     assert done.returncode == 0, done.stderr
     assert (
         "note: num_fewshot and limit not checked against the data of arc_easy: their data is "

@@ -25,7 +25,7 @@ from pytest_evalchemy.core.record import (
 )
 from pytest_evalchemy.core.resources import summary_schema_path
 
-from .conftest import check_summary
+from .helpers import check_summary
 
 SUMMARY: dict[str, Any] = {
     "format_version": FORMAT_VERSION,

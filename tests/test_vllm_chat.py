@@ -15,7 +15,7 @@ import pytest
 
 from pytest_evalchemy.run.serve import VllmServer
 
-from .conftest import write_config
+from .helpers import config_option, read_run_summary, run_pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
@@ -23,22 +23,7 @@ CHOICE = {"num_fewshot": 1, "limit": 6, "batch_size": 2}
 
 
 def _pytest(root: Path, tasks: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    write_config(root / "eval.json", {"tasks": tasks})
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        f"--evalchemy-config={root / 'eval.json'}",
-        "-p",
-        "no:cacheprovider",
-        "--evalchemy-no-report",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
-
-
-def _summary(root: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((root / "results" / run_id / f"evalchemy_summary_{run_id}.json").read_text())
+    return run_pytest(root, config_option(root, tasks), "--evalchemy-no-report", *args)
 
 
 def _lm_eval_cli(record: dict[str, Any], out: Path) -> tuple[dict[str, Any], Path]:
@@ -83,7 +68,7 @@ def test_chat_templated_multiple_choice_equals_lm_eval_with_the_local_tokenizer(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "chat template: served" in result.stdout
-    records = _summary(tmp_path, "tpl")["tasks"]
+    records = read_run_summary(tmp_path / "results", "tpl")["tasks"]
     for name in ("mini_arc", "mini_mmlu"):
         record = records[f"{name}/{name}"]
         command = record["lm_eval_command"]
@@ -109,7 +94,7 @@ def test_chat_templated_multiple_choice_equals_lm_eval_with_the_local_tokenizer(
         "--evalchemy-run-id=plain",
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    plain_records = _summary(tmp_path, "plain")["tasks"]
+    plain_records = read_run_summary(tmp_path / "results", "plain")["tasks"]
     print({k: v["metrics"] for k, v in plain_records.items()})
 
 
@@ -129,7 +114,7 @@ def test_generation_through_chat_completions_equals_local_chat_completions(
     result = _pytest(tmp_path, tasks, f"--evalchemy-endpoint={chat_url}", "--evalchemy-run-id=chat")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "generation tasks through /v1/chat/completions" in result.stdout
-    record = _summary(tmp_path, "chat")["tasks"]["mini_gsm8k/mini_gsm8k"]
+    record = read_run_summary(tmp_path / "results", "chat")["tasks"]["mini_gsm8k/mini_gsm8k"]
     assert record["lm_eval_command"].startswith("lm-eval run --model local-chat-completions")
     cli, out = _lm_eval_cli(record, tmp_path / "cli")
     ours = record["metrics"]["mini_gsm8k"]

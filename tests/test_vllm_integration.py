@@ -14,21 +14,9 @@ import pytest
 
 from pytest_evalchemy.run.serve import VllmServer
 
-from .conftest import write_config
+from .helpers import VLLM_TASKS, read_run_summary, run_metrics, run_pytest, vllm_pids_on_port, write_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
-
-# Small limits: a random tiny model on two CPU cores; the path matters, not the scores.
-TASKS = {
-    "mini_arc": {"tasks": ["mini_arc"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
-    "mini_hellaswag": {"tasks": ["mini_hellaswag"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
-    "mini_mmlu": {"tasks": ["mini_mmlu"], "num_fewshot": 1, "limit": 6, "batch_size": 2},
-    "mini_gsm8k": {"tasks": ["mini_gsm8k"], "num_fewshot": 1, "limit": 2, "log_samples": True},
-}
-
-
-def _summary(root: Path, run_id: str) -> dict[str, Any]:
-    return json.loads((root / "results" / run_id / f"evalchemy_summary_{run_id}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +25,7 @@ def serial_run(
 ) -> tuple[Path, pytest.RunResult]:
     """One serial plugin run over every offline benchmark (shared by the tests below)."""
     root = tmp_path_factory.mktemp("serial")
-    write_config(root / "eval.json", {"tasks": TASKS})
+    write_config(root / "eval.json", {"tasks": VLLM_TASKS})
     result = _pytest(
         root, f"--evalchemy-endpoint={vllm_server.completions_url}", "--evalchemy-run-id=serial"
     )
@@ -45,34 +33,25 @@ def serial_run(
 
 
 def _pytest(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        f"--evalchemy-config={root / 'eval.json'}",
-        "-p",
-        "no:cacheprovider",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    return run_pytest(root, f"--evalchemy-config={root / 'eval.json'}", *args)
 
 
 def test_every_offline_benchmark_passes(serial_run: tuple[Path, Any]) -> None:
     root, result = serial_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "4 passed" in result.stdout
-    summary = _summary(root, "serial")
+    summary = read_run_summary(root / "results", "serial")
     assert summary["totals"]["passed"] == 4
     assert summary["model"].endswith("tiny-llama")
     for key, record in summary["tasks"].items():
         task = record["task"]
-        assert record["n_samples"][task]["effective"] == TASKS[task]["limit"], key
+        assert record["n_samples"][task]["effective"] == VLLM_TASKS[task]["limit"], key
         assert record["metrics"][task], key
 
 
 def test_metrics_equal_lm_eval_cli(serial_run: tuple[Path, Any], tmp_path: Path) -> None:
     root, _ = serial_run
-    record = _summary(root, "serial")["tasks"]["mini_arc/mini_arc"]
+    record = read_run_summary(root / "results", "serial")["tasks"]["mini_arc/mini_arc"]
     cmd = record["lm_eval_command"].split()
     # The same command without the item's request cache, so the CLI asks the server itself.
     i = cmd.index("--use_cache")
@@ -116,23 +95,7 @@ def test_parallel_equals_serial(serial_run: tuple[Path, Any], vllm_server: VllmS
         "2",
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    serial, par = _summary(root, "serial"), _summary(root, "par")
-    assert {k: v["metrics"] for k, v in par["tasks"].items()} == {
-        k: v["metrics"] for k, v in serial["tasks"].items()
-    }
-
-
-def _vllm_pids_on_port(port: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"vllm.entrypoints.openai.api_server" in cmdline and port.encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
+    assert run_metrics(root / "results", "par") == run_metrics(root / "results", "serial")
 
 
 def test_serve_starts_one_server_and_leaves_nothing(
@@ -140,7 +103,7 @@ def test_serve_starts_one_server_and_leaves_nothing(
 ) -> None:
     write_config(
         tmp_path / "eval.json",
-        {"tasks": {"mini_mmlu": TASKS["mini_mmlu"], "mini_arc": TASKS["mini_arc"]}},
+        {"tasks": {"mini_mmlu": VLLM_TASKS["mini_mmlu"], "mini_arc": VLLM_TASKS["mini_arc"]}},
     )
     result = _pytest(
         tmp_path,
@@ -156,16 +119,16 @@ def test_serve_starts_one_server_and_leaves_nothing(
     assert first.startswith("$ ")
     assert "--enable-tokenizer-info-endpoint" in first
     port = first.split("--port ")[1].split()[0]
-    assert _vllm_pids_on_port(port) == []
+    assert vllm_pids_on_port(port) == []
     # One server for the run, not one per worker.
     assert result.stdout.count("starting vLLM on") == 1
-    summary = _summary(tmp_path, "served")
+    summary = read_run_summary(tmp_path / "results", "served")
     assert summary["totals"]["passed"] == 2
     assert summary["endpoint"] == f"http://127.0.0.1:{port}/v1/completions"
 
 
 def test_serve_failure_is_reported_with_the_log(vllm_python: str, tmp_path: Path) -> None:
-    write_config(tmp_path / "eval.json", {"tasks": {"mini_arc": TASKS["mini_arc"]}})
+    write_config(tmp_path / "eval.json", {"tasks": {"mini_arc": VLLM_TASKS["mini_arc"]}})
     result = _pytest(
         tmp_path,
         f"--evalchemy-serve={tmp_path / 'missing-model'}",
@@ -189,7 +152,8 @@ def test_local_tokenizer_gives_the_same_scores(
         "mini_arc or mini_mmlu",
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    local, remote = _summary(root, "localtok"), _summary(root, "serial")
+    results = root / "results"
+    local, remote = read_run_summary(results, "localtok"), read_run_summary(results, "serial")
     assert local["settings"]["tokenizer"] == str(tiny_model)
     for key in ("mini_arc/mini_arc", "mini_mmlu/mini_mmlu"):
         assert local["tasks"][key]["metrics"] == remote["tasks"][key]["metrics"], key
