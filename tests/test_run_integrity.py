@@ -102,7 +102,8 @@ def test_two_runs_with_one_id_the_second_refused_the_first_complete(
         wait_for(
             lambda: (
                 srv.stats()["faults"]["held"] >= 1
-                and statuses_so_far(results, "same").get("mini_arc/mini_arc") == "running"
+                and statuses_so_far(tmp_path / "results", "same").get("mini_arc/mini_arc")
+                == "running"
             ),
             first,
         )

@@ -14,7 +14,14 @@ import pytest
 
 from pytest_evalchemy.run.serve import VllmServer
 
-from .helpers import VLLM_TASKS, read_run_summary, run_metrics, run_pytest, vllm_pids_on_port, write_config
+from .helpers import (
+    VLLM_TASKS,
+    read_run_summary,
+    run_metrics,
+    run_pytest,
+    vllm_pids_on_port,
+    write_config,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.xdist_group("vllm")]
 
