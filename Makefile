@@ -32,7 +32,7 @@ lint: $(VENV)/.installed
 # Debian's chromium, installed here when missing (as root; otherwise the command to run is printed).
 # Then the lower-bound tests again with every dependency at its declared minimum, so a lower
 # bound cannot silently go false.
-test: lint $(VLLM_VENV)/.installed $(TINY_MODEL)/.stamp $(LOWER_VENV)/.installed
+test: lint $(VLLM_VENV)/.installed $(VLLM_VENV)/.hf-reference $(TINY_MODEL)/.stamp $(LOWER_VENV)/.installed
 	sh tools/system-deps.sh $(PYTHON) browser
 	EVALCHEMY_VLLM_PYTHON=$(abspath $(VLLM_PY)) EVALCHEMY_TINY_MODEL=$(abspath $(TINY_MODEL)) \
 		$(BIN)/python -m pytest tests -n 2 --dist loadgroup -q -rs

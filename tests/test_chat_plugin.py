@@ -66,7 +66,7 @@ def _is_probe(prompt: tuple[str, Any]) -> bool:
     endpoint, value = prompt
     if endpoint == "chat":
         return "What is 2 + 3?" in value
-    return value in (tuple(encode("Hello world", True)), tuple(encode("Hi", True)))
+    return value in (tuple(encode("Hello world")), tuple(encode("Hi", True)))
 
 
 def _same_prompts(ours: list[tuple[str, Any]], theirs: list[tuple[str, Any]]) -> None:

@@ -127,7 +127,7 @@ def test_thresholds_and_include_paths(tmp_path: Path) -> None:
         ),
         (
             '{"tasks": {"a": {"fewshot": 5}}}',
-            "cfg.json: tasks.a.fewshot: unknown key 'fewshot'; allowed keys: apply_chat_template, batch_size, description",
+            "cfg.json: tasks.a.fewshot: unknown key 'fewshot'; allowed keys: add_bos_token, apply_chat_template, batch_size, description",
         ),
         (
             '{"tasks": {"a": {"limit": 0}}}',

@@ -18,6 +18,7 @@ import yaml
 from pytest_evalchemy.core.config import load_config
 from pytest_evalchemy.core.resources import schema_path
 from pytest_evalchemy.core.results import atomic_write_text
+from pytest_evalchemy.testing.hf_tokenizer import write_hf_tokenizer
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .helpers import (
@@ -218,7 +219,11 @@ def test_item_request_hook_of_the_project_applies_to_a_config_elsewhere(
 def test_recorded_command_with_include_paths_replays_to_the_same_metrics(
     pytester: pytest.Pytester, make_server
 ) -> None:
-    server = make_server()
+    # A model trained with the BOS, served under its tokenizer's folder (as vLLM serves a
+    # path): the command names that tokenizer to start its prompts with the BOS, and a
+    # replay without it would score otherwise.
+    tokenizer = write_hf_tokenizer(pytester.path / "model")
+    server = make_server(model=str(tokenizer), bos_trained=True)
     _user_tasks(pytester.path / "my_tasks")
     cfg = write_config(
         pytester.path / "eval.json",

@@ -15,6 +15,7 @@ import pytest
 from pytest_evalchemy.run.serve import VllmServer
 
 from .helpers import (
+    REPO,
     VLLM_TASKS,
     read_run_summary,
     run_metrics,
@@ -164,3 +165,92 @@ def test_local_tokenizer_gives_the_same_scores(
     assert local["settings"]["tokenizer"] == str(tiny_model)
     for key in ("mini_arc/mini_arc", "mini_mmlu/mini_mmlu"):
         assert local["tasks"][key]["metrics"] == remote["tasks"][key]["metrics"], key
+
+
+# ---------------------------------------------------------------- the BOS against lm-eval's hf
+
+
+BOS_TASK = {"mini_arc": {**VLLM_TASKS["mini_arc"], "batch_size": 1, "log_samples": True}}
+
+
+def _loglikelihoods(folder: Path) -> dict[tuple[int, int], float]:
+    """``{(doc_id, choice): loglikelihood}`` of the mini_arc samples file under ``folder``."""
+    (path,) = folder.rglob("samples_mini_arc*.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return {
+        (row["doc_id"], i): float(resp[0])
+        for row in rows
+        for i, resp in enumerate(row["filtered_resps"])
+    }
+
+
+def _hf(vllm_python: str, tiny_model: Path, out: Path, *extra: str, args: str = "") -> Path:
+    """lm-eval's own hf backend on the tiny model's weights, in the vLLM environment (its torch
+    and transformers): the reference for what the model should see."""
+    cmd = [
+        vllm_python, "-m", "lm_eval", "run", "--model", "hf",
+        "--model_args", f"pretrained={tiny_model},dtype=float32{args}", "--device", "cpu",
+        "--tasks", "mini_arc", "--include_path", str(REPO / "benchmarks"),
+        "--num_fewshot", "1", "--limit", str(BOS_TASK["mini_arc"]["limit"]),
+        "--batch_size", "1", "--log_samples", "--output_path", str(out), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=out.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _largest_difference(ours: dict[Any, float], theirs: dict[Any, float]) -> float:
+    assert ours
+    assert ours.keys() == theirs.keys()
+    return max(abs(ours[k] - theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize(
+    ("setting", "hf_args", "hf_extra"),
+    [
+        pytest.param({}, "", (), id="auto-equals-hf-defaults"),
+        pytest.param(
+            {"add_bos_token": False}, ",add_bos_token=False", (), id="false-equals-hf-false"
+        ),
+        pytest.param(
+            {"apply_chat_template": True}, "", ("--apply_chat_template",), id="template-one-bos"
+        ),
+    ],
+)
+def test_per_sample_loglikelihoods_equal_lm_eval_hf(
+    vllm_server: VllmServer,
+    vllm_python: str,
+    tiny_model: Path,
+    tmp_path: Path,
+    setting: dict[str, Any],
+    hf_args: str,
+    hf_extra: tuple[str, ...],
+) -> None:
+    """The tiny Llama's tokenizer adds ``<s>`` to a text: auto sends it, as the hf backend's
+    defaults do; its chat template writes ``{{ bos_token }}``: the prompt carries exactly that
+    one (a second would change every loglikelihood)."""
+    tasks = {"mini_arc": {**BOS_TASK["mini_arc"], **setting}}
+    write_config(tmp_path / "eval.json", {"tasks": tasks})
+    result = _pytest(tmp_path, f"--evalchemy-endpoint={vllm_server.completions_url}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    ours = _loglikelihoods(tmp_path / "results")
+    theirs = _loglikelihoods(_hf(vllm_python, tiny_model, tmp_path / "hf", *hf_extra, args=hf_args))
+    largest = _largest_difference(ours, theirs)
+    print(f"largest per-sample difference from lm-eval's hf backend: {largest:.2e}")
+    assert largest <= 1e-4
+    if not setting:
+        # What the plugin sent before (no BOS on token prompts) is far from the hf defaults.
+        write_config(
+            tmp_path / "eval.json",
+            {"tasks": {"mini_arc": {**tasks["mini_arc"], "add_bos_token": False}}},
+        )
+        result = _pytest(
+            tmp_path,
+            f"--evalchemy-endpoint={vllm_server.completions_url}",
+            "--evalchemy-run-id=nobos",
+        )
+        assert result.returncode == 0, result.stdout[-3000:]
+        without = _loglikelihoods(tmp_path / "results" / "nobos")
+        print(f"without the BOS: {_largest_difference(without, theirs):.2e}")
+        assert _largest_difference(without, theirs) > 1e-2

@@ -60,6 +60,9 @@ class TaskConfig:
     fewshot_as_multiturn: bool | None = None  # None: on with a chat template, as in lm-eval
     gen_kwargs: tuple[tuple[str, Any], ...] = ()
     reasoning: str | None = None  # "true", "false", "auto"; None: the run's (default auto)
+    # Whether prompts start with the BOS: "true", "false", "auto" (as the model's tokenizer
+    # starts a text); None: the run's (default auto).
+    add_bos_token: str | None = None
     think_end_token: str | None = None
     thinking_budget: int | None = None
 
@@ -435,6 +438,7 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
         fewshot_as_multiturn=raw.get("fewshot_as_multiturn"),
         gen_kwargs=tuple((raw.get("gen_kwargs") or {}).items()),
         reasoning=None if "reasoning" not in raw else str(raw["reasoning"]).lower(),
+        add_bos_token=None if "add_bos_token" not in raw else str(raw["add_bos_token"]).lower(),
         think_end_token=raw.get("think_end_token"),
         thinking_budget=raw.get("thinking_budget"),
     )

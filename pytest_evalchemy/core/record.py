@@ -27,6 +27,8 @@ LIKE_FOR_LIKE_DEFAULTS: dict[str, Any] = {
     "reasoning": False,
     "think_end_token": None,
     "thinking_budget": None,
+    # Token prompts started without the BOS before the setting existed.
+    "add_bos_token": False,
 }
 
 

@@ -26,6 +26,7 @@ from ..judge.gating import GATE_MODES, GateSettings
 from ..run.chat_settings import ChatOptions
 from ..run.concurrency import AUTO, parse_concurrency
 from ..run.reasoning import parse_reasoning
+from ..run.tokenizer_check import parse_add_bos
 from .settings import API_KEY_ENVS, BY_NAME, INI, LOG_LEVELS, lookup, source_text
 
 DEFAULT_OUTAGE_TIMEOUT = 180.0  # a GPU vLLM restart takes 30-120 s
@@ -71,6 +72,7 @@ class Options:
     strict_context: bool = False
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
+    add_bos_token: str | None = None  # "true", "false", "auto"; None: each task's
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     replicas: int = 1
     router: Endpoint | None = None
@@ -374,8 +376,19 @@ def resolve_options(config: pytest.Config) -> Options:
         strict_context=_switch(config, "strict_context"),
         log_samples=_switch(config, "log_samples"),
         chat=_chat_options(config),
+        add_bos_token=_add_bos_token(config),
         **_fleet(config, access),
     )
+
+
+def _add_bos_token(config: pytest.Config) -> str | None:
+    value, _ = setting_value(config, "add_bos_token")
+    if value is None:
+        return None
+    try:
+        return parse_add_bos(value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{setting_source(config, 'add_bos_token')}: {exc}") from None
 
 
 def _or(value: Any, default: Any) -> Any:

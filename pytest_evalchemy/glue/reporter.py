@@ -33,6 +33,8 @@ from ..run.evaluation import (
     base_record,
     read_progress,
 )
+from ..run.tokenizer_check import CHAT_ENDPOINT_TOKENS
+from ..run.tokenizer_check import describe as describe_tokenizer
 from .state import API_RECORD_PROPERTY, RECORD_PROPERTY, EvalchemyState
 
 
@@ -356,5 +358,11 @@ def header_lines(state: EvalchemyState) -> list[str]:
         found = describe_chat(state.settings.endpoint)
         if found:
             lines.append(f"evalchemy: {found}")
+        facts = state.settings.endpoint.tokenizer
+        if facts is not None:
+            setting = state.options.add_bos_token or "auto"
+            lines.append(f"evalchemy: {describe_tokenizer(facts, setting)}")
+        if state.settings.endpoint.chat_url is not None:
+            lines.append(f"evalchemy: {CHAT_ENDPOINT_TOKENS}")
     lines.extend(f"evalchemy: note: {note}" for note in state.config_notes)
     return lines

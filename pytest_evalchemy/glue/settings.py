@@ -200,6 +200,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Reasoning model: true, false or auto (the endpoint check looks for thinking). Default: each task's reasoning, else auto. Env: EVALCHEMY_REASONING",
         env="EVALCHEMY_REASONING",
     ),
+    Setting(
+        "add_bos_token",
+        "Start every loglikelihood and generation prompt with the tokenizer's BOS token: true, false or auto (as the model's tokenizer starts a text). Default: each task's add_bos_token, else auto. Env: EVALCHEMY_ADD_BOS_TOKEN",
+        env="EVALCHEMY_ADD_BOS_TOKEN",
+    ),
     Setting("think_end_token", "Text that ends a reasoning model's thinking. Default: </think>"),
     Setting(
         "thinking_budget",

@@ -18,6 +18,7 @@ from ..core.results import (
     versions,
 )
 from ..report.summary import summary_header
+from ..run import tokenizer_check
 from ..run.chat_check import endpoint_findings
 from ..run.endpoint import (
     DEFAULT_MAX_LENGTH,
@@ -101,6 +102,7 @@ class EvalchemyState:
             # Pairing with a baseline needs this run's samples (and the baseline's).
             log_samples=o.log_samples or o.gate.baseline is not None,
             chat=o.chat,
+            add_bos_token=o.add_bos_token,
         )
 
     def shown_endpoints(self) -> list[str]:
@@ -216,11 +218,21 @@ class EvalchemyState:
                 "outage_timeout": self.options.outage_timeout,
                 "strict_context": self.options.strict_context,
                 "chat": self.options.chat.to_dict(),
+                "add_bos_token": self.options.add_bos_token or "auto",
             },
-            endpoint_check=endpoint_findings(endpoint) if endpoint else None,
+            endpoint_check=self._endpoint_check(endpoint),
             identity=self.identity(),
             resumes=resumes,
         )
+
+    def _endpoint_check(self, endpoint: EndpointInfo | None) -> dict[str, Any] | None:
+        if endpoint is None:
+            return None
+        found = endpoint_findings(endpoint)
+        if endpoint.tokenizer is not None:
+            setting = self.options.add_bos_token or "auto"
+            found["tokenizer"] = tokenizer_check.findings(endpoint.tokenizer, setting)
+        return found
 
 
 STATE = pytest.StashKey[EvalchemyState]()

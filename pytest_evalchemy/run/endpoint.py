@@ -23,6 +23,7 @@ from ..core.endpoint import is_chat_url as is_chat_url
 from ..core.endpoint import normalize_endpoint as normalize_endpoint
 from ..core.errors import EndpointError
 from ..core.redact import redact_url
+from . import tokenizer_check
 from .patience import (
     TRANSIENT_STATUSES,
     Backoff,
@@ -32,8 +33,10 @@ from .patience import (
     classify,
     http_answer,
 )
+from .tokenizer_check import TokenizerFacts
 
 DEFAULT_MAX_LENGTH = 2048
+ECHO_PROBE = "Hello world"
 # Without --evalchemy-wait-for-endpoint the check still rides out a short hiccup (a 503 while
 # a proxy switches over, one reset) before it calls a server unusable.
 CHECK_PATIENCE_S = 5.0
@@ -56,13 +59,15 @@ class EndpointInfo:
     reasoning: bool = False  # thinking seen in the probe's chat answer
     reasoning_how: str | None = None  # "reasoning field", "<think> in the content"
     completions: bool = True  # False: /v1/completions is not served (a chat-only server)
+    tokenizer: TokenizerFacts | None = None  # None: no tokenizer known (string prompts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointInfo:
-        return cls(**data)
+        facts = data.get("tokenizer")
+        return cls(**{**data, "tokenizer": TokenizerFacts.from_dict(facts) if facts else None})
 
 
 def authorization(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
@@ -238,11 +243,19 @@ def _served_models(data: Any, url: str) -> dict[str, int | None]:
 
 
 def _check_prompt_logprobs(
-    session: requests.Session, url: str, model: str, timeout: float, **patience: Any
+    session: requests.Session,
+    url: str,
+    model: str,
+    timeout: float,
+    prompt_ids: list[int] | None = None,
+    **patience: Any,
 ) -> None:
+    """Echo logprobs must come back, one per token. With ``prompt_ids`` (the probe text's
+    ids) the prompt goes as tokens, as the items send it: a server or proxy that adds a BOS to
+    token prompts, or drops a token, answers one logprob too many or too few."""
     body = {
         "model": model,
-        "prompt": "Hello world",
+        "prompt": prompt_ids if prompt_ids is not None else ECHO_PROBE,
         "max_tokens": 1,
         "temperature": 0,
         "echo": True,
@@ -262,13 +275,26 @@ def _check_prompt_logprobs(
             "multiple-choice tasks would score at chance. Use a server that supports echo with "
             "logprobs (vLLM's /v1/completions does)"
         )
+    if prompt_ids is None:
+        return
+    usage = data.get("usage") if isinstance(data, dict) else None
+    generated = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    generated = generated if isinstance(generated, int) else 1
+    if len(values) != len(prompt_ids) + generated:
+        raise EndpointError(
+            f"{redact_url(url)} returns {len(values)} echo logprobs for a prompt of "
+            f"{len(prompt_ids)} tokens and {generated} generated: one per token expected. A "
+            "server that adds a BOS to token prompts, or drops a token, shifts every "
+            "loglikelihood by a token. Send the run to vLLM's /v1/completions itself, or to a "
+            "proxy that passes token prompts through unchanged"
+        )
 
 
-def _check_remote_tokenizer(
+def _tokenizer_info(
     session: requests.Session, endpoint: Endpoint, timeout: float, outage: Outage
-) -> bool:
-    """Whether vLLM's tokenizer endpoints answer; a 404 says no at once, a transient failure
-    is asked again like the other check requests."""
+) -> dict[str, Any] | None:
+    """vLLM's ``/tokenizer_info`` when its tokenizer endpoints answer (``/tokenize`` too);
+    a 404 says no at once, a transient failure is asked again like the other check requests."""
 
     def answers(method: str, url: str, **kwargs: Any) -> Any:
         def attempt() -> Any:
@@ -285,8 +311,53 @@ def _check_remote_tokenizer(
             "POST", endpoint.tokenize_url, json={"prompt": "Hello", "add_special_tokens": False}
         )
     except (requests.RequestException, OutageGaveUp, ValueError):
-        return False
-    return info is not None and isinstance(tok, dict) and isinstance(tok.get("tokens"), list)
+        return None
+    if not isinstance(info, dict) or not isinstance(tok, dict):
+        return None
+    return info if isinstance(tok.get("tokens"), list) else None
+
+
+def _served_tokenize(
+    session: requests.Session, endpoint: Endpoint, timeout: float, outage: Outage
+) -> Callable[[str, bool], list[int]]:
+    """The server's ``/tokenize`` as a function of a text and ``add_special_tokens``."""
+
+    def tokenize(text: str, add_special_tokens: bool) -> list[int]:
+        body = {"prompt": text, "add_special_tokens": add_special_tokens}
+        data = _get_json(
+            session, "POST", endpoint.tokenize_url, "tokenize", outage, json=body, timeout=timeout
+        )
+        ids = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(ids, list):
+            raise EndpointError(
+                f"{redact_url(endpoint.tokenize_url)} answered {json.dumps(data)[:200]}; "
+                'expected {"tokens": [...]} (vLLM\'s /tokenize)'
+            )
+        return ids
+
+    return tokenize
+
+
+def _tokenizer_facts(
+    session: requests.Session,
+    endpoint: Endpoint,
+    info: dict[str, Any] | None,
+    local_tokenizer: str | None,
+    timeout: float,
+    outage: Outage,
+) -> tuple[TokenizerFacts | None, list[int] | None]:
+    """The tokenizer's facts and the echo probe's ids: from the server's tokenizer, or from the
+    local one after checking it against the server's where the server has one."""
+    served = _served_tokenize(session, endpoint, timeout, outage) if info is not None else None
+    if local_tokenizer is not None:
+        local = tokenizer_check.load_local(local_tokenizer)
+        if served is not None:
+            tokenizer_check.check_local_matches(local_tokenizer, local, served)
+        ids = local.encode(ECHO_PROBE, add_special_tokens=False)
+        return tokenizer_check.local_facts(local), ids
+    if served is None or info is None:
+        return None, None
+    return tokenizer_check.server_facts(info, served), served(ECHO_PROBE, False)
 
 
 def _served_list(
@@ -339,24 +410,28 @@ def check_endpoint(
             f"model {model!r} is not served by {redact_url(url)}; it serves: {', '.join(served)}. "
             "Pass one of them with --evalchemy-model, or leave the option out to take the first"
         )
+    # The tokenizer first: the echo probe then goes as token ids, as the items' prompts do.
+    info = _tokenizer_info(session, endpoint, timeout, outage)
+    remote = local_tokenizer is None and info is not None
+    if local_tokenizer is None and need_tokenizer and not remote:
+        raise EndpointError(
+            f"no tokenizer for {redact_url(url)}: the server has no /tokenizer_info and /tokenize "
+            "endpoints, and loglikelihood (multiple-choice) tasks need a tokenizer. Start vLLM "
+            "with --enable-tokenizer-info-endpoint, or pass --evalchemy-tokenizer with the "
+            "model's tokenizer folder or name"
+        )
+    facts, probe_ids = _tokenizer_facts(session, endpoint, info, local_tokenizer, timeout, outage)
     if need_logprobs:
-        _check_prompt_logprobs(session, url, model, timeout, outage=outage, on_wait=on_wait)
-    remote = False
-    if local_tokenizer is None:
-        remote = _check_remote_tokenizer(session, endpoint, timeout, outage)
-        if need_tokenizer and not remote:
-            raise EndpointError(
-                f"no tokenizer for {redact_url(url)}: the server has no /tokenizer_info and /tokenize "
-                "endpoints, and loglikelihood (multiple-choice) tasks need a tokenizer. Start vLLM "
-                "with --enable-tokenizer-info-endpoint, or pass --evalchemy-tokenizer with the "
-                "model's tokenizer folder or name"
-            )
+        _check_prompt_logprobs(
+            session, url, model, timeout, probe_ids, outage=outage, on_wait=on_wait
+        )
     return EndpointInfo(
         url=url,
         model=model,
         max_model_len=served[model],
         remote_tokenizer=remote,
         chat_url=endpoint.chat_url,
+        tokenizer=facts,
     )
 
 

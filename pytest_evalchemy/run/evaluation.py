@@ -32,6 +32,7 @@ from .lmeval import harness
 from .lmeval.progress import RequestProgress, track
 from .lmeval.request_cache import RequestCacheWarning, set_aside_unreadable
 from .patience import EndpointGone, ItemOutage, OutageRegistry, item_deadline
+from .tokenizer_check import resolve_add_bos
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
@@ -74,6 +75,7 @@ class RunSettings:
     # Log every item's samples (--evalchemy-log-samples, or a baseline to pair with).
     log_samples: bool = False
     chat: ChatOptions = field(default_factory=ChatOptions)
+    add_bos_token: str | None = None  # "true", "false", "auto"; None: each task's (auto)
     # The process's outage windows and adaptive limits (one per endpoint), created once per
     # process with the settings and shared by the items they run: a server that is gone is
     # waited for once per process, and the second item starts where the first settled.
@@ -192,6 +194,26 @@ def build_request(item: PlannedItem, settings: RunSettings) -> harness.ItemReque
         reasoning=chat.reasoning,
         think_end_token=chat.think_end_token,
         thinking_budget=chat.thinking_budget,
+        add_bos_token=add_bos_of(item, settings, chat),
+    )
+
+
+def add_bos_setting(item: PlannedItem, settings: RunSettings) -> str:
+    """The item's add_bos_token as asked: the run-wide option, else the task key, else auto."""
+    return settings.add_bos_token or item.task.add_bos_token or "auto"
+
+
+def add_bos_of(item: PlannedItem, settings: RunSettings, chat: ItemChat) -> bool | None:
+    """Whether the item's prompts start with the BOS (``resolve_add_bos``)."""
+    endpoint = settings.endpoint
+    tokenized = chat.chat_url is None and (
+        settings.tokenizer is not None or endpoint.remote_tokenizer
+    )
+    return resolve_add_bos(
+        add_bos_setting(item, settings),
+        endpoint.tokenizer,
+        templated=chat.templated,
+        tokenized=tokenized,
     )
 
 
@@ -216,6 +238,9 @@ def cache_prefix(
         metadata.version("lm_eval"),
     ]
     chat = chat or chat_of(item, settings)
+    add_bos = add_bos_of(item, settings, chat)
+    if add_bos:
+        parts.append({"add_bos_token": True})  # other prompts: other answers
     if chat.templated or chat.reasoning:
         # lm-eval's cache key holds the prompt, not how the answer was asked for (a chat
         # endpoint, no stop strings) or read (the thinking): a change must not reuse answers.
@@ -409,6 +434,9 @@ def request_settings(request: harness.ItemRequest) -> dict[str, Any]:
         "reasoning": request.reasoning,
         "think_end_token": request.think_end_token if request.reasoning else None,
         "thinking_budget": request.thinking_budget if request.reasoning else None,
+        # Another BOS is another prompt: a changed one is not like for like either. Left out
+        # where the plugin builds no token prompts (the chat endpoint, no tokenizer).
+        **({} if request.add_bos_token is None else {"add_bos_token": request.add_bos_token}),
     }
 
 
@@ -483,8 +511,13 @@ def run_item(
                 settings.outages.get(request.base_url, request.outage_timeout),
                 item_deadline(item_timeout(item, settings.default_timeout), start),
             )
+            facts = settings.endpoint.tokenizer
             policy = request.model_policy(
-                outage, limit=limit, context=context, api_key=settings.api_key
+                outage,
+                limit=limit,
+                context=context,
+                api_key=settings.api_key,
+                bos_id=facts.bos_id if facts is not None else None,
             )
             outcome = harness.evaluate(request, policy)
     except ContextTooLong as exc:

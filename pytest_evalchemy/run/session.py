@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ..core.config import EvalConfig, PlannedItem
 from ..core.endpoint import Endpoint
 from ..core.errors import ConfigError, EndpointError
+from ..core.redact import redact_url
 from .chat_check import inspect_chat, refuse_unusable
 from .chat_settings import ChatOptions, generation_only, needs_server_template, reasoning_setting
 from .endpoint import EndpointInfo, check_endpoint, check_endpoints
@@ -37,6 +38,7 @@ class SetupOptions(Protocol):
     allow_mixed_models: bool
     router: Endpoint | None
     chat: ChatOptions
+    add_bos_token: str | None
     serve: str | None
     replicas: int
     gpu: str | None
@@ -112,6 +114,24 @@ class EndpointSetup:
         )
         checked = self._route(options, list(zip(self.endpoints, infos, strict=True)), check)
         self.infos = self._check_chat(options, checked)
+        self._check_bos(options)
+
+    def _check_bos(self, options: SetupOptions) -> None:
+        """add_bos_token true needs a tokenizer with a BOS token."""
+        facts = self.infos[0].tokenizer if self.infos else None
+        if facts is None or facts.bos_id is not None:
+            return
+        if options.add_bos_token == "true":
+            where = "--evalchemy-add-bos-token true"
+        else:
+            asked = [i.task.key for i in self.selected if i.task.add_bos_token == "true"]
+            if options.add_bos_token is not None or not asked:
+                return
+            where = f"add_bos_token true of {', '.join(asked)}"
+        raise EndpointError(
+            f"{where}: the tokenizer of {redact_url(self.infos[0].url)} has no BOS token to "
+            "start the prompts with; set add_bos_token to auto or false"
+        )
 
     def _start_servers(self, options: SetupOptions) -> list[str]:
         """Start the session's vLLM server, or its ``--evalchemy-replicas`` (replica i on the

@@ -23,9 +23,13 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def write_hf_tokenizer(folder: Path, chat_template: str | None = CHAT_TEMPLATE) -> Path:
-    """Write the tokenizer (ids = byte + 3; ``<unk>``, ``<s>``, ``</s>`` special) to ``folder``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def write_hf_tokenizer(
+    folder: Path, chat_template: str | None = CHAT_TEMPLATE, *, adds_bos: bool = True
+) -> Path:
+    """Write the tokenizer (ids = byte + 3; ``<unk>``, ``<s>``, ``</s>`` special) to ``folder``;
+    ``adds_bos``: like the test server's default, ``add_special_tokens`` puts ``<s>`` first
+    (the server's ``adds_bos=False`` is the tokenizer without it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -33,6 +37,11 @@ def write_hf_tokenizer(folder: Path, chat_template: str | None = CHAT_TEMPLATE) 
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=SPECIAL_TOKENS[0]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
+    if adds_bos:
+        bos = SPECIAL_TOKENS[1]
+        core.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, 1)]
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token=SPECIAL_TOKENS[0],

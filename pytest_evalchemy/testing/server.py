@@ -198,6 +198,13 @@ class _HTTPServer(ThreadingHTTPServer):
 
     app: EvalchemyTestServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away while its next request line is read (an item cancelling its
+        # requests in flight) is no server error: socketserver would print a traceback for it.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can take seconds.
         socketserver.TCPServer.server_bind(self)
@@ -222,7 +229,14 @@ class EvalchemyTestServer:
     arrives while that many are already in flight: a server with a hard admission limit; a
     refused request stops counting before its 429 leaves, so a client that keeps at most
     ``reject_over`` in flight is never refused);
-    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
+    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents.
+    ``echo_off_by_one``: echoed prompt logprobs miss their first token (a proxy that eats or a
+    server that adds a token). Tokenizer and model switches: ``adds_bos`` (True, like Llama:
+    ``add_special_tokens`` puts ``<s>`` before a text; False, like GPT-2 or Qwen: it adds
+    nothing, and ``/tokenizer_info`` says ``add_bos_token: false``); ``bos_trained`` (a model
+    trained with the BOS: a prompt that does not start with exactly one ``<s>`` gets every
+    document's belief inverted, for loglikelihood and generation alike, so a missing or a
+    doubled BOS changes the scores). Model switches:
     ``chat_template`` (None: no template), ``reasoning`` (None, ``"content"`` or ``"field"``);
     ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
     the order reset, fail,
@@ -282,6 +296,9 @@ class EvalchemyTestServer:
         away_after: int | None = None,
         away_for: float = 0.0,
         flip: Sequence[str] = (),
+        adds_bos: bool = True,
+        bos_trained: bool = False,
+        echo_off_by_one: bool = False,
     ) -> None:
         # A second model that differs from the first on known documents: "TASK:DOC_ID" entries
         # whose answer is inverted (right becomes wrong and wrong right).
@@ -328,6 +345,9 @@ class EvalchemyTestServer:
         self.first_answers = list(first_answers)
         self.away_after = away_after
         self.away_for = away_for
+        self.adds_bos = adds_bos
+        self.bos_trained = bos_trained
+        self.echo_off_by_one = echo_off_by_one
 
         self._markers = [(e.marker, e) for e in self.entries]
         self._lock = threading.Lock()
@@ -628,12 +648,22 @@ class EvalchemyTestServer:
                 best, best_pos = entry, pos
         return best
 
+    def _knows(self, entry: AnswerEntry, text: str) -> bool:
+        """Whether the model answers ``entry`` right after the prompt ``text``: a model
+        trained with the BOS is wrong where right and right where wrong without exactly one."""
+        if not self.bos_trained:
+            return entry.known
+        bos = SPECIAL_TOKENS[BOS_ID]
+        one_bos = text.startswith(bos) and not text.startswith(bos * 2)
+        return entry.known if one_bos else not entry.known
+
     def prompt_logprob(self, text: str) -> float:
         """The logprob every prompt token gets under the scoring rule."""
         entry = self.current_entry(text)
         if entry is None or entry.kind != "choice":
             return LP_UNKNOWN_DOC
-        return LP_AGREE if _ends_with_choice(text, entry.correct) == entry.known else LP_DISAGREE
+        agrees = _ends_with_choice(text, entry.correct) == self._knows(entry, text)
+        return LP_AGREE if agrees else LP_DISAGREE
 
     def generation(self, text: str) -> str:
         """The full text the model would generate after ``text``, before stop strings and max_tokens."""
@@ -641,7 +671,7 @@ class EvalchemyTestServer:
         if entry is None or entry.kind != "generate":
             answer = FALLBACK_GENERATION
         else:
-            answer = entry.correct if entry.known else entry.wrong
+            answer = entry.correct if self._knows(entry, text) else entry.wrong
         if self.reasoning is not None:
             return f"{THINK_START}{THINKING}{THINK_END}{answer}"
         return answer
@@ -705,7 +735,7 @@ class EvalchemyTestServer:
             "eos_token": SPECIAL_TOKENS[EOS_ID],
             "unk_token": SPECIAL_TOKENS[UNK_ID],
             "pad_token": None,
-            "add_bos_token": True,
+            "add_bos_token": self.adds_bos,
             "vocab_size": VOCAB_SIZE,
             "model_max_length": self.max_model_len,
             **({"chat_template": self.chat_template} if self.chat_template is not None else {}),
@@ -722,7 +752,7 @@ class EvalchemyTestServer:
             prompt = body.get("prompt")
             if not isinstance(prompt, str):
                 raise _bad_request("'prompt' must be a string", "prompt")
-            add_special = bool(body.get("add_special_tokens", True))
+            add_special = bool(body.get("add_special_tokens", True)) and self.adds_bos
         ids = encode(prompt, add_special_tokens=add_special)
         token_strs = [TOKEN_STRS[t] for t in ids] if body.get("return_token_strs") else None
         return {
@@ -762,9 +792,8 @@ class EvalchemyTestServer:
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """Answer a ``/v1/completions`` request body."""
         self._check_model(body)
-        prompts = _parse_prompts(
-            body.get("prompt"), add_special_tokens=bool(body.get("add_special_tokens", True))
-        )
+        special = bool(body.get("add_special_tokens", True)) and self.adds_bos
+        prompts = _parse_prompts(body.get("prompt"), add_special_tokens=special)
         echo = bool(body.get("echo", False))
         logprobs = body.get("logprobs")
         if logprobs is not None and (
@@ -841,6 +870,8 @@ class EvalchemyTestServer:
             lp = self.prompt_logprob(prompt_text)
             values = [None] + [lp] * (len(prompt_ids) - 1)
         values += [LP_AGREE] * len(gen_ids)
+        if self.echo_off_by_one and prompt_ids:
+            tokens, values, offsets = tokens[1:], values[1:], offsets[1:]
         # Each position's top_logprobs holds the token itself, so lm-eval's greedy check passes.
         top = [None if v is None else {tok: v} for tok, v in zip(tokens, values, strict=True)]
         return {
@@ -1298,6 +1329,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     g.add_argument("--null-logprobs", action="store_true", help="echo logprobs come back all null")
     g.add_argument(
+        "--echo-off-by-one", action="store_true", help="echo logprobs miss the prompt's first token"
+    )
+    g.add_argument(
+        "--no-bos", action="store_true", help="a tokenizer that adds no BOS (GPT-2-, Qwen-style)"
+    )
+    g.add_argument(
+        "--bos-trained",
+        action="store_true",
+        help="a model trained with the BOS: prompts without exactly one score inverted",
+    )
+    g.add_argument(
         "--no-tokenizer-endpoints", action="store_true", help="404 on /tokenizer_info etc."
     )
     g.add_argument(
@@ -1396,6 +1438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         away_after=args.away_after,
         away_for=args.away_for,
         flip=args.flip,
+        adds_bos=not args.no_bos,
+        bos_trained=args.bos_trained,
+        echo_off_by_one=args.echo_off_by_one,
     )
     done = threading.Event()
 

@@ -355,6 +355,7 @@ class EvalchemyCompletions(
         self._outage = policy.outage
         self._context = policy.context
         self._generation_kwargs: list[dict[str, Any]] | None = None
+        self._bos_id = self._bos_of(policy)
         if self.tokenizer_backend == "remote" and self.tokenizer is not None:
             self.tokenizer = PrefetchingTokenizer(self.tokenizer, MAX_WORKERS, self._outage)
         # --evalchemy-concurrency auto: num_concurrent is the maximum (it sizes lm-eval's
@@ -456,8 +457,39 @@ class EvalchemyCompletions(
         lengths = [len(ctx) + len(cont) for _, ctx, cont in requests]
         self._context.loglikelihood(lengths, self.max_length)
 
+    # ------------------------------------------------------------ the BOS
+
+    def _bos_of(self, policy: ModelPolicy) -> int | None:
+        """The id every prompt starts with, or None. lm-eval's own ``add_bos_token`` reaches
+        only a local tokenizer (its remote one always encodes without special tokens), so the
+        model adds the BOS itself, for both."""
+        if not policy.add_bos or self.tokenizer_backend not in ("remote", "huggingface"):
+            return None
+        bos = policy.bos_id if policy.bos_id is not None else self.tokenizer.bos_token_id
+        if bos is None:
+            raise ValueError("add_bos_token is true but the tokenizer has no BOS token")
+        return int(bos)
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        # Never two: a prompt whose text starts with the BOS (a chat template's
+        # {{ bos_token }}) keeps the one it has, as lm-eval's hf model does.
+        return ids if ids[:1] == [self._bos_id] else [self._bos_id, *ids]
+
     def tok_encode(self, string: Any, *args: Any, **kwargs: Any) -> Any:
-        encoding = super().tok_encode(string, *args, **kwargs)
+        if getattr(self, "_bos_id", None) is None:  # unset while lm-eval's __init__ runs
+            encoding = super().tok_encode(string, *args, **kwargs)
+        else:
+            # Each prompt starts with one BOS, as lm-eval's hf model tokenizes it (every call,
+            # the whole text, the context alone and an empty context's continuation alike,
+            # so a pair's continuation stays the tokens after its context); cut after.
+            left = kwargs.pop("left_truncate_len", args[0] if args else None)
+            kwargs["add_special_tokens"] = False  # lm-eval calls it with keywords only
+            encoding = super().tok_encode(string, **kwargs)
+            if isinstance(string, str):
+                encoding = self._with_bos(encoding)[-left:] if left else self._with_bos(encoding)
+            else:
+                encoding = [self._with_bos(ids) for ids in encoding]
+                encoding = [ids[-left:] for ids in encoding] if left else encoding
         pending = getattr(self, "_generation_kwargs", None)  # None while lm-eval's __init__ runs
         if pending is not None and not isinstance(string, str) and len(string) == len(pending):
             # generate_until's one call for all its prompts, before any request is sent.

@@ -84,6 +84,10 @@ class ItemRequest:
     reasoning: bool = False
     think_end_token: str = DEFAULT_THINK_END
     thinking_budget: int = DEFAULT_THINKING_BUDGET
+    # Whether every prompt starts with the BOS (lm-eval's add_bos_token, which the command
+    # shows); None: the plugin builds no token prompts (chat endpoint, no tokenizer) or the
+    # tokenizer is not known yet (the dry run), and the command leaves it out.
+    add_bos_token: bool | None = None
 
     @property
     def chat_templated(self) -> bool:
@@ -121,15 +125,19 @@ class ItemRequest:
             args["verify_certificate"] = False
         if self.ca_cert_path:
             args["ca_cert_path"] = self.ca_cert_path
+        if self.add_bos_token is not None and args["tokenized_requests"]:
+            args["add_bos_token"] = self.add_bos_token
         return args
 
     def cli_model_args(self) -> dict[str, Any]:
         """``model_args`` of the equivalent command. lm-eval renders a chat template on the
         completions endpoint only with a local tokenizer (with the remote one it hands the
         message list on): the command names the model's tokenizer, which is what the plugin's
-        rendering of the server's template equals."""
+        rendering of the server's template equals. Likewise for a BOS: lm-eval's remote
+        tokenizer never adds one, its hf tokenizer does with ``add_bos_token=True``."""
         args = self.model_args()
-        if self.chat_url is None and self.apply_chat_template and self.tokenizer is None:
+        local_needed = self.apply_chat_template or self.add_bos_token
+        if self.chat_url is None and local_needed and self.tokenizer is None:
             args["tokenizer_backend"] = "huggingface"
             args = {**dict(list(args.items())[:3]), "tokenizer": self.model, **args}
         return args
@@ -166,6 +174,7 @@ class ItemRequest:
             else:
                 args["verify_certificate"] = self.ca_cert_path
         args.pop("think_end_token", None)  # the filter takes the thinking off, not lm-eval
+        args.pop("add_bos_token", None)  # the plugin's model adds the BOS (ModelPolicy)
         return args
 
     def model_policy(
@@ -175,9 +184,11 @@ class ItemRequest:
         limit: AdaptiveLimit | None = None,
         context: ContextCheck | None = None,
         api_key: str | None = None,
+        bos_id: int | None = None,
     ) -> ModelPolicy:
         """The policy of this request's model: ``outage`` and ``limit`` come from the caller's
-        per-process registries, ``context`` receives the counts of prompts cut to fit."""
+        per-process registries, ``context`` receives the counts of prompts cut to fit,
+        ``bos_id`` is the endpoint check's id of the tokenizer's BOS."""
         context = context or ContextCheck()
         context.strict = self.strict_context
         context.max_length = self.max_length
@@ -191,6 +202,8 @@ class ItemRequest:
             else None,
             chat_template=chat_template if isinstance(chat_template, str) else None,
             api_key=api_key,
+            add_bos=self.chat_url is None and self.add_bos_token is True,
+            bos_id=bos_id,
         )
 
     def lm_eval_chat_args(self) -> dict[str, Any]:

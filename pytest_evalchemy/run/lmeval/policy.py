@@ -27,7 +27,7 @@ class Reasoning:
 @dataclass(frozen=True)
 class ModelPolicy:
     """One item's model: patience with the server, the context check, the adaptive limit,
-    reasoning, the server's chat template and the API key."""
+    reasoning, the server's chat template, the BOS and the API key."""
 
     outage: ItemOutage = field(default_factory=lambda: ItemOutage(Outage(0.0)))
     context: ContextCheck = field(default_factory=ContextCheck)
@@ -36,5 +36,9 @@ class ModelPolicy:
     limit: AdaptiveLimit | None = None
     reasoning: Reasoning | None = None
     chat_template: str | None = None  # one of the server's templates, by name
+    # Every prompt starts with the BOS (add_bos_token resolved true); bos_id: the id, None:
+    # the tokenizer's bos_token_id.
+    add_bos: bool = False
+    bos_id: int | None = None
     # Sent as the bearer token; None: lm-eval's own source, OPENAI_API_KEY.
     api_key: str | None = field(default=None, repr=False)
