@@ -62,6 +62,9 @@ class TaskConfig:
     reasoning: str | None = None  # "true", "false", "auto"; None: the run's (default auto)
     think_end_token: str | None = None
     thinking_budget: int | None = None
+    # The largest share of broken answers or prompts the item takes (None: the run's, else
+    # DEFAULT_MAX_INVALID_SHARE); --evalchemy-max-invalid-share overrides it.
+    max_invalid_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -437,6 +440,7 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
         reasoning=None if "reasoning" not in raw else str(raw["reasoning"]).lower(),
         think_end_token=raw.get("think_end_token"),
         thinking_budget=raw.get("thinking_budget"),
+        max_invalid_share=raw.get("max_invalid_share"),
     )
 
 
