@@ -275,3 +275,43 @@ def test_prompts_cut_to_fit_the_context_fail_the_item(
         "max_invalid_share"
     )
     result.stdout.fnmatch_lines(["*mini_arc*failed*cut prompts 100% (16/16)"])
+
+
+def test_answers_replayed_from_the_request_cache_are_left_out_of_the_length_share(
+    pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
+) -> None:
+    # The endpoint check's two requests (its logprobs probe, and a chat request looking for
+    # thinking) and 4 answers, then every completion fails: the item errors with 4 answers in
+    # its request cache, which the resume replays.
+    srv = make_server(fail_after=2 + 4, fail_status=500)
+    cfg = config_option(pytester.path, _gsm(60, batch_size=1, max_invalid_share=0.25))
+    once = ("--evalchemy-concurrency=1", "--evalchemy-outage-timeout=0")
+    first = run_evalchemy(
+        pytester, srv.url, cfg, "--evalchemy-run-id=r", "--evalchemy-max-retries=1", *once
+    )
+    first.assert_outcomes(failed=1)
+    assert _record(pytester)["status"] == "error"
+    srv.fail_after = None
+    srv.reset_stats()
+    resumed = run_evalchemy(pytester, srv.url, cfg, "--evalchemy-resume=r", *once)
+    assert srv.stats()["completions"] == 2 + 4  # the check and the 4 answers not cached
+    record = _record(pytester)
+    assert record["n_samples"][GSM]["effective"] == 8
+    # The 4 cached answers have no finish reason, and their prompts were not measured again:
+    # 2 of the 4 asked in this run ended at 60 (6 of all 8 did).
+    assert record["validity"]["length"] == {
+        "count": 2,
+        "of": 4,
+        "share": 0.5,
+        "max_tokens": 60,
+        "replayed": 4,
+    }
+    assert record["validity"]["cut_prompts"] == {"count": 0, "of": 4, "share": 0.0}
+    resumed.assert_outcomes(failed=1)
+    assert record["status"] == "failed"
+    assert record["message"] == (
+        "2 of 4 generation answers (50%) ended at max_tokens (60) (4 more, replayed from the "
+        "request cache, have no finish reason); raise max_gen_toks in gen_kwargs or "
+        "max_invalid_share"
+    )
+    resumed.stdout.fnmatch_lines(["*mini_gsm8k*failed*max_tokens 50% (2/4, 4 replayed)"])

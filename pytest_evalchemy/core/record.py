@@ -137,12 +137,15 @@ VALIDITY_KINDS: tuple[str, ...] = ("length", "unclosed_thinking", "cut_prompts")
 
 class ValidityShare(TypedDict, total=False):
     """One kind of an item's ``validity``: ``count`` of ``of`` were broken, ``share`` the
-    fraction; ``max_tokens`` (length only) the largest max_tokens the answers were asked with."""
+    fraction. Length only: ``max_tokens``, the largest max_tokens the answers were asked with,
+    and ``replayed``, the answers lm-eval took from its request cache (no finish reason: in
+    neither ``count`` nor ``of``)."""
 
     count: int
     of: int
     share: float
     max_tokens: int
+    replayed: int
 
 
 class ItemRecord(TypedDict, total=False):

@@ -224,7 +224,8 @@ def _number(config: pytest.Config, name: str) -> Any:
 def _share(config: pytest.Config, name: str) -> float | None:
     """A share option: a number within its bounds of the table (0 to 1)."""
     setting = BY_NAME[name]
-    low, high = setting.minimum or 0, setting.maximum if setting.maximum is not None else 1
+    low = setting.minimum if setting.minimum is not None else 0.0
+    high = setting.maximum if setting.maximum is not None else 1.0
     value, _ = setting_value(config, name)
     if value is None:
         return None

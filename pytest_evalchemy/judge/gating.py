@@ -624,12 +624,12 @@ def max_invalid_share(item: PlannedItem, gate: GateSettings) -> float:
 def _detail(kind: str, entry: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str]:
     """What a broken kind's sentence adds after the count, and what to raise."""
     if kind == "length":
-        tokens = entry.get("max_tokens")
+        tokens, replayed = entry.get("max_tokens"), entry.get("replayed")
         budget = " or thinking_budget" if settings.get("reasoning") else ""
-        return (
-            f" ({tokens})" if tokens else "",
-            f"raise max_gen_toks in gen_kwargs{budget} or max_invalid_share",
-        )
+        detail = f" ({tokens})" if tokens else ""
+        if replayed:
+            detail += f" ({replayed} more, replayed from the request cache, have no finish reason)"
+        return detail, f"raise max_gen_toks in gen_kwargs{budget} or max_invalid_share"
     if kind == "unclosed_thinking":
         end = settings.get("think_end_token")
         return (

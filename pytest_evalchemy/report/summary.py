@@ -237,7 +237,8 @@ def validity_cell(record: ItemRecord) -> str:
         entry = validity.get(kind)
         if entry and entry.get("count"):
             label = _VALIDITY_LABELS[kind]
-            parts.append(f"{label} {entry['share']:.0%} ({entry['count']}/{entry['of']})")
+            replayed = f", {entry['replayed']} replayed" if entry.get("replayed") else ""
+            parts.append(f"{label} {entry['share']:.0%} ({entry['count']}/{entry['of']}{replayed})")
     return ", ".join(parts)
 
 

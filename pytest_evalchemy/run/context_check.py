@@ -42,9 +42,8 @@ class ContextCheck:
         over = [n - limit for n in lengths if n > limit]
         with self._lock:
             self.checked += len(lengths)
-        if not over:
-            return
-        with self._lock:
+            if not over:
+                return
             self.cut += len(over)
             self.cut_most = max(self.cut_most, *over)
             self.cut_total += sum(over)
@@ -57,9 +56,8 @@ class ContextCheck:
         over = [n + max_gen_toks - limit for n in lengths if n + max_gen_toks > limit]
         with self._lock:
             self.checked += len(lengths)
-        if not over:
-            return
-        with self._lock:
+            if not over:
+                return
             self.no_room += len(over)
             self.no_room_most = max(self.no_room_most, *over)
             self.max_gen_toks = max_gen_toks

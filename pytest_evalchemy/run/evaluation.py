@@ -510,7 +510,7 @@ def run_item(
     results = scrub_results(outcome.results, settings.secrets)
     if outcome.thinking is not None:
         record["thinking"] = scrub_results(outcome.thinking, settings.secrets)
-    record["validity"] = validity_of(outcome.ends, outcome.thinking, context)
+    record["validity"] = validity_of(outcome.ends, outcome.thinking, context, results)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})

@@ -7,9 +7,10 @@ an item whose share of any of these is above its ``max_invalid_share``.
 The plugin's models count the finish reasons (``AnswerEnds``, on the item's ``ModelPolicy``)
 as the server's answers come in; lm-eval keeps only the text. An answer lm-eval replays from
 its request cache (a resumed item) reaches no model and has no finish reason: it is counted
-in neither ``count`` nor ``of``, so the length share of a resumed item is that of the answers
-the server gave in this run (the cut prompts likewise: a cached request is not measured).
-The thinking is read from the text, so unclosed thinking counts every answer, cached or not.
+in neither ``count`` nor ``of`` but as ``replayed``, so the length share of a resumed item is
+that of the answers the server gave in this run (the cut prompts likewise: a cached request
+is not measured again). The thinking is read from the text, so unclosed thinking counts every
+answer, cached or not.
 
 Imports no pytest and no lm-eval.
 """
@@ -67,16 +68,37 @@ def share(count: int, of: int) -> ValidityShare:
     return {"count": count, "of": of, "share": round(count / of, 4) if of else 0.0}
 
 
+def generation_answers(results: dict[str, Any]) -> int:
+    """How many generation answers lm-eval scored, from its results: each document of a
+    ``generate_until`` task, ``repeats`` times."""
+    configs = results.get("configs") or {}
+    total = 0
+    for task, counts in (results.get("n-samples") or {}).items():
+        config = configs.get(task) or {}
+        if config.get("output_type") == "generate_until":
+            total += int(counts.get("effective", 0)) * int(config.get("repeats") or 1)
+    return total
+
+
 def validity_of(
-    ends: dict[str, Any] | None, thinking: dict[str, Any] | None, context: ContextCheck
+    ends: dict[str, Any] | None,
+    thinking: dict[str, Any] | None,
+    context: ContextCheck,
+    results: dict[str, Any],
 ) -> dict[str, ValidityShare]:
-    """The record's ``validity``: the kinds that apply to the item (generation answers came
-    from the server, it is a reasoning item, its prompts were measured), each with its share."""
+    """The record's ``validity``: the kinds that apply to the item (it scored generation
+    answers, it is a reasoning item, its prompts were measured), each with its share; lm-eval's
+    ``results`` say how many generation answers there were, the cached ones included."""
     out: dict[str, ValidityShare] = {}
-    if ends and ends.get("answers"):
-        entry = share(ends["length"], ends["answers"])
+    ends = ends or {}
+    answers = int(ends.get("answers") or 0)
+    replayed = generation_answers(results) - answers
+    if answers or replayed > 0:
+        entry = share(int(ends.get("length") or 0), answers)
         if ends.get("max_tokens"):
             entry["max_tokens"] = ends["max_tokens"]
+        if replayed > 0:
+            entry["replayed"] = replayed
         out["length"] = entry
     if thinking and thinking.get("responses"):
         out["unclosed_thinking"] = share(thinking["unfinished"], thinking["responses"])
