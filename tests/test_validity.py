@@ -88,6 +88,9 @@ def test_an_item_below_the_share_passes_and_the_table_shows_its_shares(
     table = result.stdout.str().split("evalchemy scores")[1]
     assert table.count("max_tokens 38% (3/8)") == 1
     assert "cut prompts" not in table
+    # The HTML report shows them beside the item.
+    (page,) = (pytester.path / "results").glob("*/report.html")
+    assert "invalid: max_tokens 38% (3/8)" in page.read_text(encoding="utf-8")
 
 
 def test_a_share_at_the_limit_passes(
