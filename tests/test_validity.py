@@ -318,3 +318,31 @@ def test_answers_replayed_from_the_request_cache_are_left_out_of_the_length_shar
         "max_invalid_share"
     )
     resumed.stdout.fnmatch_lines(["*mini_gsm8k*failed*max_tokens 50% (2/4, 4 replayed)"])
+
+
+USER_TESTS = """
+def test_short_answers(evalchemy):
+    evalchemy.run("mini_gsm8k", num_fewshot=1, limit=8, gen_kwargs={"max_gen_toks": 60})
+
+def test_short_answers_taken(evalchemy):
+    r = evalchemy.run(
+        "mini_gsm8k", num_fewshot=1, limit=8, gen_kwargs={"max_gen_toks": 60},
+        max_invalid_share=1,
+    )
+    assert r.record["validity"]["length"]["count"] == 6
+"""
+
+
+def test_a_run_of_the_fixture_fails_on_broken_answers_too(
+    pytester: pytest.Pytester, server: EvalchemyTestServer
+) -> None:
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = run_evalchemy(
+        pytester, server.url, config_option(pytester.path, _gsm(256)), "test_user.py"
+    )
+    result.assert_outcomes(passed=2, failed=1)  # the config's item, and the two tests
+    result.stdout.fnmatch_lines([f"*test_short_answers/mini_gsm8k: {LENGTH_60}*"])
+    failed = _record(pytester, "test_short_answers/mini_gsm8k")
+    assert failed["status"] == "failed"
+    assert failed["message"] == LENGTH_60
+    assert _record(pytester, "test_short_answers_taken/mini_gsm8k")["status"] == "passed"
