@@ -65,6 +65,9 @@ class TaskConfig:
     add_bos_token: str | None = None
     think_end_token: str | None = None
     thinking_budget: int | None = None
+    # The largest share of broken answers or prompts the item takes (None: the run's, else
+    # DEFAULT_MAX_INVALID_SHARE); --evalchemy-max-invalid-share overrides it.
+    max_invalid_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,7 @@ def _task_from(key: str, raw: dict[str, Any]) -> TaskConfig:
         add_bos_token=None if "add_bos_token" not in raw else str(raw["add_bos_token"]).lower(),
         think_end_token=raw.get("think_end_token"),
         thinking_budget=raw.get("thinking_budget"),
+        max_invalid_share=raw.get("max_invalid_share"),
     )
 
 

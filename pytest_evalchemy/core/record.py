@@ -131,6 +131,25 @@ class IntervalRecord(TypedDict):
     confidence: float
 
 
+# The kinds of broken answers an item's ``validity`` counts, in the order reports show them:
+# generation answers that ended at max_tokens (finish_reason "length"), reasoning answers whose
+# thinking never closed, prompts cut to fit the context.
+VALIDITY_KINDS: tuple[str, ...] = ("length", "unclosed_thinking", "cut_prompts")
+
+
+class ValidityShare(TypedDict, total=False):
+    """One kind of an item's ``validity``: ``count`` of ``of`` were broken, ``share`` the
+    fraction. Length only: ``max_tokens``, the largest max_tokens the answers were asked with,
+    and ``replayed``, the answers lm-eval took from its request cache (no finish reason: in
+    neither ``count`` nor ``of``)."""
+
+    count: int
+    of: int
+    share: float
+    max_tokens: int
+    replayed: int
+
+
 class ItemRecord(TypedDict, total=False):
     """One item of the summary's ``tasks``: ``base_record`` builds it, the run fills it in place
     (so that a timeout still leaves what was known), the reporter completes it."""
@@ -150,6 +169,8 @@ class ItemRecord(TypedDict, total=False):
     requests: dict[str, Any]  # done, total, per_s, concurrency (and "adaptive")
     context: dict[str, Any]  # prompts cut to fit the model's context (``ContextCheck``)
     thinking: dict[str, Any]  # reasoning: responses with thinking, its length
+    # The shares of broken answers, per kind of VALIDITY_KINDS that applies to the item.
+    validity: dict[str, ValidityShare]
     # {lm_eval_task: {"acc,none": 0.75, "acc_stderr,none": 0.07}}
     metrics: dict[str, dict[str, Any]]
     n_samples: dict[str, dict[str, int]]

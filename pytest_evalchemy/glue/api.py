@@ -163,8 +163,9 @@ class Evalchemy:
     ) -> EvalResult:
         """Run lm-eval task(s) ``task`` with the settings a config's task entry takes
         (``num_fewshot``, ``limit``, ``batch_size``, ``log_samples``, ``thresholds``,
-        ``max_drop``, ``metrics``, ``description``). Fails the test when the result is
-        incomplete or a threshold misses; returns the result otherwise."""
+        ``max_drop``, ``max_invalid_share``, ``metrics``, ``description``). Fails the test
+        when the result is incomplete, a threshold misses or too many of its answers are
+        broken; returns the result otherwise."""
         tasks = [task] if isinstance(task, str) else list(task)
         name = _UNSAFE.sub("_", name or "+".join(tasks))
         planned = self._plan(tasks, name, entry)

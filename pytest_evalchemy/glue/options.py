@@ -223,6 +223,26 @@ def _number(config: pytest.Config, name: str) -> Any:
     return number
 
 
+def _share(config: pytest.Config, name: str) -> float | None:
+    """A share option: a number within its bounds of the table (0 to 1)."""
+    setting = BY_NAME[name]
+    low = setting.minimum if setting.minimum is not None else 0.0
+    high = setting.maximum if setting.maximum is not None else 1.0
+    value, _ = setting_value(config, name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not low <= number <= high:  # NaN included
+        raise pytest.UsageError(
+            f"{setting_source(config, name)}: expected a share between {low:g} and {high:g}, "
+            f"e.g. 0.5; got {value!r}"
+        )
+    return number
+
+
 def _limit(config: pytest.Config) -> int | float | None:
     """--evalchemy-limit: a count of samples (a whole number >= 1) or a fraction in (0, 1]."""
     value, _ = setting_value(config, "limit")
@@ -262,8 +282,8 @@ def parse_threshold(text: str) -> Threshold:
 
 
 def _gate_settings(config: pytest.Config) -> GateSettings:
-    """--evalchemy-gate, -confidence, -max-drop and -baseline (loaded here: under xdist each
-    worker reads the baseline itself)."""
+    """--evalchemy-gate, -confidence, -max-drop, -max-invalid-share and -baseline (loaded
+    here: under xdist each worker reads the baseline itself)."""
     mode = (setting_value(config, "gate")[0] or "point").lower()
     if mode not in GATE_MODES:
         raise pytest.UsageError(
@@ -287,6 +307,7 @@ def _gate_settings(config: pytest.Config) -> GateSettings:
         confidence=confidence,
         max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
         baseline=baseline,
+        max_invalid_share=_share(config, "max_invalid_share"),
     )
 
 

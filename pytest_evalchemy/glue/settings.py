@@ -15,6 +15,7 @@ from ..core.defaults import (
     DEFAULT_CONFIG,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DROP,
+    DEFAULT_MAX_INVALID_SHARE,
     DEFAULT_OUTPUT,
 )
 
@@ -36,6 +37,7 @@ class Setting:
     kind: type = str  # str, int, float; bool for a switch
     env: str | None = None
     minimum: float | None = None  # the smallest value a number may take
+    maximum: float | None = None  # the largest
     repeatable: bool = False  # the flag may be given several times (a list)
     metavar: str | None = None
 
@@ -182,6 +184,17 @@ SETTINGS: tuple[Setting, ...] = (
         f"Largest allowed drop (absolute) against --evalchemy-baseline; a task's 'max_drop' overrides it per metric. Default: {DEFAULT_MAX_DROP}",
         kind=float,
         minimum=0,
+    ),
+    Setting(
+        "max_invalid_share",
+        "Largest share (0 to 1) of an item's generation answers that ended at max_tokens, "
+        "reasoning answers whose thinking never closed, or prompts cut to fit the context, "
+        "before the item fails; overrides every task's 'max_invalid_share'. "
+        f"Default: each task's, else {DEFAULT_MAX_INVALID_SHARE}. Env: EVALCHEMY_MAX_INVALID_SHARE",
+        kind=float,
+        env="EVALCHEMY_MAX_INVALID_SHARE",
+        minimum=0,
+        maximum=1,
     ),
     Setting(
         "chat_template",

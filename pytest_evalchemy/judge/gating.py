@@ -10,7 +10,7 @@ from statistics import NormalDist
 from typing import Any
 
 from ..core.config import PlannedItem, Threshold
-from ..core.defaults import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP
+from ..core.defaults import DEFAULT_CONFIDENCE, DEFAULT_MAX_DROP, DEFAULT_MAX_INVALID_SHARE
 from ..core.record import ItemRecord, as_float, is_stderr, stderr_key
 from ..core.samples import Rows
 from . import statistics
@@ -36,6 +36,8 @@ class GateSettings:
     confidence: float = DEFAULT_CONFIDENCE
     max_drop: float = DEFAULT_MAX_DROP
     baseline: Baseline | None = None
+    # --evalchemy-max-invalid-share: replaces every task's max_invalid_share; None: the task's.
+    max_invalid_share: float | None = None
 
     @property
     def z(self) -> float:
@@ -51,6 +53,12 @@ class GateSettings:
             "max_drop": self.max_drop,
             "baseline": str(self.baseline.path) if self.baseline else None,
             "baseline_run_id": self.baseline.run_id if self.baseline else None,
+            # Only when given: a run without it records (and resumes with) the gate it had.
+            **(
+                {"max_invalid_share": self.max_invalid_share}
+                if self.max_invalid_share is not None
+                else {}
+            ),
         }
 
 
@@ -111,10 +119,22 @@ class GateResult:
     warnings: list[str] = field(default_factory=list)  # also notes; raised as pytest warnings
     # Where the sample count cannot do the gate's job (also notes, not failures).
     power: list[str] = field(default_factory=list)
+    # Why the answers the score comes from are not to be trusted (each fails the item).
+    invalid: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
+
+    @property
+    def rejected(self) -> bool:
+        """The item fails: a check missed, or too many of its answers are broken."""
+        return bool(self.failed or self.invalid)
+
+    def failure_message(self) -> str:
+        """The record's message of a rejected item: why its answers are broken, then which
+        checks failed."""
+        return "; ".join([*self.invalid, *([self.summary_line()] if self.failed else [])])
 
     def summary_line(self) -> str:
         """``1 of 2 threshold check(s) and 1 of 2 baseline check(s) failed``."""
@@ -581,6 +601,68 @@ def check_baseline(
     return checks, notes
 
 
+# ---------------------------------------------------------------- validity
+
+# The kinds of broken answers a record's ``validity`` counts (core.record.VALIDITY_KINDS), in
+# the order they are reported: what was counted, and what went wrong with it.
+_BROKEN: dict[str, tuple[str, str]] = {
+    "length": ("generation answers", "ended at max_tokens"),
+    "unclosed_thinking": ("reasoning answers", "never closed their thinking"),
+    "cut_prompts": ("prompts", "were cut to fit the context"),
+}
+
+
+def max_invalid_share(item: PlannedItem, gate: GateSettings) -> float:
+    """The item's limit: the run-wide option, else the task's key, else the default."""
+    if gate.max_invalid_share is not None:
+        return gate.max_invalid_share
+    if item.task.max_invalid_share is not None:
+        return item.task.max_invalid_share
+    return DEFAULT_MAX_INVALID_SHARE
+
+
+def _detail(kind: str, entry: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str]:
+    """What a broken kind's sentence adds after the count, and what to raise."""
+    if kind == "length":
+        tokens, replayed = entry.get("max_tokens"), entry.get("replayed")
+        budget = " or thinking_budget" if settings.get("reasoning") else ""
+        detail = f" ({tokens})" if tokens else ""
+        if replayed:
+            detail += f" ({replayed} more, replayed from the request cache, have no finish reason)"
+        return detail, f"raise max_gen_toks in gen_kwargs{budget} or max_invalid_share"
+    if kind == "unclosed_thinking":
+        end = settings.get("think_end_token")
+        return (
+            f" (no {end})" if end else "",
+            "raise thinking_budget or max_invalid_share",
+        )
+    length = settings.get("max_length")
+    return (
+        f" (max_length {length})" if length else "",
+        "serve a longer context (vLLM --max-model-len), lower num_fewshot or max_gen_toks, "
+        "or raise max_invalid_share",
+    )
+
+
+def validity_problems(
+    validity: dict[str, dict[str, Any]], limit: float, settings: dict[str, Any] | None = None
+) -> list[str]:
+    """Why an item's score cannot be trusted: each kind of its ``validity`` whose share of
+    broken answers is above ``limit``, in one sentence that says what to raise (``settings``:
+    the record's)."""
+    problems = []
+    for kind, (counted, broken) in _BROKEN.items():
+        entry = validity.get(kind)
+        if not entry or entry["share"] <= limit:
+            continue
+        detail, fix = _detail(kind, entry, settings or {})
+        problems.append(
+            f"{entry['count']} of {entry['of']} {counted} ({entry['share']:.0%}) {broken}"
+            f"{detail}; {fix}"
+        )
+    return problems
+
+
 # ---------------------------------------------------------------- an item's gate
 
 
@@ -593,7 +675,8 @@ def gate_item(
 ) -> GateResult:
     """Every check of an item that ran: its thresholds (the command line's replacing the
     config's), then its drops against the baseline (paired by document when both runs
-    logged ``samples``), with notes on the comparison and on what the sample count allows."""
+    logged ``samples``), with notes on the comparison and on what the sample count allows,
+    and the shares of broken answers above the item's ``max_invalid_share``."""
     metrics = record.get("metrics", {})
     names = {item.benchmark, item.task.key, item.key}
     scoped = _scope(overrides, names, {*item.task.tasks, *metrics})
@@ -623,6 +706,9 @@ def gate_item(
             what = "baseline" if check.kind == "baseline" else "threshold"
             result.power.append(f"{item.key}: {check.task}:{check.metric} {what}: {check.power}")
     result.notes.extend(result.power)
+    result.invalid = validity_problems(
+        record.get("validity") or {}, max_invalid_share(item, gate), record.get("settings")
+    )
     return result
 
 

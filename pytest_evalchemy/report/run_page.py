@@ -28,6 +28,7 @@ from .page import (
 )
 from .runs import load_run
 from .samples import MAX_SAMPLES, SamplesFile, flip_sets, load_samples
+from .summary import validity_cell
 from .svg import Estimate, interval_chart
 
 REPORT_NAME = "report.html"
@@ -196,6 +197,11 @@ def _items_table(summary: Summary, run_dir: Path, confidence: float) -> str:
         context = (record.get("context") or {}).get("message")
         if context and context != message.removesuffix(" (--evalchemy-strict-context)"):
             item_cell += f'<div class="message context">context: {esc(context)}</div>'
+        invalid = validity_cell(record)
+        if invalid:
+            # The shares of broken answers, as in the score table (a failed item's message
+            # says it again in words).
+            item_cell += f'<div class="message context">invalid: {esc(invalid)}</div>'
         item_cell += f"<div>{_item_files(run_dir, record)}</div>"
         for i, (metric_id, label, value, ci, n, checks) in enumerate(lines):
             cells = ""

@@ -12,6 +12,7 @@ from typing import Any
 from ..core.record import (
     FORMAT_VERSION,
     NOT_PASSED,
+    VALIDITY_KINDS,
     ItemRecord,
     Status,
     Summary,
@@ -220,15 +221,38 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# How the score table names each kind of broken answers.
+_VALIDITY_LABELS = {
+    "length": "max_tokens",
+    "unclosed_thinking": "unclosed thinking",
+    "cut_prompts": "cut prompts",
+}
+
+
+def validity_cell(record: ItemRecord) -> str:
+    """The item's non-zero shares of broken answers, ``max_tokens 88% (7/8)``; "" when none."""
+    validity = record.get("validity") or {}
+    parts = []
+    for kind in VALIDITY_KINDS:
+        entry = validity.get(kind)
+        if entry and entry.get("count"):
+            label = _VALIDITY_LABELS[kind]
+            replayed = f", {entry['replayed']} replayed" if entry.get("replayed") else ""
+            parts.append(f"{label} {entry['share']:.0%} ({entry['count']}/{entry['of']}{replayed})")
+    return ", ".join(parts)
+
+
 def table_rows(
     tasks: Mapping[str, ItemRecord], metric_filter: dict[str, tuple[str, ...]]
 ) -> list[tuple[str, ...]]:
     """Rows of the score table: benchmark, task, metric, value with its interval (the
-    record's: Wilson for a 0/1 metric) or ± stderr, status, time."""
+    record's: Wilson for a 0/1 metric) or ± stderr, status, time, and the item's shares of
+    broken answers (on its first row)."""
     rows = []
     for key, rec in tasks.items():
         wanted = metric_filter.get(key, ())
         time = f"{rec.get('duration_s', 0):.1f}s"
+        invalid = validity_cell(rec)
         shown = False
         for m in metric_entries(rec):
             if wanted and split_metric(m.metric)[0] not in wanted and m.metric not in wanted:
@@ -239,10 +263,13 @@ def table_rows(
             else:
                 stderr = m.raw_stderr
                 cell = _fmt(m.raw) + (f" ± {_fmt(stderr)}" if isinstance(stderr, float) else "")
-            rows.append((rec["benchmark"], rec["task"], m.label, cell, rec["status"], time))
+            rows.append(
+                (rec["benchmark"], rec["task"], m.label, cell, rec["status"], time, invalid)
+            )
+            invalid = ""
             shown = True
         if not shown:
-            rows.append((rec["benchmark"], rec["task"], "-", "-", rec["status"], time))
+            rows.append((rec["benchmark"], rec["task"], "-", "-", rec["status"], time, invalid))
     return rows
 
 
@@ -265,8 +292,12 @@ def interval_legend(tasks: Mapping[str, ItemRecord]) -> str:
 
 
 def format_table(rows: list[tuple[str, ...]]) -> list[str]:
-    """Aligned text lines with a header."""
-    header = ("benchmark", "task", "metric", "value", "status", "time")
+    """Aligned text lines with a header; the ``invalid`` column only when an item has broken
+    answers."""
+    header: tuple[str, ...] = ("benchmark", "task", "metric", "value", "status", "time")
+    if any(len(r) > len(header) and r[len(header)] for r in rows):
+        header = (*header, "invalid")
+    rows = [r[: len(header)] for r in rows]
     all_rows = [header, *rows]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(header))]
     return [

@@ -33,15 +33,17 @@ class ContextCheck:
     no_room: int = 0  # generation requests whose prompt + max_gen_toks exceeds max_length
     no_room_most: int = 0  # tokens over, worst one
     max_gen_toks: int | None = None
+    checked: int = 0  # requests of either kind measured: what the cut share is of
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def loglikelihood(self, lengths: list[int], limit: int) -> None:
         """``lengths``: context + continuation tokens of each request; ``limit``: the most
         lm-eval keeps (its ``max_length``, one less than the user's)."""
         over = [n - limit for n in lengths if n > limit]
-        if not over:
-            return
         with self._lock:
+            self.checked += len(lengths)
+            if not over:
+                return
             self.cut += len(over)
             self.cut_most = max(self.cut_most, *over)
             self.cut_total += sum(over)
@@ -52,9 +54,10 @@ class ContextCheck:
         """``lengths``: prompt tokens of each request; it fits when prompt + ``max_gen_toks``
         is at most ``limit``."""
         over = [n + max_gen_toks - limit for n in lengths if n + max_gen_toks > limit]
-        if not over:
-            return
         with self._lock:
+            self.checked += len(lengths)
+            if not over:
+                return
             self.no_room += len(over)
             self.no_room_most = max(self.no_room_most, *over)
             self.max_gen_toks = max_gen_toks
@@ -64,6 +67,11 @@ class ContextCheck:
     @property
     def found(self) -> bool:
         return bool(self.cut or self.no_room)
+
+    @property
+    def broken(self) -> int:
+        """Requests cut to fit, or that cannot fit: the count of the record's cut share."""
+        return self.cut + self.no_room
 
     def message(self) -> str:
         """One line: what was cut, by how much, and what to do."""

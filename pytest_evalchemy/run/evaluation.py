@@ -33,6 +33,7 @@ from .lmeval.progress import RequestProgress, track
 from .lmeval.request_cache import RequestCacheWarning, set_aside_unreadable
 from .patience import EndpointGone, ItemOutage, OutageRegistry, item_deadline
 from .tokenizer_check import resolve_add_bos
+from .validity import validity_of
 
 # lm-eval's own per-request timeout; an item timeout shorter than that lowers it below itself.
 DEFAULT_REQUEST_TIMEOUT = 300
@@ -542,6 +543,7 @@ def run_item(
     results = scrub_results(outcome.results, settings.secrets)
     if outcome.thinking is not None:
         record["thinking"] = scrub_results(outcome.thinking, settings.secrets)
+    record["validity"] = validity_of(outcome.ends, outcome.thinking, context, results)
     record["metrics"] = harness.metrics_of(results)
     record["n_samples"] = results.get("n-samples", {})
     record["versions"] = results.get("versions", {})
@@ -566,9 +568,11 @@ def run_item(
         record["gate_notes"] = gate.notes
     for text in gate.warnings:
         warnings.warn(NotLikeForLikeWarning(text), stacklevel=2)
-    if gate.failed:
+    if gate.rejected:
+        # Broken answers fail the item like a missed threshold: its score is not the model's.
         record["status"] = Status.FAILED
-        record["message"] = gate.summary_line()
-        raise ItemFailed(f"{item.key}: {record['message']}\n{format_checks(gate.checks)}")
+        record["message"] = gate.failure_message()
+        table = f"\n{format_checks(gate.checks)}" if gate.checks else ""
+        raise ItemFailed(f"{item.key}: {record['message']}{table}")
     record["status"] = Status.PASSED
     record["message"] = ""

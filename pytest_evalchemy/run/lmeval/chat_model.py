@@ -13,6 +13,9 @@ completions endpoint, the chat-completions model, and reasoning payloads.
   field is put back in front of the content (closed by the think-end token) so that the raw
   responses keep the thinking and the filter takes it off again.
 
+- ``CountedEnds`` (both models): each generation answer's ``finish_reason``, which lm-eval's
+  ``parse_generations`` drops, counted into the policy's ``ends`` (``validity.AnswerEnds``),
+  with the ``max_tokens`` the requests were sent with.
 - ``UrlCredentials`` (both models): a ``base_url`` with ``user:password@`` is sent as one
   Authorization header to the URL without them.
 
@@ -103,6 +106,34 @@ class ReasoningPayload:
         return payload
 
 
+class CountedEnds:
+    """How the server ended each generation answer, for the item's validity: each model's
+    ``parse_generations``, which lm-eval calls on every answer body the server sends, calls
+    ``_count_ends`` first (an answer replayed from the request cache reaches no model)."""
+
+    _policy: ModelPolicy
+
+    def _create_payload(
+        self,
+        messages: Any,
+        generate: bool = False,
+        gen_kwargs: dict[str, Any] | None = None,
+        seed: int = 1234,
+        eos: str | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._create_payload(  # type: ignore[misc]
+            messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=eos, **kwargs
+        )
+        if generate:
+            # What an answer that ran out had (a reasoning model's budget included).
+            self._policy.ends.asked(payload.get("max_tokens"))
+        return payload
+
+    def _count_ends(self, outputs: Any) -> None:
+        self._policy.ends.answered(outputs)
+
+
 class ServerChatTemplate:
     """``apply_chat_template`` from the server's template when the tokenizer is vLLM's remote
     one (the policy's ``chat_template``: a template name, as lm-eval's flag takes)."""
@@ -138,8 +169,11 @@ class ServerChatTemplate:
         return self._server_template()[0] if chat_template else None
 
 
-class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, UrlCredentials, LocalChatCompletion):
-    """``local-chat-completions`` with reasoning payloads; the reasoning field kept."""
+class EvalchemyChat(
+    QueuedCacheWrites, CountedEnds, ReasoningPayload, UrlCredentials, LocalChatCompletion
+):
+    """``local-chat-completions`` with reasoning payloads; the reasoning field kept, the
+    finish reasons counted."""
 
     def __init__(self, *args: Any, policy: ModelPolicy | None = None, **kwargs: Any) -> None:
         # The harness builds the model with the item's policy (lm-eval is handed the instance).
@@ -147,6 +181,7 @@ class EvalchemyChat(QueuedCacheWrites, ReasoningPayload, UrlCredentials, LocalCh
         super().__init__(*args, **kwargs)
 
     def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
+        self._count_ends(outputs)
         reasoning = self._policy.reasoning
         if reasoning is None:
             return super().parse_generations(outputs, **kwargs)

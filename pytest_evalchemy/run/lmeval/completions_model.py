@@ -48,7 +48,7 @@ from ..patience import (
     retry_after_seconds,
 )
 from . import private
-from .chat_model import ReasoningPayload, ServerChatTemplate, UrlCredentials
+from .chat_model import CountedEnds, ReasoningPayload, ServerChatTemplate, UrlCredentials
 from .policy import ModelPolicy
 from .request_cache import QueuedCacheWrites
 
@@ -343,10 +343,16 @@ def _loglikelihood_strings(pairs: Iterable[tuple[str, str]]) -> Iterable[str]:
 
 
 class EvalchemyCompletions(
-    QueuedCacheWrites, ServerChatTemplate, ReasoningPayload, UrlCredentials, LocalCompletionsAPI
+    QueuedCacheWrites,
+    ServerChatTemplate,
+    CountedEnds,
+    ReasoningPayload,
+    UrlCredentials,
+    LocalCompletionsAPI,
 ):
     """``local-completions`` whose remote tokenizer calls run ``num_concurrent`` at a time
-    (and which renders the server's chat template and sends reasoning payloads)."""
+    (and which renders the server's chat template, sends reasoning payloads and counts the
+    answers that ran out of tokens)."""
 
     def __init__(self, *args: Any, policy: ModelPolicy | None = None, **kwargs: Any) -> None:
         # The harness builds the model with the item's policy (lm-eval is handed the instance).
@@ -445,6 +451,12 @@ class EvalchemyCompletions(
                 raise
             permit.succeeded()
             return answer
+
+    def parse_generations(self, outputs: Any, **kwargs: Any) -> list[Any]:
+        # lm-eval's is a staticmethod that keeps the text only; it is always called on the
+        # model, so this one sees the answers first, with their finish reasons.
+        self._count_ends(outputs)
+        return super().parse_generations(outputs, **kwargs)
 
     # ------------------------------------------------------------ the context check
 

@@ -335,10 +335,12 @@ def capture_log(
 @dataclass(frozen=True)
 class ItemResult:
     """What lm-eval gave for one item: its results as plain JSON values (the samples included
-    when they are logged), and, for a reasoning item, how its thinking went."""
+    when they are logged), for a reasoning item how its thinking went, and how the server
+    ended the generation answers it gave (``validity.AnswerEnds.to_dict``)."""
 
     results: dict[str, Any]
     thinking: dict[str, Any] | None = None
+    ends: dict[str, Any] | None = None
 
 
 def evaluate(request: ItemRequest, policy: ModelPolicy) -> ItemResult:
@@ -365,7 +367,11 @@ def evaluate(request: ItemRequest, policy: ModelPolicy) -> ItemResult:
             samples_with_thinking(rows, request.think_end_token)
         thinking = log.summary()
     # numpy floats and other objects become plain JSON values, the way lm-eval writes them.
-    return ItemResult(json.loads(json.dumps(results, default=handle_non_serializable)), thinking)
+    return ItemResult(
+        json.loads(json.dumps(results, default=handle_non_serializable)),
+        thinking,
+        policy.ends.to_dict(),
+    )
 
 
 def _model(

@@ -13,6 +13,7 @@ from ..concurrency import AdaptiveLimit
 from ..context_check import ContextCheck
 from ..patience import ItemOutage, Outage
 from ..reasoning import DEFAULT_THINK_END
+from ..validity import AnswerEnds
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,14 @@ class Reasoning:
 
 @dataclass(frozen=True)
 class ModelPolicy:
-    """One item's model: patience with the server, the context check, the adaptive limit,
-    reasoning, the server's chat template, the BOS and the API key."""
+    """One item's model: patience with the server, the context check, the count of answers
+    that ran out of tokens, the adaptive limit, reasoning, the server's chat template, the BOS
+    and the API key."""
 
     outage: ItemOutage = field(default_factory=lambda: ItemOutage(Outage(0.0)))
     context: ContextCheck = field(default_factory=ContextCheck)
+    # Filled by the model as answers come in; the harness hands it out in ItemResult.ends.
+    ends: AnswerEnds = field(default_factory=AnswerEnds)
     # --evalchemy-concurrency auto: the endpoint's limit decides how many requests are in
     # flight (num_concurrent is then its maximum); None: num_concurrent at once.
     limit: AdaptiveLimit | None = None

@@ -76,7 +76,7 @@ NAMES: tuple[PrivateName, ...] = (
         TEMPLATE_API,
         "_create_payload",
         "method",
-        "chat_model.ReasoningPayload (overridden)",
+        "chat_model.ReasoningPayload, chat_model.CountedEnds (overridden)",
         ("self", "messages", "generate", "gen_kwargs", "seed", "eos"),
     ),
     PrivateName(
