@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.core.record import IntervalRecord, ItemRecord, Summary
+from pytest_evalchemy.core.record import (
+    CanaryRecord,
+    EndpointCheckRecord,
+    IntervalRecord,
+    ItemRecord,
+    Summary,
+)
 from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.report.summary import assemble_summary, summary_header
 
@@ -22,8 +28,14 @@ def _schema() -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("typed", "where"),
-    [(Summary, ()), (ItemRecord, ("$defs", "item")), (IntervalRecord, ("$defs", "interval"))],
-    ids=["summary", "item", "interval"],
+    [
+        (Summary, ()),
+        (ItemRecord, ("$defs", "item")),
+        (IntervalRecord, ("$defs", "interval")),
+        (EndpointCheckRecord, ("$defs", "endpoint_check")),
+        (CanaryRecord, ("$defs", "canary")),
+    ],
+    ids=["summary", "item", "interval", "endpoint_check", "canary"],
 )
 def test_the_typed_record_lists_the_schemas_keys(typed: type, where: tuple[str, ...]) -> None:
     schema = _schema()

@@ -12,6 +12,7 @@ from typing import Any
 from ..core.record import (
     FORMAT_VERSION,
     NOT_PASSED,
+    EndpointCheckRecord,
     ItemRecord,
     Status,
     Summary,
@@ -45,7 +46,7 @@ def summary_header(
     gate: dict[str, Any],
     seeds: Mapping[str, int],
     settings: dict[str, Any],
-    endpoint_check: dict[str, Any] | None,
+    endpoint_check: EndpointCheckRecord | None,
     identity: dict[str, Any],
     resumes: Sequence[dict[str, Any]],
 ) -> Summary:

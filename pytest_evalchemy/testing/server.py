@@ -11,8 +11,8 @@ Like Hugging Face tokenizers, the text ``"<s>"`` etc. encodes to the special id:
 finds the EOS/BOS ids by encoding ``eos_token``/``bos_token``.
 
 Scoring rule (loglikelihood, ``echo: true``): the document whose marker has the largest ``rfind`` position in
-the decoded prompt is the current one (few-shot examples come earlier). No document: every token -2.0. A
-``choice`` document: every prompt token gets -0.05 when ``text.endswith(correct) == known``, else -3.0, so a
+the decoded prompt is the current one (few-shot examples come earlier). No document: every token -2.0 (a
+little lower under ``weights``). A ``choice`` document: every prompt token gets -0.05 when ``text.endswith(correct) == known``, else -3.0, so a
 known document scores its right choice highest and an unknown one scores every wrong choice higher.
 
 Generation: a ``generate`` document yields ``correct`` when known, else ``wrong``; anything else yields
@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,6 +183,15 @@ def parse_flips(specs: Sequence[str]) -> set[tuple[str, int]]:
     return out
 
 
+def unmarked_logprob(weights: str) -> float:
+    """The logprob of each token of text with no answer-key marker under the simulated
+    ``weights``: ``LP_UNKNOWN_DOC``, moved by 0.01 to 0.50 per token for a label (the same
+    label, the same offset)."""
+    if not weights:
+        return LP_UNKNOWN_DOC
+    return LP_UNKNOWN_DOC - 0.01 * (zlib.crc32(weights.encode("utf-8")) % 50 + 1)
+
+
 def _bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 
@@ -222,7 +232,12 @@ class EvalchemyTestServer:
     arrives while that many are already in flight: a server with a hard admission limit; a
     refused request stops counting before its 429 leaves, so a client that keeps at most
     ``reject_over`` in flight is never refused);
-    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. Model switches:
+    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. ``weights`` (a
+    label; "" by default) simulates other weights under the same model name: text with no
+    answer-key marker (the endpoint check's canary) scores ``unmarked_logprob`` instead of
+    ``LP_UNKNOWN_DOC``, a small offset derived from the label, while documents keep their
+    logprobs, so every score stays the same and only the canary changes; a ``flip`` is other
+    weights too and moves the canary the same way. Model switches:
     ``chat_template`` (None: no template), ``reasoning`` (None, ``"content"`` or ``"field"``);
     ``record_prompts`` keeps every prompt in ``prompts``. The ``*_first`` faults take turns, in
     the order reset, fail,
@@ -282,6 +297,7 @@ class EvalchemyTestServer:
         away_after: int | None = None,
         away_for: float = 0.0,
         flip: Sequence[str] = (),
+        weights: str = "",
     ) -> None:
         # A second model that differs from the first on known documents: "TASK:DOC_ID" entries
         # whose answer is inverted (right becomes wrong and wrong right).
@@ -290,6 +306,9 @@ class EvalchemyTestServer:
             replace(e, known=not e.known) if (e.task, e.index) in self.flipped else e
             for e in entries
         ]
+        # Other weights (a label, or the flips): unmarked text scores a little differently.
+        self.weights = weights or ",".join(sorted(f"{t}:{d}" for t, d in self.flipped))
+        self.unmarked_logprob = unmarked_logprob(self.weights)
         self.host = host
         self.port = port
         self.model = model
@@ -631,7 +650,9 @@ class EvalchemyTestServer:
     def prompt_logprob(self, text: str) -> float:
         """The logprob every prompt token gets under the scoring rule."""
         entry = self.current_entry(text)
-        if entry is None or entry.kind != "choice":
+        if entry is None:
+            return self.unmarked_logprob
+        if entry.kind != "choice":
             return LP_UNKNOWN_DOC
         return LP_AGREE if _ends_with_choice(text, entry.correct) == entry.known else LP_DISAGREE
 
@@ -1345,6 +1366,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="invert the answer of these documents (a second model that differs on them)",
     )
     g.add_argument(
+        "--weights",
+        default="",
+        metavar="LABEL",
+        help="simulate other weights under the same model name: text with no answer-key marker "
+        "(the endpoint check's canary) scores a little differently, every score stays the same",
+    )
+    g.add_argument(
         "--reject-over",
         type=int,
         help="answer 429 to a completion request arriving while more than N are in flight",
@@ -1396,6 +1424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         away_after=args.away_after,
         away_for=args.away_for,
         flip=args.flip,
+        weights=args.weights,
     )
     done = threading.Event()
 
