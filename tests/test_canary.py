@@ -14,13 +14,15 @@ from typing import Any
 import pytest
 
 from pytest_evalchemy.cli.report import make_report
+from pytest_evalchemy.core.endpoint import Endpoint
 from pytest_evalchemy.judge.canary import (
     CANARY_ABSOLUTE_TOLERANCE,
     ServedRun,
     different_weights,
     weight_changes,
 )
-from pytest_evalchemy.run.endpoint import CANARY_TEXT
+from pytest_evalchemy.run.chat_check import endpoint_findings, inspect_chat
+from pytest_evalchemy.run.endpoint import CANARY_TEXT, check_endpoint
 from pytest_evalchemy.testing.server import LP_UNKNOWN_DOC, EvalchemyTestServer, unmarked_logprob
 
 from .helpers import (
@@ -111,6 +113,32 @@ def test_the_servers_weights_move_only_unmarked_text() -> None:
     srv = EvalchemyTestServer(weights=WEIGHTS)
     assert srv.prompt_logprob(CANARY_TEXT) == unmarked_logprob(WEIGHTS)
     assert EvalchemyTestServer(flip=["mini_arc:0"]).prompt_logprob(CANARY_TEXT) < LP_UNKNOWN_DOC
+
+
+# ---------------------------------------------------------------- the endpoint check
+
+
+def test_no_logprob_request_no_canary(make_server) -> None:
+    srv = make_server(chat_only=True)
+    chat = Endpoint(srv.chat_completions_url)
+    info = check_endpoint(chat, need_logprobs=False, need_tokenizer=False)
+    info = inspect_chat(info, chat, probe_chat=False, loglikelihood=True)
+    assert info.canary is None
+    assert endpoint_findings(info)["canary"] is None
+    # Only the chat check's look for /v1/completions (answered 404), no canary.
+    assert srv.stats()["completions"] == 1
+
+
+def test_behind_a_chat_url_the_completions_endpoint_gives_the_canary(make_server) -> None:
+    srv = make_server(weights=WEIGHTS)
+    chat = Endpoint(srv.chat_completions_url)
+    info = check_endpoint(chat, need_logprobs=False, need_tokenizer=False)
+    assert info.canary is None  # not asked yet: the chat check asks the completions endpoint
+    info = inspect_chat(info, chat, probe_chat=False, loglikelihood=True)
+    assert info.canary is not None
+    n = len(CANARY_TEXT.encode("utf-8"))
+    assert info.canary.tokens == n
+    assert info.canary.logprob_sum == pytest.approx(n * unmarked_logprob(WEIGHTS))
 
 
 # ---------------------------------------------------------------- runs against the test server
