@@ -25,6 +25,9 @@ from pytest_evalchemy.testing.server import EvalchemyTestServer
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_CONFIG = REPO / "configs" / "offline_config.json"
 
+# The completion requests of one endpoint check: its one-token probe and its canary.
+CHECK_COMPLETIONS = 2
+
 # ---------------------------------------------------------------- configs
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_evalchemy.run.endpoint import CANARY_TEXT
 from pytest_evalchemy.run.tokenizer_check import adds_bos, parse_add_bos, resolve_add_bos
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.hf_tokenizer import write_hf_tokenizer
-from pytest_evalchemy.testing.server import BOS_ID, CHAT_TEMPLATE, EvalchemyTestServer
+from pytest_evalchemy.testing.server import BOS_ID, CHAT_TEMPLATE, EvalchemyTestServer, encode
 
 from .helpers import (
     check_summary,
@@ -53,8 +54,14 @@ def _right(answer_key: list[AnswerEntry]) -> dict[str, float]:
 
 
 def _token_prompts(srv: EvalchemyTestServer) -> list[tuple[int, ...]]:
-    """The items' token prompts (the endpoint check's probe, "Hello world", left out)."""
-    return [p for kind, p in srv.prompts or [] if kind == "completions" and len(p) > 12]
+    """The items' token prompts (the endpoint check's probe, "Hello world", and its canary, a
+    text the server tokenizes, left out)."""
+    canary = {tuple(encode(CANARY_TEXT, special)) for special in (True, False)}
+    return [
+        p
+        for kind, p in srv.prompts or []
+        if kind == "completions" and len(p) > 12 and tuple(p) not in canary
+    ]
 
 
 # ---------------------------------------------------------------- the rule, pure

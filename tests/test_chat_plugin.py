@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from pytest_evalchemy.run.endpoint import CANARY_TEXT
 from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.hf_tokenizer import write_hf_tokenizer
 from pytest_evalchemy.testing.server import THINKING, EvalchemyTestServer, encode
 
 from .helpers import (
+    CHECK_COMPLETIONS,
     REPO,
     config_option,
     expected,
@@ -66,7 +68,9 @@ def _is_probe(prompt: tuple[str, Any]) -> bool:
     endpoint, value = prompt
     if endpoint == "chat":
         return "What is 2 + 3?" in value
-    return value in (tuple(encode("Hello world")), tuple(encode("Hi", True)))
+    checks = ("Hi", CANARY_TEXT)
+    probes = tuple(tuple(encode(text, True)) for text in checks)
+    return value in (tuple(encode("Hello world")), *probes)
 
 
 def _same_prompts(ours: list[tuple[str, Any]], theirs: list[tuple[str, Any]]) -> None:
@@ -326,7 +330,9 @@ def test_run_option_overrides_the_task_key(
             "--apply_chat_template --fewshot_as_multiturn false" in records[key]["lm_eval_command"]
         )
     texts = [
-        bytes(t - 3 for t in p[1] if t > 2).decode() for p in srv.prompts or [] if len(p[1]) > 20
+        bytes(t - 3 for t in p[1] if t > 2).decode()
+        for p in srv.prompts or []
+        if len(p[1]) > 20 and not _is_probe(p)
     ]
     # One user turn holds the few-shot example and the question.
     assert texts
@@ -347,7 +353,8 @@ def test_chat_template_on_a_server_without_one_fails_before_the_run(
             "chat template. Start vLLM with --chat-template FILE*--evalchemy-chat-template=false)*"
         ]
     )
-    assert srv.stats()["prompts"] == 1  # the endpoint check's logprob probe, nothing else
+    # The endpoint check's logprob probe and its canary, nothing else.
+    assert srv.stats()["prompts"] == CHECK_COMPLETIONS
     summary = read_summary(pytester.path / "results")
     assert summary["tasks"]["arc/arc"]["status"] == "error"
 

@@ -14,7 +14,14 @@ import pytest
 
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .helpers import assert_no_traceback, config_option, offline_task, read_summary, run_evalchemy
+from .helpers import (
+    CHECK_COMPLETIONS,
+    assert_no_traceback,
+    config_option,
+    offline_task,
+    read_summary,
+    run_evalchemy,
+)
 
 # mini_arc with three shots: every prompt is longer than 64 tokens (bytes).
 ARC = {"mini_arc": offline_task("mini_arc", limit=4, num_fewshot=3, batch_size=1)}
@@ -99,9 +106,10 @@ def test_strict_context_fails_the_items_before_their_requests(
     assert "): vLLM rejects them (HTTP 400). Serve a longer context" in gsm["message"]
     assert gsm["context"]["generation_over"] == 2
     result.stdout.fnmatch_lines(["*mini_arc/mini_arc: 16 loglikelihood request(s)*"])
-    # Only the endpoint check's requests: its logprobs probe and, with a generation item and
-    # reasoning "auto", one short chat request looking for thinking. No item request was sent.
+    # Only the endpoint check's requests: its logprobs probe, its canary and, with a generation
+    # item and reasoning "auto", one short chat request looking for thinking. No item request
+    # was sent.
     stats = srv.stats()
-    assert stats["completions"] == 2
+    assert stats["completions"] == CHECK_COMPLETIONS + 1
     assert stats["requests"].get("/v1/chat/completions") == 1
     assert_no_traceback(result)

@@ -179,7 +179,13 @@ def test_paired_test_finds_the_drop_the_two_sample_test_misses(
     page = pytester.path / "compare.html"
     runs = [str(base_dir), str(pytester.path / "results" / "paired")]
     assert make_report(runs, None, str(page), stdout=out, stderr=err) == 0
-    assert out.getvalue().splitlines()[1:] == [
+    printed = out.getvalue().splitlines()
+    # The flipped documents are another model's answers: its canary says so too.
+    assert printed[1].startswith(
+        "warning: runs base and paired name the same model evalchemy-test-model but their "
+        "canaries differ (logprob sum "
+    )
+    assert printed[2:] == [
         "flips of paired against base:",
         "  mini_arc/mini_arc acc,none: 6 right→wrong, 0 wrong→right of 48 (mcnemar-exact "
         "p=0.01562)",

@@ -15,6 +15,7 @@ from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .helpers import (
+    CHECK_COMPLETIONS,
     config_option,
     offline_task,
     read_summary,
@@ -137,7 +138,7 @@ def _clean_run_requests(tmp_path: Path, make_server) -> int:
     )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    return server.stats()["completions"] - 1
+    return server.stats()["completions"] - CHECK_COMPLETIONS
 
 
 @contextlib.contextmanager
@@ -198,9 +199,9 @@ def test_interrupted_run_resumes_without_asking_twice(
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     second = server.stats()["completions"]
-    # Each run also sends one probe of the endpoint check; at most one request was in flight
+    # Each run also sends the endpoint check's requests; at most one request was in flight
     # when the first run stopped. Everything else was asked once.
-    asked = (first - 1) + (second - 1)
+    asked = (first - CHECK_COMPLETIONS) + (second - CHECK_COMPLETIONS)
     assert clean <= asked <= clean + 1, (clean, first, second)
     summary = json.loads(summary_path.read_text())
     assert summary["tasks"]["mini_arc/mini_arc"]["status"] == "passed"
@@ -222,7 +223,8 @@ def test_resume_of_a_finished_run_sends_nothing(
     )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert server.stats()["completions"] - before == 1  # the endpoint check's probe only
+    # The endpoint check's requests only (its probe, its canary).
+    assert server.stats()["completions"] - before == CHECK_COMPLETIONS
     summary = json.loads(
         (tmp_path / "results" / "done" / "evalchemy_summary_done.json").read_text()
     )

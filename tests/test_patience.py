@@ -343,8 +343,9 @@ NOISE = ("Task exception was never retrieved", "Traceback", "Exception ignored",
 def test_a_server_gone_for_good_is_waited_for_once_per_process(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
-    # Past the check's one-token completion, every completion request answers HTTP 500.
-    srv = make_server(fail_after=1, fail_status=500)
+    # Past the check's one-token completion and its canary, every completion request answers
+    # HTTP 500.
+    srv = make_server(fail_after=2, fail_status=500)
     pytester.makeconftest(COUNTING_CONFTEST.format(stats=f"{srv.url}/stats"))
     result = pytester.runpytest_subprocess(
         f"--evalchemy-endpoint={srv.url}",
@@ -383,8 +384,9 @@ def test_an_item_timeout_shorter_than_the_window_errors_with_the_server_answer(
     # The default window (180 s) is longer than the item's timeout: the item gives up on the
     # server a margin before its timeout, and says what the server answered. The timeout
     # leaves lm-eval's set-up on a loaded machine ample time to send its first request (a
-    # 10 s timeout was sometimes spent before the server's first failure came back).
-    srv = make_server(fail_after=1, fail_status=500)
+    # 10 s timeout was sometimes spent before the server's first failure came back). The
+    # check's two completion requests (its probe and its canary) are answered.
+    srv = make_server(fail_after=2, fail_status=500)
     result = run_evalchemy(
         pytester, srv.url, config_option(pytester.path, ARC2), "--evalchemy-timeout=30"
     )

@@ -12,6 +12,7 @@ from pytest_evalchemy.testing.answer_key import AnswerEntry
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .helpers import (
+    CHECK_COMPLETIONS,
     OFFLINE_CONFIG,
     REPO,
     check_summary,
@@ -381,7 +382,8 @@ def test_endpoint_check_refuses_unusable_servers(
     result = run_evalchemy(pytester, srv.completions_url, cfg, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
-    assert srv.stats()["completions"] <= 1  # only the probe; no evaluation request
+    # Only the check's own requests (its probe, its canary); no evaluation request.
+    assert srv.stats()["completions"] <= CHECK_COMPLETIONS
 
 
 def test_generation_only_run_needs_no_tokenizer(

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from pytest_evalchemy.core.record import IntervalRecord, ItemRecord, Summary, ValidityShare
+from pytest_evalchemy.core.record import (
+    CanaryRecord,
+    EndpointCheckRecord,
+    IntervalRecord,
+    ItemRecord,
+    Summary,
+    ValidityShare,
+)
 from pytest_evalchemy.core.resources import summary_schema_path
 from pytest_evalchemy.report.summary import assemble_summary, summary_header
 
@@ -27,8 +34,10 @@ def _schema() -> dict[str, Any]:
         (ItemRecord, ("$defs", "item")),
         (IntervalRecord, ("$defs", "interval")),
         (ValidityShare, ("$defs", "validity_share")),
+        (EndpointCheckRecord, ("$defs", "endpoint_check")),
+        (CanaryRecord, ("$defs", "canary")),
     ],
-    ids=["summary", "item", "interval", "validity_share"],
+    ids=["summary", "item", "interval", "validity_share", "endpoint_check", "canary"],
 )
 def test_the_typed_record_lists_the_schemas_keys(typed: type, where: tuple[str, ...]) -> None:
     schema = _schema()

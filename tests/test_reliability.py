@@ -31,6 +31,7 @@ from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .helpers import (
     ARC2,
+    CHECK_COMPLETIONS,
     REPO,
     SLOW_ARC,
     TWO,
@@ -352,7 +353,8 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
 ) -> None:
     cfg = config_option(pytester.path, SLOW_ARC)
     first = make_server(latency=0.02)
-    watcher = _StopAfter(first, 7, lambda: None)  # the probe and 6 answers, then gone
+    # The check's requests and 6 answers, then gone.
+    watcher = _StopAfter(first, CHECK_COMPLETIONS + 6, lambda: None)
     # No outage window: the item errors as soon as lm-eval's attempts are used up.
     result = run_evalchemy(
         pytester,
@@ -370,8 +372,8 @@ def test_long_outage_errors_the_item_and_resume_keeps_the_cached_answers(
     # The server is back on the same address: the resumed run asks only what is missing.
     second = make_server(port=first.port)
     run_evalchemy(pytester, second.url, cfg, "--evalchemy-resume=out").assert_outcomes(passed=1)
-    asked_before = first.stats()["completions"] - 1  # the probe excluded
-    asked_after = second.stats()["completions"] - 1
+    asked_before = first.stats()["completions"] - CHECK_COMPLETIONS  # the check excluded
+    asked_after = second.stats()["completions"] - CHECK_COMPLETIONS
     # 16 requests in all; the one in flight when the server went away was asked twice.
     assert 16 <= asked_before + asked_after <= 17, (asked_before, asked_after)
     assert asked_after < 16
@@ -658,7 +660,8 @@ def test_task_marked_unsafe_code_runs_only_with_the_opt_in(
             "which is marked as unsafe*pass --evalchemy-allow-unsafe-code if you trust it"
         ]
     )
-    assert srv.stats()["completions"] == 1  # the endpoint check's probe: nothing was evaluated
+    # The endpoint check's requests: nothing was evaluated.
+    assert srv.stats()["completions"] == CHECK_COMPLETIONS
     result = run_evalchemy(
         pytester, srv.url, cfg, "--evalchemy-run-id=yes", "--evalchemy-allow-unsafe-code"
     )

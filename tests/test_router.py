@@ -18,7 +18,7 @@ from pytest_evalchemy.core.endpoint import Endpoint
 from pytest_evalchemy.run import router
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
-from .helpers import config_option, offline_task, read_run_summary, run_metrics
+from .helpers import CHECK_COMPLETIONS, config_option, offline_task, read_run_summary, run_metrics
 
 pytestmark = pytest.mark.skipif(
     router.find_binary() is None, reason="vllm-router is not installed (the test extra has it)"
@@ -217,7 +217,8 @@ def test_replicas_with_different_context_lengths_are_refused_before_any_item(
             f"({a.completions_url}: 4096, {b.completions_url}: 2048); start them with the same --max-model-len*"
         ]
     )
-    assert (a.stats()["completions"], b.stats()["completions"]) == (1, 1)  # the probes
+    # The checks' requests (probe and canary) only.
+    assert (a.stats()["completions"], b.stats()["completions"]) == (CHECK_COMPLETIONS,) * 2
 
 
 @pytest.mark.parametrize(
@@ -316,5 +317,6 @@ def test_with_mixed_models_allowed_health_matters_only_when_the_router_is_needed
             "endpoint with vLLM*"
         ]
     )
-    assert [s.stats()["completions"] for s in (c, d)] == [1, 1]  # the probes
+    # The checks' requests (probe and canary) only.
+    assert [s.stats()["completions"] for s in (c, d)] == [CHECK_COMPLETIONS] * 2
     assert not (pytester.path / "results" / "same" / "vllm_router.log").exists()

@@ -12,7 +12,7 @@ from typing import TextIO
 from ..core.errors import UsageProblem
 from ..judge.comparison import REFERENCES
 from ..judge.gating import DEFAULT_CONFIDENCE
-from ..report.compare_page import COMPARE_NAME, write_comparison
+from ..report.compare_page import COMPARE_NAME, weight_warnings, write_comparison
 from ..report.run_page import REPORT_NAME, write_report
 from ..report.runs import RunInfo, history, load_run
 from ..report.samples import flip_sets
@@ -97,6 +97,8 @@ def make_report(
         print(f"evalchemy report: error: {exc}", file=stderr)
         return EXIT_USAGE_ERROR
     print(f"comparison of {len(found)} runs: {path}", file=stdout)
+    for line in weight_warnings(found, against):
+        print(f"warning: {line}", file=stdout)
     if len(found) == 2:
         old, new = found
         print(f"flips of {new.run_id} against {old.run_id}:", file=stdout)

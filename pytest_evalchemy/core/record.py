@@ -184,6 +184,32 @@ class ItemRecord(TypedDict, total=False):
     resumed: bool  # kept from the run being resumed
 
 
+class CanaryRecord(TypedDict):
+    """The endpoint check's canary: one fixed text scored with prompt logprobs, so that two
+    runs naming the same model can tell whether the same weights answered them
+    (``judge.canary``)."""
+
+    tokens: int  # prompt logprobs summed (the first token's null left out)
+    logprob_sum: float
+    text_sha256: str  # of the canary text: a changed text is not taken for other weights
+
+
+class EndpointCheckRecord(TypedDict, total=False):
+    """The summary's ``endpoint_check``: what the endpoint check found
+    (``run.chat_check.endpoint_findings``)."""
+
+    chat_template: bool | None
+    chat_endpoint: str | None  # redacted
+    chat_reachable: bool | None
+    completions: bool
+    reasoning: bool
+    reasoning_how: str | None
+    # None: the check sent no logprob request (a chat-only server), or the server did not score it
+    canary: CanaryRecord | None
+    # The tokenizer's facts and what the run's prompts start with (run.tokenizer_check.findings)
+    tokenizer: dict[str, Any]
+
+
 class Summary(TypedDict, total=False):
     """``evalchemy_summary_<run id>.json`` (``configs/summary.schema.json`` describes it;
     ``report.summary.assemble_summary`` builds it)."""
@@ -199,7 +225,7 @@ class Summary(TypedDict, total=False):
     config_warnings: list[str]
     settings: dict[str, Any]
     seeds: dict[str, int]
-    endpoint_check: dict[str, Any]
+    endpoint_check: EndpointCheckRecord
     started_at: str
     finished_at: str | None
     exit_status: int | None

@@ -12,6 +12,7 @@ from typing import Any
 from ..core.errors import UsageProblem
 from ..core.record import LIKE_FOR_LIKE_DEFAULTS, SUMMARY_GLOB, ItemRecord, Summary, load_summary
 from ..core.samples import item_samples
+from .canary import ServedRun
 
 # Record settings that change what a score means; batch size and concurrency do not.
 LIKE_FOR_LIKE_SETTINGS = ("num_fewshot", "limit")
@@ -27,6 +28,11 @@ class Baseline:
     @property
     def run_id(self) -> str | None:
         return self.summary.get("run_id")
+
+    @property
+    def served(self) -> ServedRun:
+        """The model the baseline names and its canary: were both runs served the same weights?"""
+        return ServedRun.of_summary(self.summary)
 
     def record(self, key: str) -> ItemRecord | None:
         """The baseline's record of item ``key`` (``benchmark/task``), if it has metrics."""

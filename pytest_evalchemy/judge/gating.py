@@ -15,6 +15,7 @@ from ..core.record import ItemRecord, as_float, is_stderr, stderr_key
 from ..core.samples import Rows
 from . import statistics
 from .baseline import Baseline, comparability_problems, higher_is_better
+from .canary import ServedRun, different_weights
 from .per_sample import Pairing, flip_lines, pair
 from .statistics import Interval
 
@@ -672,11 +673,14 @@ def gate_item(
     overrides: tuple[Threshold, ...],
     gate: GateSettings,
     samples: dict[str, Rows] | None = None,
+    served: ServedRun | None = None,
 ) -> GateResult:
     """Every check of an item that ran: its thresholds (the command line's replacing the
     config's), then its drops against the baseline (paired by document when both runs
     logged ``samples``), with notes on the comparison and on what the sample count allows,
-    and the shares of broken answers above the item's ``max_invalid_share``."""
+    and the shares of broken answers above the item's ``max_invalid_share``. ``served``: this
+    run's model and canary, against the baseline's (other weights under the same model name
+    are not like for like)."""
     metrics = record.get("metrics", {})
     names = {item.benchmark, item.task.key, item.key}
     scoped = _scope(overrides, names, {*item.task.tasks, *metrics})
@@ -687,6 +691,9 @@ def gate_item(
     base = baseline.record(item.key) if baseline else None
     if baseline is not None and base is not None:
         problems = comparability_problems(record, base)
+        weights = different_weights(baseline.served, served) if served is not None else None
+        if weights:
+            problems.append(weights)
         if problems:
             warning = (
                 f"{item.key}: not like for like with the baseline "

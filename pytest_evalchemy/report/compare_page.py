@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..core.defaults import DEFAULT_CONFIDENCE
 from ..core.results import atomic_write_text
+from ..judge.canary import ServedRun, weight_changes
 from ..judge.comparison import CompareCell, compare
 from ..judge.gating import confidence_interval, z_for
 from .page import FLIPS_JS, esc, flips_section, fmt, href, html_page, totals_badges
@@ -46,6 +47,12 @@ def _runs_table(runs: Sequence[RunInfo], out_dir: Path) -> str:
             f"<td>{totals_badges(s)}</td><td>{esc(s.get('exit_status'))}</td></tr>"
         )
     return f'<h2>Runs</h2><table id="runs">{head}{"".join(rows)}</table>'
+
+
+def weight_warnings(runs: Sequence[RunInfo], reference: str = "previous") -> list[str]:
+    """A line for each run served other weights than its reference run under the same model
+    name (their canaries differ): its scores measure other weights, not a change."""
+    return weight_changes([ServedRun.of_summary(r.summary, r.run_id) for r in runs], reference)
 
 
 def _compare_cell(cell: CompareCell, confidence: float) -> str:
@@ -107,6 +114,10 @@ def render_comparison(
         f'<p class="muted">Δ is each run against {esc(against)}; a change is significant when a '
         f"two-sample z-test on the two standard errors gives p &lt; {1 - confidence:.2g} "
         f"(two-sided). Bars in the charts: value ± {z:.2f}·stderr.</p>"
+        + "".join(
+            f'<p class="warning weights">warning: {esc(line)}</p>'
+            for line in weight_warnings(runs, reference)
+        )
         + _runs_table(runs, out_dir)
         + f'<h2>Metrics</h2><table id="metrics">{head}{"".join(body)}</table>'
         + f'<h2>Over the runs</h2><div class="charts" id="trends">{"".join(charts)}</div>'

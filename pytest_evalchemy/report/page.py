@@ -47,6 +47,7 @@ dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; overflow-wrap: any
 .passed, .pass, .right, .better { color: var(--ok); } .failed, .error, .timeout, .crashed, .interrupted, .fail, .wrong, .worse { color: var(--bad); }
 .badge.passed { background: #dafbe1; } .badge.failed, .badge.error, .badge.timeout, .badge.crashed, .badge.interrupted { background: #ffebe9; }
 .skipped, .muted, .ns { color: var(--muted); } .sig { font-weight: bold; }
+.warning { color: var(--warn); font-weight: bold; }
 .check { display: block; white-space: nowrap; } .message { color: var(--muted); font-size: 12px; max-width: 40em; }
 .files a { margin-right: 8px; white-space: nowrap; } td .files { font-size: 12px; }
 .controls { margin: 8px 0; display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }

@@ -13,6 +13,7 @@ from ..core.record import (
     FORMAT_VERSION,
     NOT_PASSED,
     VALIDITY_KINDS,
+    EndpointCheckRecord,
     ItemRecord,
     Status,
     Summary,
@@ -46,7 +47,7 @@ def summary_header(
     gate: dict[str, Any],
     seeds: Mapping[str, int],
     settings: dict[str, Any],
-    endpoint_check: dict[str, Any] | None,
+    endpoint_check: EndpointCheckRecord | None,
     identity: dict[str, Any],
     resumes: Sequence[dict[str, Any]],
 ) -> Summary:

@@ -12,8 +12,15 @@ import requests
 
 from ..core.endpoint import Endpoint
 from ..core.errors import EndpointError
+from ..core.record import EndpointCheckRecord
 from ..core.redact import redact_url
-from .endpoint import CHECK_PATIENCE_S, EndpointInfo, _check_prompt_logprobs, session_for
+from .endpoint import (
+    CHECK_PATIENCE_S,
+    EndpointInfo,
+    _check_prompt_logprobs,
+    measure_canary,
+    session_for,
+)
 from .patience import Outage
 from .reasoning import DEFAULT_THINK_END, reasoning_in_chat_answer
 
@@ -63,6 +70,10 @@ def inspect_chat(
         if found["completions"] and loglikelihood:
             outage = Outage(CHECK_PATIENCE_S)
             _check_prompt_logprobs(session, info.url, info.model, timeout, outage=outage)
+            if info.canary is None:  # not measured yet: check_endpoint skipped the logprobs
+                found["canary"] = measure_canary(
+                    session, info.url, info.model, timeout, outage=outage
+                )
     if probe_chat or info.chat_url is not None:
         body = {
             "model": info.model,
@@ -82,7 +93,7 @@ def inspect_chat(
     return replace(info, **found)
 
 
-def endpoint_findings(info: EndpointInfo) -> dict[str, Any]:
+def endpoint_findings(info: EndpointInfo) -> EndpointCheckRecord:
     """What the check found, for the summary's header."""
     return {
         "chat_template": info.chat_template,
@@ -93,6 +104,7 @@ def endpoint_findings(info: EndpointInfo) -> dict[str, Any]:
         "completions": info.completions,
         "reasoning": info.reasoning,
         "reasoning_how": info.reasoning_how,
+        "canary": info.canary.to_record() if info.canary else None,
     }
 
 

@@ -7,7 +7,9 @@ Imports no pytest and no lm-eval.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from ..core.endpoint import completions_url_of as completions_url_of
 from ..core.endpoint import is_chat_url as is_chat_url
 from ..core.endpoint import normalize_endpoint as normalize_endpoint
 from ..core.errors import EndpointError
+from ..core.record import CanaryRecord
 from ..core.redact import redact_url
 from . import tokenizer_check
 from .patience import (
@@ -41,6 +44,14 @@ ECHO_PROBE = "Hello world"
 # a proxy switches over, one reset) before it calls a server unusable.
 CHECK_PATIENCE_S = 5.0
 PROGRESS_EVERY_S = 10.0
+# The canary: one fixed, neutral text whose prompt logprobs the check records. Two runs that
+# name the same model but score it differently were served different weights
+# (judge/canary.py); changing the text changes its sha256, and canaries of different texts
+# are never compared.
+CANARY_TEXT = (
+    "The library opens at nine in the morning, and the reading room on the second floor "
+    "stays quiet until the afternoon."
+)
 
 
 @dataclass(frozen=True)
@@ -60,14 +71,38 @@ class EndpointInfo:
     reasoning_how: str | None = None  # "reasoning field", "<think> in the content"
     completions: bool = True  # False: /v1/completions is not served (a chat-only server)
     tokenizer: TokenizerFacts | None = None  # None: no tokenizer known (string prompts)
+    # The canary's prompt logprobs; None when the check sent no logprob request.
+    canary: Canary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointInfo:
-        facts = data.get("tokenizer")
-        return cls(**{**data, "tokenizer": TokenizerFacts.from_dict(facts) if facts else None})
+        facts, canary = data.get("tokenizer"), data.get("canary")
+        return cls(
+            **{
+                **data,
+                "tokenizer": TokenizerFacts.from_dict(facts) if facts else None,
+                "canary": Canary(**canary) if canary else None,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Canary:
+    """``CANARY_TEXT`` as the endpoint scored it: the summary's ``endpoint_check.canary``."""
+
+    tokens: int  # prompt logprobs summed
+    logprob_sum: float
+    text_sha256: str
+
+    def to_record(self) -> CanaryRecord:
+        return {
+            "tokens": self.tokens,
+            "logprob_sum": self.logprob_sum,
+            "text_sha256": self.text_sha256,
+        }
 
 
 def authorization(url: str, api_key: str | None) -> tuple[str, dict[str, str]]:
@@ -290,6 +325,42 @@ def _check_prompt_logprobs(
         )
 
 
+def measure_canary(
+    session: requests.Session, url: str, model: str, timeout: float, **patience: Any
+) -> Canary | None:
+    """``CANARY_TEXT``'s prompt logprobs, summed (one request: echo, logprobs, no token
+    generated, greedy). None when the server does not score it: the canary only informs a
+    comparison of runs, so a server that cannot give it still runs."""
+    body = {
+        "model": model,
+        "prompt": CANARY_TEXT,
+        # vLLM echoes the prompt's logprobs and generates nothing for max_tokens 0, so every
+        # logprob returned is the prompt's.
+        "max_tokens": 0,
+        "temperature": 0,
+        "echo": True,
+        "logprobs": 1,
+    }
+    try:
+        data = _get_json(session, "POST", url, "canary", json=body, timeout=timeout, **patience)
+        values = data["choices"][0]["logprobs"]["token_logprobs"]
+    except (EndpointError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(values, list):
+        return None
+    # The first token has no logprob (nothing comes before it); a null elsewhere is no score.
+    if values and values[0] is None:
+        values = values[1:]
+    scored = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not scored or len(scored) < len(values):
+        return None
+    return Canary(
+        tokens=len(scored),
+        logprob_sum=math.fsum(scored),
+        text_sha256=hashlib.sha256(CANARY_TEXT.encode("utf-8")).hexdigest(),
+    )
+
+
 def _tokenizer_info(
     session: requests.Session, endpoint: Endpoint, timeout: float, outage: Outage
 ) -> dict[str, Any] | None:
@@ -421,10 +492,12 @@ def check_endpoint(
             "model's tokenizer folder or name"
         )
     facts, probe_ids = _tokenizer_facts(session, endpoint, info, local_tokenizer, timeout, outage)
+    canary = None
     if need_logprobs:
         _check_prompt_logprobs(
             session, url, model, timeout, probe_ids, outage=outage, on_wait=on_wait
         )
+        canary = measure_canary(session, url, model, timeout, outage=outage, on_wait=on_wait)
     return EndpointInfo(
         url=url,
         model=model,
@@ -432,6 +505,7 @@ def check_endpoint(
         remote_tokenizer=remote,
         chat_url=endpoint.chat_url,
         tokenizer=facts,
+        canary=canary,
     )
 
 

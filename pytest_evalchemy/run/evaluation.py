@@ -21,6 +21,7 @@ from ..core.record import ItemRecord, Status
 from ..core.redact import redact_logging, scrub, secrets_of
 from ..core.results import RunPaths, atomic_write_json, atomic_write_text, child_path, inside
 from ..core.samples import samples_file_name
+from ..judge.canary import ServedRun
 from ..judge.gating import GateSettings, NotLikeForLikeWarning, format_checks, gate_item
 from ..judge.per_sample import run_intervals
 from .chat_settings import ChatOptions, ItemChat, generation_only, item_chat
@@ -96,6 +97,13 @@ class ItemFailed(Exception):
 def item_timeout(item: PlannedItem, settings_default: float | None) -> float | None:
     """The item's wall-clock limit: the task's ``timeout``, else the run's default."""
     return item.task.timeout if item.task.timeout is not None else settings_default
+
+
+def served_run(settings: RunSettings) -> ServedRun:
+    """This run's model and canary, as the baseline check compares them with the baseline's."""
+    endpoint = settings.endpoint
+    canary = endpoint.canary.to_record() if endpoint.canary else None
+    return ServedRun(settings.paths.run_id, endpoint.model, canary)
 
 
 def chat_of(item: PlannedItem, settings: RunSettings) -> ItemChat:
@@ -562,7 +570,9 @@ def run_item(
         record["status"] = Status.FAILED
         record["message"] = problem
         raise ItemFailed(f"{item.key}: {problem}")
-    gate = gate_item(item, record, settings.extra_thresholds, settings.gate, samples)
+    gate = gate_item(
+        item, record, settings.extra_thresholds, settings.gate, samples, served_run(settings)
+    )
     record["checks"] = [c.to_dict() for c in gate.checks]
     if gate.notes:
         record["gate_notes"] = gate.notes

@@ -11,8 +11,8 @@ Like Hugging Face tokenizers, the text ``"<s>"`` etc. encodes to the special id:
 finds the EOS/BOS ids by encoding ``eos_token``/``bos_token``.
 
 Scoring rule (loglikelihood, ``echo: true``): the document whose marker has the largest ``rfind`` position in
-the decoded prompt is the current one (few-shot examples come earlier). No document: every token -2.0. A
-``choice`` document: every prompt token gets -0.05 when ``text.endswith(correct) == known``, else -3.0, so a
+the decoded prompt is the current one (few-shot examples come earlier). No document: every token -2.0 (a
+little lower under ``weights``). A ``choice`` document: every prompt token gets -0.05 when ``text.endswith(correct) == known``, else -3.0, so a
 known document scores its right choice highest and an unknown one scores every wrong choice higher.
 
 Generation: a ``generate`` document yields ``correct`` when known, else ``wrong``; anything else yields
@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,6 +183,15 @@ def parse_flips(specs: Sequence[str]) -> set[tuple[str, int]]:
     return out
 
 
+def unmarked_logprob(weights: str) -> float:
+    """The logprob of each token of text with no answer-key marker under the simulated
+    ``weights``: ``LP_UNKNOWN_DOC``, moved by 0.01 to 0.50 per token for a label (the same
+    label, the same offset)."""
+    if not weights:
+        return LP_UNKNOWN_DOC
+    return LP_UNKNOWN_DOC - 0.01 * (zlib.crc32(weights.encode("utf-8")) % 50 + 1)
+
+
 def _bad_request(message: str, param: str | None = None) -> APIError:
     return APIError(400, message, param)
 
@@ -229,7 +239,12 @@ class EvalchemyTestServer:
     arrives while that many are already in flight: a server with a hard admission limit; a
     refused request stops counting before its 429 leaves, so a client that keeps at most
     ``reject_over`` in flight is never refused);
-    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents.
+    ``flip`` ("TASK:DOC_ID" strings) inverts the answer of those documents. ``weights`` (a
+    label; "" by default) simulates other weights under the same model name: text with no
+    answer-key marker (the endpoint check's canary) scores ``unmarked_logprob`` instead of
+    ``LP_UNKNOWN_DOC``, a small offset derived from the label, while documents keep their
+    logprobs, so every score stays the same and only the canary changes; a ``flip`` is other
+    weights too and moves the canary the same way.
     ``echo_off_by_one``: echoed prompt logprobs miss their first token (a proxy that eats or a
     server that adds a token). Tokenizer and model switches: ``adds_bos`` (True, like Llama:
     ``add_special_tokens`` puts ``<s>`` before a text; False, like GPT-2 or Qwen: it adds
@@ -299,6 +314,7 @@ class EvalchemyTestServer:
         adds_bos: bool = True,
         bos_trained: bool = False,
         echo_off_by_one: bool = False,
+        weights: str = "",
     ) -> None:
         # A second model that differs from the first on known documents: "TASK:DOC_ID" entries
         # whose answer is inverted (right becomes wrong and wrong right).
@@ -307,6 +323,9 @@ class EvalchemyTestServer:
             replace(e, known=not e.known) if (e.task, e.index) in self.flipped else e
             for e in entries
         ]
+        # Other weights (a label, or the flips): unmarked text scores a little differently.
+        self.weights = weights or ",".join(sorted(f"{t}:{d}" for t, d in self.flipped))
+        self.unmarked_logprob = unmarked_logprob(self.weights)
         self.host = host
         self.port = port
         self.model = model
@@ -660,7 +679,9 @@ class EvalchemyTestServer:
     def prompt_logprob(self, text: str) -> float:
         """The logprob every prompt token gets under the scoring rule."""
         entry = self.current_entry(text)
-        if entry is None or entry.kind != "choice":
+        if entry is None:
+            return self.unmarked_logprob
+        if entry.kind != "choice":
             return LP_UNKNOWN_DOC
         agrees = _ends_with_choice(text, entry.correct) == self._knows(entry, text)
         return LP_AGREE if agrees else LP_DISAGREE
@@ -1387,6 +1408,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="invert the answer of these documents (a second model that differs on them)",
     )
     g.add_argument(
+        "--weights",
+        default="",
+        metavar="LABEL",
+        help="simulate other weights under the same model name: text with no answer-key marker "
+        "(the endpoint check's canary) scores a little differently, every score stays the same",
+    )
+    g.add_argument(
         "--reject-over",
         type=int,
         help="answer 429 to a completion request arriving while more than N are in flight",
@@ -1441,6 +1469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adds_bos=not args.no_bos,
         bos_trained=args.bos_trained,
         echo_off_by_one=args.echo_off_by_one,
+        weights=args.weights,
     )
     done = threading.Event()
 
