@@ -18,6 +18,7 @@ import pytest
 from pytest_evalchemy.testing.server import EvalchemyTestServer
 
 from .helpers import (
+    CHECK_COMPLETIONS,
     assert_no_traceback,
     check_summary,
     config_option,
@@ -283,10 +284,11 @@ def test_prompts_cut_to_fit_the_context_fail_the_item(
 def test_answers_replayed_from_the_request_cache_are_left_out_of_the_length_share(
     pytester: pytest.Pytester, make_server: Callable[..., EvalchemyTestServer]
 ) -> None:
-    # The endpoint check's two requests (its logprobs probe, and a chat request looking for
-    # thinking) and 4 answers, then every completion fails: the item errors with 4 answers in
-    # its request cache, which the resume replays.
-    srv = make_server(fail_after=2 + 4, fail_status=500)
+    # The endpoint check's requests (its logprobs probe and canary, and a chat request looking
+    # for thinking) and 4 answers, then every completion fails: the item errors with 4 answers
+    # in its request cache, which the resume replays.
+    check = CHECK_COMPLETIONS + 1
+    srv = make_server(fail_after=check + 4, fail_status=500)
     cfg = config_option(pytester.path, _gsm(60, batch_size=1, max_invalid_share=0.25))
     once = ("--evalchemy-concurrency=1", "--evalchemy-outage-timeout=0")
     first = run_evalchemy(
@@ -297,7 +299,7 @@ def test_answers_replayed_from_the_request_cache_are_left_out_of_the_length_shar
     srv.fail_after = None
     srv.reset_stats()
     resumed = run_evalchemy(pytester, srv.url, cfg, "--evalchemy-resume=r", *once)
-    assert srv.stats()["completions"] == 2 + 4  # the check and the 4 answers not cached
+    assert srv.stats()["completions"] == check + 4  # the check and the 4 answers not cached
     record = _record(pytester)
     assert record["n_samples"][GSM]["effective"] == 8
     # The 4 cached answers have no finish reason, and their prompts were not measured again:
