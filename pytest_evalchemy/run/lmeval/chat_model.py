@@ -87,16 +87,11 @@ class ReasoningPayload:
     _policy: ModelPolicy
 
     def _create_payload(
-        self,
-        messages: Any,
-        generate: bool = False,
-        gen_kwargs: dict[str, Any] | None = None,
-        seed: int = 1234,
-        eos: str | None = None,
-        **kwargs: Any,
+        self, messages: Any, generate: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
+        # lm-eval's own defaults for the rest (gen_kwargs, seed, eos).
         payload: dict[str, Any] = super()._create_payload(  # type: ignore[misc]
-            messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=eos, **kwargs
+            messages, generate=generate, **kwargs
         )
         reasoning = self._policy.reasoning
         if generate and reasoning is not None:
@@ -114,16 +109,11 @@ class CountedEnds:
     _policy: ModelPolicy
 
     def _create_payload(
-        self,
-        messages: Any,
-        generate: bool = False,
-        gen_kwargs: dict[str, Any] | None = None,
-        seed: int = 1234,
-        eos: str | None = None,
-        **kwargs: Any,
+        self, messages: Any, generate: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
+        # lm-eval's own defaults for the rest (gen_kwargs, seed, eos).
         payload: dict[str, Any] = super()._create_payload(  # type: ignore[misc]
-            messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=eos, **kwargs
+            messages, generate=generate, **kwargs
         )
         if generate:
             # What an answer that ran out had (a reasoning model's budget included).
