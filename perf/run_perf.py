@@ -1237,6 +1237,63 @@ def fig_vllm(work: Path, repeats: int, report: Report) -> None:
     )
 
 
+# 13. the sequential gate ------------------------------------------------------------------
+
+SEQUENTIAL_DOCUMENTS = 1000  # the simulated task
+SEQUENTIAL_THRESHOLD = 0.6  # a min threshold on its accuracy
+SEQUENTIAL_MARGINS = (0.05, 0.1, 0.2, 0.3)
+SEQUENTIAL_GATES = 400  # simulated gates per margin and side
+
+
+def fig_sequential(work: Path, repeats: int, report: Report) -> None:
+    """Documents the sequential gate evaluates before it settles, against the full run, on a
+    simulated 1,000-document task whose true accuracy lies a margin above or below a 0.6
+    threshold (the plugin's own sequence, rounds and rule: ``testing/gate_simulation.py``)."""
+    from pytest_evalchemy.core.defaults import DEFAULT_CONFIDENCE
+    from pytest_evalchemy.testing.gate_simulation import simulate_threshold
+
+    lines = [
+        f"{SEQUENTIAL_GATES} gates per row, min {SEQUENTIAL_THRESHOLD} at {DEFAULT_CONFIDENCE} "
+        "confidence; documents evaluated (mean, and the largest), decisions",
+        "",
+        "| true accuracy | margin | documents (mean) | largest | of | pass | fail | unsettled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for margin in SEQUENTIAL_MARGINS:
+        for sign in (1, -1):
+            truth = round(SEQUENTIAL_THRESHOLD + sign * margin, 4)
+            sim = simulate_threshold(
+                truth,
+                SEQUENTIAL_THRESHOLD,
+                SEQUENTIAL_DOCUMENTS,
+                SEQUENTIAL_GATES,
+                DEFAULT_CONFIDENCE,
+                seed=1,
+            )
+            d = sim.decisions
+            lines.append(
+                f"| {truth:g} | {sign * margin:+g} | {sim.mean_documents:.0f} | "
+                f"{sim.largest_documents} | {SEQUENTIAL_DOCUMENTS} | "
+                f"{d['settled_pass'] + d['final_pass']} | {d['settled_fail'] + d['final_fail']} | "
+                f"{d['final_pass'] + d['final_fail']} |"
+            )
+            share = sim.mean_documents / SEQUENTIAL_DOCUMENTS
+            report.add(
+                Row(
+                    f"sequential gate, accuracy {truth:g} against min {SEQUENTIAL_THRESHOLD:g}",
+                    "the full run",
+                    f"{sim.mean_documents:.0f} documents",
+                    f"{SEQUENTIAL_DOCUMENTS} documents",
+                    f"{share:.2f}x",
+                    "-",
+                    None,
+                    f"{SEQUENTIAL_GATES} simulated gates; wrong decisions "
+                    f"{sim.share('settled_fail', 'final_fail') if sign > 0 else sim.share('settled_pass'):.3f}",
+                )
+            )
+    report.detail("The sequential gate's documents", lines)
+
+
 FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
     "collect": fig_collect,
     "startup": fig_startup,
@@ -1250,6 +1307,7 @@ FIGURES: dict[str, Callable[[Path, int, Report], None]] = {
     "memory": fig_memory,
     "profile": fig_profile,
     "vllm": fig_vllm,
+    "sequential": fig_sequential,
 }
 
 
