@@ -110,7 +110,7 @@ def test_the_testing_helpers_need_no_pytest_glue() -> None:
         for name, targets in graph().items()
         if layer(name) == "testing"
         for target in targets
-        if layer(target) not in ("core", "run", "testing")
+        if layer(target) not in ("core", "judge", "run", "testing")
     ]
     assert wrong == []
 
